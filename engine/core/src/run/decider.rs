@@ -1,0 +1,210 @@
+//! What a command means for a run, as events. Pure: no clock, no IO.
+
+use serde_json::{Map, Value};
+
+use super::events::*;
+use super::idempotency_key;
+use super::state::{RunState, RunStatus, StepStatus, evolve};
+use crate::spec::Workflow;
+
+/// A request to change a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Start a run of a validated workflow.
+    Start {
+        /// New run id (UUID v7 from the runtime).
+        run_id: String,
+        /// The workflow to pin.
+        workflow: Workflow,
+        /// Input for the first steps (overrides the file's `input`).
+        input: Option<Value>,
+    },
+    /// An agent attempt finished.
+    RecordOutcome {
+        /// Step name.
+        step: String,
+        /// Attempt the outcome belongs to.
+        attempt: u32,
+        /// What happened.
+        outcome: Outcome,
+    },
+    /// Stop the run as failed (run timeout, cancellation, an unrecoverable engine error).
+    Abort {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The result of one agent attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The agent succeeded.
+    Completed {
+        /// Its output.
+        output: Value,
+        /// Wall time in ms.
+        duration_ms: u64,
+    },
+    /// The agent failed.
+    Failed {
+        /// Why.
+        error: String,
+        /// Wall time in ms.
+        duration_ms: u64,
+    },
+}
+
+/// A command that does not apply to the run as it is. Shown to the user; not a crash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// `Start` on a run that exists.
+    #[error("run {0} has already started")]
+    AlreadyStarted(String),
+    /// A command for a run that has not started.
+    #[error("the run has not started")]
+    NotStarted,
+    /// A command for a finished run.
+    #[error("the run is already {0}")]
+    Finished(&'static str),
+    /// An outcome for a step the run does not have.
+    #[error("the run has no step named {0}")]
+    UnknownStep(String),
+    /// An outcome for an attempt that is not running (a duplicate delivery, or a stale one).
+    #[error("step {step} attempt {attempt} is not running; the outcome was already recorded or is stale")]
+    NotRunning {
+        /// Step.
+        step: String,
+        /// Attempt.
+        attempt: u32,
+    },
+    /// The workflow cannot be compiled (should have been caught at parse time).
+    #[error("the workflow is invalid: {0}")]
+    InvalidWorkflow(String),
+}
+
+/// Decides the events for `cmd` given the run's current state.
+pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
+    match cmd {
+        Command::Start { run_id, workflow, input } => {
+            if s.status != RunStatus::NotStarted {
+                return Err(Rejection::AlreadyStarted(s.run_id.clone()));
+            }
+            let (definition, definition_hash) = workflow.pinned();
+            let started = RunEvent::RunStarted(RunStarted {
+                run_id,
+                workflow: workflow.name.clone(),
+                definition,
+                definition_hash,
+                input: input.unwrap_or_else(|| workflow.input.clone()),
+            });
+            let next = evolve(s.clone(), &started).map_err(|e| Rejection::InvalidWorkflow(e.to_string()))?;
+            let mut out = vec![started];
+            out.extend(release_ready(&next));
+            Ok(out)
+        }
+        Command::RecordOutcome { step, attempt, outcome } => {
+            check_running(s)?;
+            let Some((i, st)) = s.step(&step) else { return Err(Rejection::UnknownStep(step)) };
+            if st.status != (StepStatus::Dispatched { attempt }) || st.error.is_some() {
+                return Err(Rejection::NotRunning { step, attempt });
+            }
+            match outcome {
+                Outcome::Completed { output, duration_ms } => {
+                    let done = RunEvent::StepCompleted(StepCompleted { step, attempt, output, duration_ms });
+                    let next = fold(s, &done)?;
+                    let mut out = vec![done];
+                    if next.steps.iter().all(|st| st.status == StepStatus::Completed) {
+                        out.push(RunEvent::RunCompleted(RunCompleted { output: run_output(&next) }));
+                    } else {
+                        out.extend(release_ready(&next));
+                    }
+                    Ok(out)
+                }
+                Outcome::Failed { error, duration_ms } => {
+                    let retries = s
+                        .workflow
+                        .as_ref()
+                        .and_then(|w| s.plan.as_ref().map(|p| (w, &p.steps[i].agent)))
+                        .and_then(|(w, a)| w.agents.get(a))
+                        .and_then(|d| d.retries)
+                        .unwrap_or(0);
+                    let will_retry = attempt <= retries;
+                    let failed = RunEvent::StepFailed(StepFailed {
+                        step: step.clone(),
+                        attempt,
+                        error: error.clone(),
+                        duration_ms,
+                        will_retry,
+                    });
+                    if will_retry {
+                        let agent = s.plan.as_ref().map(|p| p.steps[i].agent.clone()).unwrap_or_default();
+                        let again = RunEvent::StepDispatched(StepDispatched {
+                            idempotency_key: idempotency_key(&s.run_id, &step, attempt + 1),
+                            step,
+                            agent,
+                            attempt: attempt + 1,
+                        });
+                        Ok(vec![failed, again])
+                    } else {
+                        let reason = format!("step {step} failed after {attempt} attempt(s): {error}");
+                        Ok(vec![failed, RunEvent::RunFailed(RunFailed { reason, step: Some(step) })])
+                    }
+                }
+            }
+        }
+        Command::Abort { reason } => {
+            check_running(s)?;
+            Ok(vec![RunEvent::RunFailed(RunFailed { reason, step: None })])
+        }
+    }
+}
+
+fn check_running(s: &RunState) -> Result<(), Rejection> {
+    match s.status {
+        RunStatus::NotStarted => Err(Rejection::NotStarted),
+        RunStatus::Running => Ok(()),
+        other => Err(Rejection::Finished(other.as_str())),
+    }
+}
+
+fn fold(s: &RunState, e: &RunEvent) -> Result<RunState, Rejection> {
+    evolve(s.clone(), e).map_err(|err| Rejection::InvalidWorkflow(err.to_string()))
+}
+
+/// `StepReady` + `StepDispatched` for every pending step whose needs have all completed.
+/// Dispatch is recorded in the same append as readiness: intent before effect, one commit.
+fn release_ready(s: &RunState) -> Vec<RunEvent> {
+    let Some(plan) = &s.plan else { return vec![] };
+    let mut out = Vec::new();
+    for (i, p) in plan.steps.iter().enumerate() {
+        if s.steps[i].status == StepStatus::Pending
+            && p.needs.iter().all(|&n| s.steps[n].status == StepStatus::Completed)
+        {
+            out.push(RunEvent::StepReady(StepReady { step: p.name.clone() }));
+            out.push(RunEvent::StepDispatched(StepDispatched {
+                step: p.name.clone(),
+                agent: p.agent.clone(),
+                attempt: 1,
+                idempotency_key: idempotency_key(&s.run_id, &p.name, 1),
+            }));
+        }
+    }
+    out
+}
+
+/// The run's result: the output of its one final step, or a map of final step → output.
+fn run_output(s: &RunState) -> Value {
+    let Some(plan) = &s.plan else { return Value::Null };
+    let leaves = plan.leaves();
+    if let [one] = leaves.as_slice() {
+        return s.steps[*one].output.clone().unwrap_or(Value::Null);
+    }
+    let mut m = Map::new();
+    for i in leaves {
+        m.insert(plan.steps[i].name.clone(), s.steps[i].output.clone().unwrap_or(Value::Null));
+    }
+    Value::Object(m)
+}
+
+
+pub use super::state::pending_work;

@@ -1,0 +1,147 @@
+//! The events of a run stream. Each is stored as `event_type` + `data`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A run began; the workflow definition is pinned here, so a changed file never alters it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunStarted {
+    /// The run's id (UUID v7).
+    pub run_id: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// The validated workflow definition (see the `workflow` schema).
+    pub definition: Value,
+    /// `sha256:` of the canonical definition JSON.
+    pub definition_hash: String,
+    /// Input given to the first steps.
+    pub input: Value,
+}
+
+/// Every step a step needs has completed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepReady {
+    /// Step name.
+    pub step: String,
+}
+
+/// The engine is about to start the step's agent (recorded before it starts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepDispatched {
+    /// Step name.
+    pub step: String,
+    /// Agent name.
+    pub agent: String,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// `run/step/attempt`; handed to the agent so it can deduplicate its own effects.
+    pub idempotency_key: String,
+}
+
+/// The agent succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepCompleted {
+    /// Step name.
+    pub step: String,
+    /// Which attempt succeeded.
+    pub attempt: u32,
+    /// The agent's output (JSON, or its plain text as a string).
+    pub output: Value,
+    /// Wall time of the agent, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// The agent failed (non-zero exit, timeout, bad output, or a builtin `fail`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepFailed {
+    /// Step name.
+    pub step: String,
+    /// Which attempt failed.
+    pub attempt: u32,
+    /// What went wrong.
+    pub error: String,
+    /// Wall time of the agent, in milliseconds.
+    pub duration_ms: u64,
+    /// Whether another attempt follows.
+    pub will_retry: bool,
+}
+
+/// Every step completed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunCompleted {
+    /// The output of the last step, or a map of the final steps' outputs.
+    pub output: Value,
+}
+
+/// The run stopped without completing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunFailed {
+    /// Why.
+    pub reason: String,
+    /// The step that failed, if a step did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+}
+
+/// Every event of a run stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "event_type", content = "data")]
+pub enum RunEvent {
+    /// See [`RunStarted`].
+    RunStarted(RunStarted),
+    /// See [`StepReady`].
+    StepReady(StepReady),
+    /// See [`StepDispatched`].
+    StepDispatched(StepDispatched),
+    /// See [`StepCompleted`].
+    StepCompleted(StepCompleted),
+    /// See [`StepFailed`].
+    StepFailed(StepFailed),
+    /// See [`RunCompleted`].
+    RunCompleted(RunCompleted),
+    /// See [`RunFailed`].
+    RunFailed(RunFailed),
+}
+
+/// A stored event that is not a run event, or whose data does not match its type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {event_type} cannot be read as a run event: {reason}")]
+pub struct UnknownEvent {
+    /// The stored type.
+    pub event_type: String,
+    /// Why it failed to parse.
+    pub reason: String,
+}
+
+impl RunEvent {
+    /// Schema version of every run event's data.
+    pub const SCHEMA_VERSION: i32 = 1;
+
+    /// The stored `event_type`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            RunEvent::RunStarted(_) => "RunStarted",
+            RunEvent::StepReady(_) => "StepReady",
+            RunEvent::StepDispatched(_) => "StepDispatched",
+            RunEvent::StepCompleted(_) => "StepCompleted",
+            RunEvent::StepFailed(_) => "StepFailed",
+            RunEvent::RunCompleted(_) => "RunCompleted",
+            RunEvent::RunFailed(_) => "RunFailed",
+        }
+    }
+
+    /// The stored `data`.
+    pub fn data(&self) -> Value {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(mut m)) => m.remove("data").unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
+    /// Reads a stored event back.
+    pub fn from_parts(event_type: &str, data: &Value) -> Result<RunEvent, UnknownEvent> {
+        serde_json::from_value(serde_json::json!({ "event_type": event_type, "data": data }))
+            .map_err(|e| UnknownEvent { event_type: event_type.to_owned(), reason: e.to_string() })
+    }
+}

@@ -1,0 +1,27 @@
+//! Runs: the events of one workflow execution, and the pure rules that produce them.
+//!
+//! A run lives in stream `run-<uuid>`. The runtime folds the stream with [`evolve`], asks
+//! [`decide`] what a command means, appends the answer, then performs [`pending_work`]. Because
+//! `StepDispatched` is recorded before the agent starts, a crash at any point leaves a stream
+//! from which the remaining work can be derived again.
+
+mod decider;
+mod events;
+mod state;
+
+pub use decider::{Command, Outcome, Rejection, decide, pending_work};
+pub use events::{
+    RunCompleted, RunEvent, RunFailed, RunStarted, StepCompleted, StepDispatched, StepFailed,
+    StepReady, UnknownEvent,
+};
+pub use state::{Effect, IllegalTransition, RunState, RunStatus, StepState, StepStatus, evolve};
+
+/// Stream id of a run.
+pub fn stream_id(run_id: &str) -> String {
+    format!("run-{run_id}")
+}
+
+/// The idempotency key of one attempt of one step: `run/step/attempt`.
+pub fn idempotency_key(run_id: &str, step: &str, attempt: u32) -> String {
+    format!("{run_id}/{step}/{attempt}")
+}

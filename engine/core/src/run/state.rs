@@ -1,0 +1,252 @@
+//! The state of a run, folded from its events, and the work it implies.
+
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+use super::events::RunEvent;
+use crate::spec::{Plan, Workflow};
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunStatus {
+    /// No `RunStarted` yet.
+    #[default]
+    NotStarted,
+    /// Started, not finished.
+    Running,
+    /// `RunCompleted`.
+    Completed,
+    /// `RunFailed`.
+    Failed,
+}
+
+impl RunStatus {
+    /// Lower-case name used in the CLI and views.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::NotStarted => "not_started",
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+        }
+    }
+
+    /// Completed or failed.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Completed | RunStatus::Failed)
+    }
+}
+
+/// Where a step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    /// Waiting for the steps it needs.
+    Pending,
+    /// Its needs are met; not yet dispatched.
+    Ready,
+    /// Its agent was (or is about to be) started for this attempt.
+    Dispatched {
+        /// Current attempt.
+        attempt: u32,
+    },
+    /// Succeeded.
+    Completed,
+    /// Failed for good.
+    Failed,
+}
+
+/// One step's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepState {
+    /// Status.
+    pub status: StepStatus,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Output once completed.
+    pub output: Option<Value>,
+    /// Last error.
+    pub error: Option<String>,
+}
+
+/// A run folded from its stream.
+#[derive(Debug, Clone, Default)]
+pub struct RunState {
+    /// Run id, once started.
+    pub run_id: String,
+    /// Status.
+    pub status: RunStatus,
+    /// The pinned workflow.
+    pub workflow: Option<Workflow>,
+    /// Its plan.
+    pub plan: Option<Plan>,
+    /// Definition hash from `RunStarted`.
+    pub definition_hash: String,
+    /// Run input.
+    pub input: Value,
+    /// One entry per plan step.
+    pub steps: Vec<StepState>,
+    /// Step name → index.
+    pub index: HashMap<String, usize>,
+    /// Number of events folded (the stream version).
+    pub version: i64,
+    /// Output once completed.
+    pub output: Option<Value>,
+    /// Reason once failed.
+    pub failure: Option<String>,
+}
+
+/// An event that cannot follow the state it was applied to: the history is corrupt or was
+/// written by incompatible code. Never skipped silently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("[LTMC-E001] illegal transition at version {version}: {event} cannot follow {state}")]
+pub struct IllegalTransition {
+    /// Stream version of the offending event.
+    pub version: i64,
+    /// Its type.
+    pub event: String,
+    /// What the state was.
+    pub state: String,
+}
+
+/// Work the runtime must perform for a run, derived from its state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Start (or start again, after a crash) one attempt of a step's agent.
+    RunAgent {
+        /// Step index in the plan.
+        step: usize,
+        /// Attempt number.
+        attempt: u32,
+    },
+}
+
+impl RunState {
+    /// The step named `name`, with its index.
+    pub fn step(&self, name: &str) -> Option<(usize, &StepState)> {
+        self.index.get(name).map(|&i| (i, &self.steps[i]))
+    }
+
+    /// The input a step's agent receives: its fixed input, else the run input for a first step,
+    /// the single output it needs, or a map of the outputs it needs by step name.
+    pub fn step_input(&self, i: usize) -> Value {
+        let Some(plan) = &self.plan else { return Value::Null };
+        let step = &plan.steps[i];
+        if let Some(v) = &step.input {
+            return v.clone();
+        }
+        match step.needs.as_slice() {
+            [] => self.input.clone(),
+            [one] => self.steps[*one].output.clone().unwrap_or(Value::Null),
+            many => {
+                let mut m = Map::new();
+                for &n in many {
+                    m.insert(plan.steps[n].name.clone(), self.steps[n].output.clone().unwrap_or(Value::Null));
+                }
+                Value::Object(m)
+            }
+        }
+    }
+
+    fn illegal(&self, e: &RunEvent, why: &str) -> IllegalTransition {
+        IllegalTransition {
+            version: self.version + 1,
+            event: e.event_type().to_owned(),
+            state: format!("run {} ({why})", self.status.as_str()),
+        }
+    }
+}
+
+/// Applies one event. Every legal (state, event) pair is listed; anything else is an
+/// [`IllegalTransition`].
+pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransition> {
+    match (s.status, e) {
+        (RunStatus::NotStarted, RunEvent::RunStarted(ev)) => {
+            let wf: Workflow = serde_json::from_value(ev.definition.clone())
+                .map_err(|err| s.illegal(e, &format!("definition unreadable: {err}")))?;
+            let plan = wf.plan().map_err(|err| s.illegal(e, &format!("definition invalid: {err}")))?;
+            s.steps = vec![StepState { status: StepStatus::Pending, attempts: 0, output: None, error: None }; plan.steps.len()];
+            s.index = plan.steps.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+            s.run_id = ev.run_id.clone();
+            s.definition_hash = ev.definition_hash.clone();
+            s.input = ev.input.clone();
+            s.workflow = Some(wf);
+            s.plan = Some(plan);
+            s.status = RunStatus::Running;
+        }
+        (RunStatus::Running, RunEvent::StepReady(ev)) => {
+            let i = step_index(&s, e, &ev.step)?;
+            if s.steps[i].status != StepStatus::Pending {
+                return Err(s.illegal(e, &format!("step {} is not pending", ev.step)));
+            }
+            s.steps[i].status = StepStatus::Ready;
+        }
+        (RunStatus::Running, RunEvent::StepDispatched(ev)) => {
+            let i = step_index(&s, e, &ev.step)?;
+            let st = &mut s.steps[i];
+            let ok = match st.status {
+                StepStatus::Ready => ev.attempt == 1,
+                // A retry: the previous attempt failed with will_retry.
+                StepStatus::Dispatched { attempt } => ev.attempt == attempt + 1 && st.error.is_some(),
+                _ => false,
+            };
+            if !ok {
+                return Err(s.illegal(e, &format!("step {} cannot start attempt {}", ev.step, ev.attempt)));
+            }
+            st.status = StepStatus::Dispatched { attempt: ev.attempt };
+            st.attempts = ev.attempt;
+            st.error = None;
+        }
+        (RunStatus::Running, RunEvent::StepCompleted(ev)) => {
+            let i = step_index(&s, e, &ev.step)?;
+            if s.steps[i].status != (StepStatus::Dispatched { attempt: ev.attempt }) || s.steps[i].error.is_some() {
+                return Err(s.illegal(e, &format!("step {} attempt {} is not running", ev.step, ev.attempt)));
+            }
+            s.steps[i].status = StepStatus::Completed;
+            s.steps[i].output = Some(ev.output.clone());
+        }
+        (RunStatus::Running, RunEvent::StepFailed(ev)) => {
+            let i = step_index(&s, e, &ev.step)?;
+            if s.steps[i].status != (StepStatus::Dispatched { attempt: ev.attempt }) || s.steps[i].error.is_some() {
+                return Err(s.illegal(e, &format!("step {} attempt {} is not running", ev.step, ev.attempt)));
+            }
+            s.steps[i].error = Some(ev.error.clone());
+            if !ev.will_retry {
+                s.steps[i].status = StepStatus::Failed;
+            }
+        }
+        (RunStatus::Running, RunEvent::RunCompleted(ev)) => {
+            if s.steps.iter().any(|st| st.status != StepStatus::Completed) {
+                return Err(s.illegal(e, "steps are unfinished"));
+            }
+            s.status = RunStatus::Completed;
+            s.output = Some(ev.output.clone());
+        }
+        (RunStatus::Running, RunEvent::RunFailed(ev)) => {
+            s.status = RunStatus::Failed;
+            s.failure = Some(ev.reason.clone());
+        }
+        _ => return Err(s.illegal(e, "no such transition")),
+    }
+    s.version += 1;
+    Ok(s)
+}
+
+fn step_index(s: &RunState, e: &RunEvent, name: &str) -> Result<usize, IllegalTransition> {
+    s.index.get(name).copied().ok_or_else(|| s.illegal(e, &format!("unknown step {name}")))
+}
+
+/// The agents that should be running: every dispatched attempt without an outcome. After a
+/// crash this re-derives the interrupted work; the same idempotency keys are reused.
+pub fn pending_work(s: &RunState) -> Vec<Effect> {
+    if s.status != RunStatus::Running {
+        return vec![];
+    }
+    s.steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, st)| match st.status {
+            StepStatus::Dispatched { attempt } if st.error.is_none() => Some(Effect::RunAgent { step: i, attempt }),
+            _ => None,
+        })
+        .collect()
+}

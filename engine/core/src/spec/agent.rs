@@ -1,0 +1,127 @@
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// How an agent is defined in a workflow's `agents:` map or in an agents file.
+///
+/// Exactly one of `run`, `builtin` or `worker` says how it runs. `role`, `duration` and
+/// `description` are the seed guide's descriptive fields and are kept with the definition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDef {
+    /// A command in argv form (`["python3", "agent.py"]`), or a string split on whitespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Command>,
+    /// A built-in agent: `noop`, `echo`, `sleep`, `fail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<Builtin>,
+    /// Served by a remote worker over NATS (not in this version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<bool>,
+    /// Parameters of a built-in agent (`ms` for `sleep`, `message` for `fail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    /// Seconds before the agent is stopped (its whole process group is killed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// Attempts after the first when it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Facts that must hold before a hand-over to this agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
+    /// Undo command for rollback, argv form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<Command>,
+    /// Extra environment for a command agent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of a command agent, relative to the workflow file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Seed field: what the agent does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Seed field: expected duration, free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A command line: argv list, or one string split on whitespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Command {
+    /// `["python3", "agent.py", "--fast"]`
+    Argv(Vec<String>),
+    /// `"python3 agent.py --fast"` (split on whitespace; no quoting, no shell).
+    Line(String),
+}
+
+impl Command {
+    /// The argv this command runs.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Argv(v) => v.clone(),
+            Command::Line(s) => s.split_whitespace().map(str::to_owned).collect(),
+        }
+    }
+}
+
+/// Built-in agents for tests, benchmarks and examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Builtin {
+    /// Succeeds at once with a `null` output.
+    Noop,
+    /// Succeeds at once with its input as output.
+    Echo,
+    /// Sleeps `params.ms` milliseconds (default 100), then echoes.
+    Sleep,
+    /// Fails with `params.message`.
+    Fail,
+}
+
+/// The one way an agent runs, derived from its definition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentKind {
+    /// A built-in agent.
+    Builtin(Builtin),
+    /// A local command.
+    Command(Vec<String>),
+}
+
+impl AgentDef {
+    /// How this agent runs, or why it cannot.
+    pub fn kind(&self) -> Result<AgentKind, String> {
+        match (&self.run, &self.builtin, self.worker.unwrap_or(false)) {
+            (Some(cmd), None, false) => {
+                let argv = cmd.argv();
+                if argv.is_empty() || argv[0].is_empty() {
+                    return Err("`run` is empty; give a command like [\"python3\", \"agent.py\"]".into());
+                }
+                if let Command::Line(line) = cmd
+                    && (line.contains('"') || line.contains('\''))
+                {
+                    return Err(
+                        "`run` has quotes, which are not interpreted; use the list form [\"prog\", \"arg with spaces\"]"
+                            .into(),
+                    );
+                }
+                Ok(AgentKind::Command(argv))
+            }
+            (None, Some(b), false) => Ok(AgentKind::Builtin(*b)),
+            (None, None, true) => Err(
+                "`worker: true` agents (served over NATS) are not supported by this version; use `run:` or `builtin:`"
+                    .into(),
+            ),
+            (None, None, false) => Err(
+                "says neither how to run: give `run: [command, args...]` or `builtin: noop|echo|sleep|fail`".into(),
+            ),
+            _ => Err("gives more than one of `run`, `builtin` and `worker`; keep one".into()),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Workflow files: their shape, validation, and the plan each one compiles to.
+//!
+//! A workflow file is YAML or JSON. The seed guide's shapes are valid as written:
+//! `{"pattern": "sequential", "agents": ["dev", "test"], "handoff_validation": true}` with the
+//! agents defined in a separate agents file, or with an inline `agents:` map. The dependency form
+//! lists `steps:` with `needs:`. Every form compiles to one [`Plan`]: a DAG of steps.
+
+mod agent;
+mod error;
+mod parse;
+mod plan;
+
+pub use agent::{AgentDef, AgentKind, Builtin, Command};
+pub use error::Error;
+pub use parse::{ParseOptions, parse_agents_str, parse_str};
+pub use plan::{Plan, PlanStep};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Largest workflow or agents file accepted, in bytes.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+/// Most steps one workflow may have.
+pub const MAX_STEPS: usize = 5_000;
+
+/// The workflow patterns this version runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Pattern {
+    /// Agents run one after another; each gets the previous one's output.
+    Sequential,
+    /// Agents run at the same time; the run succeeds when all succeed.
+    Parallel,
+    /// Steps run when the steps they `need` have completed.
+    Dependency,
+}
+
+/// A validated workflow: every step's agent is defined, names are valid, the graph is acyclic.
+/// This is what a run pins (content-hashed) in `RunStarted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Workflow {
+    /// Workflow name (`[A-Za-z0-9_-]{1,64}`); defaults to the file stem.
+    pub name: String,
+    /// The pattern the file named (or `dependency` for the `steps:` form).
+    pub pattern: Pattern,
+    /// Definitions of the agents the steps use.
+    pub agents: BTreeMap<String, AgentDef>,
+    /// Steps in file order.
+    pub steps: Vec<StepDef>,
+    /// Seed option: check the next agent's `requires` facts at each hand-over.
+    #[serde(default)]
+    pub handoff_validation: bool,
+    /// Seed option: undo completed steps when the run fails.
+    #[serde(default)]
+    pub rollback_on_failure: bool,
+    /// Seed option: named barriers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coordination_points: Vec<String>,
+    /// Seed option: how parallel results are combined (`all` is what this version runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<String>,
+    /// Run-level timeout in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// Input given to the first steps.
+    #[serde(default)]
+    pub input: Value,
+}
+
+/// One step of a validated workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepDef {
+    /// Step name, unique in the workflow.
+    pub name: String,
+    /// Agent that performs it.
+    pub agent: String,
+    /// Steps that must complete first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Fixed input for this step (otherwise the outputs of its needs, or the run input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+}
+
+impl Workflow {
+    /// Compiles the workflow to its plan (a DAG of steps with indices).
+    pub fn plan(&self) -> Result<Plan, Error> {
+        Plan::compile(self)
+    }
+
+    /// Canonical JSON of the definition and its `sha256:` content hash.
+    pub fn pinned(&self) -> (Value, String) {
+        let value = serde_json::to_value(self).unwrap_or(Value::Null);
+        let hash = crate::hash::content_hash(value.to_string().as_bytes());
+        (value, hash)
+    }
+}

@@ -1,0 +1,352 @@
+//! Reading workflow and agents files (YAML or JSON) into a validated [`Workflow`].
+
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{AgentDef, Error, MAX_FILE_BYTES, MAX_STEPS, Pattern, StepDef, Workflow};
+use crate::names;
+
+/// Context for parsing a workflow file.
+#[derive(Debug, Clone, Default)]
+pub struct ParseOptions {
+    /// Agent definitions from an agents file; inline `agents:` definitions take precedence.
+    pub agents: BTreeMap<String, AgentDef>,
+    /// Name to use when the file has no `name:` (usually the file stem).
+    pub default_name: Option<String>,
+}
+
+/// The file as written. Unknown keys are refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowFile {
+    name: Option<String>,
+    description: Option<String>,
+    pattern: Option<String>,
+    agents: Option<AgentsField>,
+    steps: Option<Vec<StepFile>>,
+    handoff_validation: Option<bool>,
+    rollback_on_failure: Option<bool>,
+    coordination_points: Option<Vec<String>>,
+    result_aggregation: Option<Aggregation>,
+    aggregation: Option<String>,
+    timeout: Option<f64>,
+    input: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AgentsField {
+    Names(Vec<String>),
+    Defs(BTreeMap<String, AgentDef>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Aggregation {
+    Flag(bool),
+    Named(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    name: String,
+    agent: Option<String>,
+    #[serde(default)]
+    needs: Vec<String>,
+    input: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AgentsFile {
+    Wrapped { agents: BTreeMap<String, AgentDef> },
+    Bare(BTreeMap<String, AgentDef>),
+}
+
+const AGGREGATIONS: [&str; 5] = ["all", "any", "first", "majority", "consensus_required"];
+
+struct Ctx<'a> {
+    file: &'a str,
+    source: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, needle: &[&str], message: impl Into<String>) -> Error {
+        Error {
+            file: self.file.to_owned(),
+            line: line_of(self.source, needle),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The first line that contains every needle (found as written or quoted), if any.
+fn line_of(source: &str, needles: &[&str]) -> Option<usize> {
+    if needles.is_empty() {
+        return None;
+    }
+    source
+        .lines()
+        .position(|l| needles.iter().all(|n| l.contains(n)))
+        .map(|i| i + 1)
+}
+
+fn is_json(source: &str, file: &str) -> bool {
+    file.ends_with(".json") || source.trim_start().starts_with('{')
+}
+
+fn deserialize<T: serde::de::DeserializeOwned>(source: &str, file: &str) -> Result<T, Error> {
+    if source.len() > MAX_FILE_BYTES {
+        return Err(Error {
+            file: file.to_owned(),
+            line: None,
+            field: String::new(),
+            message: format!(
+                "file is {} bytes; the limit is {MAX_FILE_BYTES} bytes",
+                source.len()
+            ),
+        });
+    }
+    if is_json(source, file) {
+        serde_json::from_str(source).map_err(|e| Error {
+            file: file.to_owned(),
+            line: Some(e.line()),
+            field: String::new(),
+            message: friendly(&e.to_string()),
+        })
+    } else {
+        yaml_serde::from_str(source).map_err(|e| {
+            let line = e.location().map(|l| l.line());
+            Error { file: file.to_owned(), line, field: String::new(), message: friendly(&e.to_string()) }
+        })
+    }
+}
+
+/// Rewrites serde's wording for the untagged enums into something a user can act on.
+fn friendly(msg: &str) -> String {
+    let msg = msg.split(" at line ").next().unwrap_or(msg).to_owned();
+    if msg.contains("untagged enum AgentsField") {
+        return "`agents` must be a list of agent names or a map of name -> definition".into();
+    }
+    if msg.contains("untagged enum Aggregation") {
+        return "`result_aggregation` must be true/false or one of all, any, first, majority, consensus_required".into();
+    }
+    if msg.contains("untagged enum AgentsFile") {
+        return "an agents file is a map of agent name -> definition (optionally under `agents:`); \
+                each definition takes run, builtin, params, timeout, retries, requires, compensate, env, cwd, role, duration, description"
+            .into();
+    }
+    if msg.contains("untagged enum Command") {
+        return "a command is a list of strings or one string".into();
+    }
+    msg
+}
+
+/// Parses an agents file: a map of agent name → definition, optionally under `agents:`.
+pub fn parse_agents_str(source: &str, file: &str) -> Result<BTreeMap<String, AgentDef>, Error> {
+    let parsed: AgentsFile = deserialize(source, file)?;
+    let agents = match parsed {
+        AgentsFile::Wrapped { agents } | AgentsFile::Bare(agents) => agents,
+    };
+    let cx = Ctx { file, source };
+    for (name, def) in &agents {
+        names::validate("agent", name).map_err(|e| cx.err(format!("agents.{name}"), &[name], e.to_string()))?;
+        def.kind().map_err(|m| cx.err(format!("agents.{name}"), &[name], format!("agent `{name}` {m}")))?;
+    }
+    Ok(agents)
+}
+
+/// Parses and validates a workflow file. `file` is only used in error messages and to decide
+/// between JSON (`.json`, or text starting with `{`) and YAML.
+pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workflow, Error> {
+    let raw: WorkflowFile = deserialize(source, file)?;
+    let cx = Ctx { file, source };
+    let _ = &raw.description;
+
+    let name = raw
+        .name
+        .clone()
+        .or_else(|| opts.default_name.clone())
+        .unwrap_or_else(|| "workflow".to_owned());
+    names::validate("workflow", &name).map_err(|e| cx.err("name", &["name"], e.to_string()))?;
+
+    // Agents: inline definitions win over the agents file; a list names agents defined elsewhere.
+    let mut defs = opts.agents.clone();
+    let mut listed: Vec<String> = Vec::new();
+    match &raw.agents {
+        Some(AgentsField::Names(list)) => listed = list.clone(),
+        Some(AgentsField::Defs(map)) => {
+            for (k, v) in map {
+                listed.push(k.clone());
+                defs.insert(k.clone(), v.clone());
+            }
+        }
+        None => {}
+    }
+
+    let pattern = match raw.pattern.as_deref() {
+        None if raw.steps.is_some() => Pattern::Dependency,
+        None => {
+            return Err(cx.err(
+                "pattern",
+                &[],
+                "no `pattern:` and no `steps:`; say `pattern: sequential` or `pattern: parallel`, or list `steps:` with `needs:`",
+            ));
+        }
+        Some("sequential") => Pattern::Sequential,
+        Some("parallel") => Pattern::Parallel,
+        Some("dependency" | "dag") => Pattern::Dependency,
+        Some(other) => {
+            return Err(cx.err(
+                "pattern",
+                &["pattern", other],
+                format!("pattern `{other}` is not supported by this version; use sequential, parallel or dependency"),
+            ));
+        }
+    };
+
+    let steps: Vec<StepDef> = match (pattern, &raw.steps) {
+        (Pattern::Dependency, Some(steps)) => steps
+            .iter()
+            .map(|s| StepDef {
+                name: s.name.clone(),
+                agent: s.agent.clone().unwrap_or_else(|| s.name.clone()),
+                needs: s.needs.clone(),
+                input: s.input.clone(),
+            })
+            .collect(),
+        (Pattern::Dependency, None) => {
+            return Err(cx.err("steps", &["pattern"], "the dependency pattern needs a `steps:` list"));
+        }
+        (_, Some(_)) => {
+            return Err(cx.err(
+                "steps",
+                &["steps"],
+                "`steps:` belongs to the dependency form; with `pattern: sequential` or `parallel` list `agents:` instead",
+            ));
+        }
+        (Pattern::Sequential, None) => {
+            let mut out: Vec<StepDef> = Vec::with_capacity(listed.len());
+            for (i, a) in listed.iter().enumerate() {
+                let needs = if i == 0 { vec![] } else { vec![listed[i - 1].clone()] };
+                out.push(StepDef { name: a.clone(), agent: a.clone(), needs, input: None });
+            }
+            out
+        }
+        (Pattern::Parallel, None) => listed
+            .iter()
+            .map(|a| StepDef { name: a.clone(), agent: a.clone(), needs: vec![], input: None })
+            .collect(),
+    };
+
+    if steps.is_empty() {
+        return Err(cx.err("agents", &["agents"], "the workflow has no steps; list at least one agent"));
+    }
+    if steps.len() > MAX_STEPS {
+        return Err(cx.err(
+            "steps",
+            &[],
+            format!("the workflow has {} steps; the limit is {MAX_STEPS}", steps.len()),
+        ));
+    }
+
+    let mut seen = BTreeSet::new();
+    let mut used = BTreeMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        let field = if pattern == Pattern::Dependency { format!("steps[{i}].name") } else { format!("agents[{i}]") };
+        names::validate("step", &s.name).map_err(|e| cx.err(&field, &[&s.name], e.to_string()))?;
+        if !seen.insert(s.name.as_str()) {
+            return Err(cx.err(
+                field,
+                &[&s.name],
+                format!("`{}` appears twice; step names must be unique (use the `steps:` form to run an agent twice)", s.name),
+            ));
+        }
+        let afield = if pattern == Pattern::Dependency { format!("steps[{i}].agent") } else { field.clone() };
+        names::validate("agent", &s.agent).map_err(|e| cx.err(&afield, &[&s.agent], e.to_string()))?;
+        let Some(def) = defs.get(&s.agent) else {
+            let known: Vec<&str> = defs.keys().map(String::as_str).collect();
+            return Err(cx.err(
+                afield,
+                &[&s.agent],
+                format!(
+                    "unknown agent `{}`; define it under `agents:` or in an agents file (--agents FILE){}",
+                    s.agent,
+                    if known.is_empty() { String::new() } else { format!("; known agents: {}", known.join(", ")) }
+                ),
+            ));
+        };
+        def.kind().map_err(|m| cx.err(format!("agents.{}", s.agent), &[&s.agent], format!("agent `{}` {m}", s.agent)))?;
+        if let Some(t) = def.timeout
+            && !(t.is_finite() && t > 0.0)
+        {
+            return Err(cx.err(format!("agents.{}.timeout", s.agent), &["timeout"], "timeout must be a positive number of seconds"));
+        }
+        used.insert(s.agent.clone(), def.clone());
+    }
+    for (i, s) in steps.iter().enumerate() {
+        for n in &s.needs {
+            if !seen.contains(n.as_str()) {
+                return Err(cx.err(
+                    format!("steps[{i}].needs"),
+                    &["needs", n],
+                    format!("step `{}` needs `{n}`, which is not a step of this workflow", s.name),
+                ));
+            }
+            if n == &s.name {
+                return Err(cx.err(format!("steps[{i}].needs"), &["needs", n], format!("step `{n}` needs itself")));
+            }
+        }
+    }
+
+    let aggregation = match (&raw.result_aggregation, &raw.aggregation) {
+        (_, Some(a)) | (Some(Aggregation::Named(a)), None) => Some(a.clone()),
+        (Some(Aggregation::Flag(true)), None) => Some("all".to_owned()),
+        _ => None,
+    };
+    if let Some(a) = &aggregation
+        && !AGGREGATIONS.contains(&a.as_str())
+    {
+        return Err(cx.err(
+            "aggregation",
+            &[a],
+            format!("aggregation `{a}` is unknown; use one of {}", AGGREGATIONS.join(", ")),
+        ));
+    }
+    let coordination_points = raw.coordination_points.clone().unwrap_or_default();
+    for p in &coordination_points {
+        names::validate("coordination point", p).map_err(|e| cx.err("coordination_points", &[p], e.to_string()))?;
+    }
+    if let Some(t) = raw.timeout
+        && !(t.is_finite() && t > 0.0)
+    {
+        return Err(cx.err("timeout", &["timeout"], "timeout must be a positive number of seconds"));
+    }
+
+    let wf = Workflow {
+        name,
+        pattern,
+        agents: used,
+        steps,
+        handoff_validation: raw.handoff_validation.unwrap_or(false),
+        rollback_on_failure: raw.rollback_on_failure.unwrap_or(false),
+        coordination_points,
+        aggregation,
+        timeout: raw.timeout,
+        input: raw.input.clone().unwrap_or(Value::Null),
+    };
+    // Cycles are found by compiling the plan; report them against this file.
+    wf.plan().map_err(|mut e| {
+        e.file = file.to_owned();
+        if e.line.is_none()
+            && let Some(first) = e.message.split('`').nth(1)
+        {
+            e.line = line_of(source, &["needs", first]).or_else(|| line_of(source, &[first]));
+        }
+        e
+    })?;
+    Ok(wf)
+}

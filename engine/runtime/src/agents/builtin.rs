@@ -1,0 +1,26 @@
+//! Built-in agents: `noop`, `echo`, `sleep`, `fail`.
+
+use ltmc_core::run::Outcome;
+use ltmc_core::spec::Builtin;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+use super::Task;
+
+pub(super) async fn perform(b: Builtin, params: Option<&Value>, task: &Task) -> Outcome {
+    let started = Instant::now();
+    let param = |k: &str| params.and_then(|p| p.get(k));
+    match b {
+        Builtin::Noop => Outcome::Completed { output: Value::Null, duration_ms: 0 },
+        Builtin::Echo => Outcome::Completed { output: task.input.clone(), duration_ms: 0 },
+        Builtin::Sleep => {
+            let ms = param("ms").and_then(Value::as_u64).unwrap_or(100);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Outcome::Completed { output: task.input.clone(), duration_ms: started.elapsed().as_millis() as u64 }
+        }
+        Builtin::Fail => Outcome::Failed {
+            error: param("message").and_then(Value::as_str).unwrap_or("builtin fail agent failed").to_owned(),
+            duration_ms: 0,
+        },
+    }
+}

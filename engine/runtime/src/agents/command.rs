@@ -1,0 +1,218 @@
+//! Command agents: a local process per attempt.
+//!
+//! The task goes to stdin as one JSON object; `LTMC_*` variables carry the ids. The last line of
+//! stdout that is a JSON object is the result (its `output` field, or the object itself);
+//! otherwise all of stdout is the plain-text output. A non-zero exit is a failure. Output is
+//! capped. The agent runs in its own process group: on timeout the group gets SIGTERM, then
+//! SIGKILL after a grace period, and after any exit the group is killed so no grandchild is
+//! left behind.
+
+use ltmc_core::run::Outcome;
+use ltmc_core::spec::AgentDef;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use super::Task;
+
+/// Most stdout kept from one attempt; the rest is read and dropped.
+pub const MAX_OUTPUT_BYTES: usize = 256 * 1024;
+/// Most stderr kept (for error messages).
+pub const MAX_STDERR_BYTES: usize = 16 * 1024;
+/// Time between SIGTERM and SIGKILL on timeout.
+pub const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// Reads everything, keeping the first `cap` bytes; reports whether anything was dropped.
+async fn read_capped(mut r: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut truncated = false;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, truncated),
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                truncated |= n > room;
+            }
+        }
+    }
+}
+
+fn kill_group(pid: Option<u32>, signal: Signal) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = killpg(Pid::from_raw(pid), signal);
+    }
+}
+
+pub(super) async fn perform(argv: &[String], def: &AgentDef, task: &Task, base_dir: &Path, timeout: Duration) -> Outcome {
+    let started = Instant::now();
+    let elapsed = || started.elapsed().as_millis() as u64;
+    let Some((program, args)) = argv.split_first() else {
+        return Outcome::Failed { error: "empty command".into(), duration_ms: 0 };
+    };
+    let cwd = match &def.cwd {
+        Some(dir) => base_dir.join(dir),
+        None => base_dir.to_path_buf(),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(&cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("LTMC_RUN_ID", &task.run_id)
+        .env("LTMC_WORKFLOW", &task.workflow)
+        .env("LTMC_STEP", &task.step)
+        .env("LTMC_AGENT", &task.agent)
+        .env("LTMC_ATTEMPT", task.attempt.to_string())
+        .env("LTMC_IDEMPOTENCY_KEY", &task.idempotency_key)
+        .envs(&def.env)
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(s) = &task.session_id {
+        cmd.env("LTMC_SESSION_ID", s);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Failed {
+                error: format!("cannot start {program:?} in {}: {e}", cwd.display()),
+                duration_ms: elapsed(),
+            };
+        }
+    };
+    let pid = child.id();
+    let stdin = child.stdin.take();
+    let task_json = serde_json::to_vec(task).unwrap_or_default();
+    let writer = tokio::spawn(async move {
+        if let Some(mut stdin) = stdin {
+            // An agent that ignores stdin closes the pipe; that is not an error.
+            let _ = stdin.write_all(&task_json).await;
+            let _ = stdin.write_all(b"\n").await;
+        }
+    });
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_reader = tokio::spawn(async move {
+        match stdout {
+            Some(s) => read_capped(s, MAX_OUTPUT_BYTES).await,
+            None => (Vec::new(), false),
+        }
+    });
+    let err_reader = tokio::spawn(async move {
+        match stderr {
+            Some(s) => read_capped(s, MAX_STDERR_BYTES).await,
+            None => (Vec::new(), false),
+        }
+    });
+
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => Some(status),
+        Err(_) => {
+            kill_group(pid, Signal::SIGTERM);
+            match tokio::time::timeout(TERM_GRACE, child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    kill_group(pid, Signal::SIGKILL);
+                    let _ = child.wait().await;
+                }
+            }
+            None
+        }
+    };
+    // Whatever the agent left running in its group goes too; that also closes the pipes.
+    kill_group(pid, Signal::SIGKILL);
+    writer.abort();
+    let (stdout, out_truncated) = out_reader.await.unwrap_or_default();
+    let (stderr, _) = err_reader.await.unwrap_or_default();
+    let stderr_tail = tail(&String::from_utf8_lossy(&stderr), 2000);
+
+    let Some(status) = status else {
+        return Outcome::Failed {
+            error: format!("timed out after {:.1}s; the process group was killed{}", timeout.as_secs_f64(), suffix(&stderr_tail)),
+            duration_ms: elapsed(),
+        };
+    };
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed { error: format!("waiting for the agent failed: {e}"), duration_ms: elapsed() },
+    };
+    if !status.success() {
+        let how = match status.code() {
+            Some(code) => format!("exited with status {code}"),
+            None => "was killed by a signal".to_owned(),
+        };
+        return Outcome::Failed { error: format!("{how}{}", suffix(&stderr_tail)), duration_ms: elapsed() };
+    }
+    let text = String::from_utf8_lossy(&stdout);
+    let mut output = parse_result(&text);
+    if out_truncated {
+        output = serde_json::json!({
+            "truncated": true,
+            "limit_bytes": MAX_OUTPUT_BYTES,
+            "text": text,
+        });
+    }
+    Outcome::Completed { output, duration_ms: elapsed() }
+}
+
+fn suffix(stderr: &str) -> String {
+    if stderr.trim().is_empty() { String::new() } else { format!("; stderr: {}", stderr.trim()) }
+}
+
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
+}
+
+/// The result of an agent's stdout: the last line that is a JSON object (its `output` field if
+/// it has one, else the object), or the whole text as a string.
+pub(crate) fn parse_result(text: &str) -> Value {
+    if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(text.trim()) {
+        return unwrap_output(v);
+    }
+    for line in text.lines().rev() {
+        let line = line.trim();
+        if line.starts_with('{')
+            && let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(line)
+        {
+            return unwrap_output(v);
+        }
+    }
+    let trimmed = text.trim_end();
+    if trimmed.is_empty() { Value::Null } else { Value::String(trimmed.to_owned()) }
+}
+
+fn unwrap_output(v: Value) -> Value {
+    match v {
+        Value::Object(mut m) if m.contains_key("output") => m.remove("output").unwrap_or(Value::Null),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn last_json_object_wins() {
+        assert_eq!(parse_result("working...\n{\"output\": 1}\n{\"output\": 2}\n"), json!(2));
+        assert_eq!(parse_result("{\"a\": 1}"), json!({"a": 1}));
+        assert_eq!(parse_result("plain text\n"), json!("plain text"));
+        assert_eq!(parse_result(""), Value::Null);
+        assert_eq!(parse_result("{\n  \"output\": \"pretty\"\n}\n"), json!("pretty"));
+    }
+}

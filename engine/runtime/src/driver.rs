@@ -1,0 +1,249 @@
+//! The run driver: folds a run, asks the decider, appends, performs the pending work.
+//!
+//! Intent before effect: `StepDispatched` is committed before an agent starts, and an agent's
+//! outcome is committed together with whatever it releases (the next steps' dispatch), so each
+//! sequential step costs one commit. Outcomes that arrive together are decided and appended as
+//! one batch. Recovery is the same loop started on an unfinished run: the fold yields the
+//! dispatched-but-unfinished attempts, which run again with the same idempotency keys.
+
+use ltmc_core::run::{self, Command, Effect, Outcome, RunEvent, RunState, evolve};
+use ltmc_core::spec::Workflow;
+use ltmc_core::{Metadata, NewEvent};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::agents::{self, Task};
+use crate::store::{self, EventStore, ExpectedVersion, Store, new_event};
+
+/// Engine settings that shape how runs execute.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Agent timeout when the agent gives none.
+    pub default_timeout: Duration,
+    /// Most agents running at once in this engine, across runs.
+    pub max_concurrent_agents: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            default_timeout: Duration::from_secs_f64(agents::DEFAULT_TIMEOUT_SECS),
+            max_concurrent_agents: 10,
+        }
+    }
+}
+
+/// Driver errors: the run could not be driven (the run's own failure is not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The stored history does not fold.
+    #[error(transparent)]
+    History(#[from] run::IllegalTransition),
+    /// A stored event is not a run event.
+    #[error(transparent)]
+    Unknown(#[from] run::UnknownEvent),
+    /// The command was refused.
+    #[error(transparent)]
+    Rejected(#[from] run::Rejection),
+    /// No run with this id.
+    #[error("no run {0}; `ltmc runs` lists them")]
+    NotFound(String),
+}
+
+/// Runs workflows. Cheap to clone; clones share the concurrency limit.
+#[derive(Clone)]
+pub struct Engine {
+    store: Store,
+    options: EngineOptions,
+    slots: Arc<Semaphore>,
+}
+
+/// Called with each event the driver appends (for progress output).
+pub type Progress = Arc<dyn Fn(&RunEvent) + Send + Sync>;
+
+impl Engine {
+    /// An engine over `store`.
+    pub fn new(store: Store, options: EngineOptions) -> Engine {
+        let slots = Arc::new(Semaphore::new(options.max_concurrent_agents.max(1)));
+        Engine { store, options, slots }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Starts a run (appends `RunStarted` and the first dispatches) and returns its id.
+    pub async fn start(&self, workflow: Workflow, input: Option<Value>) -> Result<String, Error> {
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let events = run::decide(&RunState::default(), Command::Start { run_id: run_id.clone(), workflow, input })?;
+        let stream = run::stream_id(&run_id);
+        self.store.append(&stream, ExpectedVersion::NoStream, &to_new(&run_id, &events)).await?;
+        Ok(run_id)
+    }
+
+    /// Folds a run from the log.
+    pub async fn load(&self, run_id: &str) -> Result<RunState, Error> {
+        let events = store::read_stream_all(&self.store, &run::stream_id(run_id)).await?;
+        if events.is_empty() {
+            return Err(Error::NotFound(run_id.to_owned()));
+        }
+        let mut state = RunState::default();
+        for e in &events {
+            state = evolve(state, &RunEvent::from_parts(&e.event_type, &e.data)?)?;
+        }
+        Ok(state)
+    }
+
+    /// Starts and drives a run to its end.
+    pub async fn run(&self, workflow: Workflow, input: Option<Value>, base_dir: PathBuf, progress: Option<Progress>) -> Result<RunState, Error> {
+        let run_id = self.start(workflow, input).await?;
+        self.drive(&run_id, base_dir, progress).await
+    }
+
+    /// Drives an existing run until it completes or fails; resumes an interrupted one.
+    pub async fn drive(&self, run_id: &str, base_dir: PathBuf, progress: Option<Progress>) -> Result<RunState, Error> {
+        let stream = run::stream_id(run_id);
+        let mut state = self.load(run_id).await?;
+        let deadline = state
+            .workflow
+            .as_ref()
+            .and_then(|w| w.timeout)
+            .map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t));
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32, Outcome)>();
+        let mut in_flight: HashSet<(usize, u32)> = HashSet::new();
+        let mut agents_running = JoinSet::new();
+        loop {
+            if state.status.is_terminal() {
+                agents_running.abort_all();
+                return Ok(state);
+            }
+            for Effect::RunAgent { step, attempt } in run::pending_work(&state) {
+                if in_flight.insert((step, attempt)) {
+                    let task = self.task(&state, step, attempt);
+                    let def = state
+                        .workflow
+                        .as_ref()
+                        .and_then(|w| w.agents.get(&task.agent))
+                        .cloned()
+                        .unwrap_or_default();
+                    let (tx, slots, base_dir, timeout) =
+                        (tx.clone(), self.slots.clone(), base_dir.clone(), self.options.default_timeout);
+                    agents_running.spawn(async move {
+                        let _permit = slots.acquire_owned().await;
+                        let outcome = agents::perform(&def, &task, &base_dir, timeout).await;
+                        let _ = tx.send((task.step, task.attempt, outcome));
+                    });
+                }
+            }
+            // Wait for an outcome (or the run deadline), then take every outcome already waiting.
+            let mut commands = Vec::new();
+            let first = match deadline {
+                Some(d) => tokio::select! {
+                    o = rx.recv() => o,
+                    _ = tokio::time::sleep_until(d) => None,
+                },
+                None => rx.recv().await,
+            };
+            match first {
+                Some((step, attempt, outcome)) => {
+                    commands.push(Command::RecordOutcome { step, attempt, outcome });
+                    while let Ok((step, attempt, outcome)) = rx.try_recv() {
+                        commands.push(Command::RecordOutcome { step, attempt, outcome });
+                    }
+                }
+                None => {
+                    let secs = state.workflow.as_ref().and_then(|w| w.timeout).unwrap_or(0.0);
+                    commands.push(Command::Abort { reason: format!("run timed out after {secs}s") });
+                }
+            }
+            let mut next = state.clone();
+            let mut events = Vec::new();
+            for cmd in commands {
+                if let Command::RecordOutcome { step, attempt, .. } = &cmd
+                    && let Some((i, _)) = next.step(step)
+                {
+                    in_flight.remove(&(i, *attempt));
+                }
+                match run::decide(&next, cmd) {
+                    Ok(evs) => {
+                        for e in evs {
+                            next = evolve(next, &e)?;
+                            events.push(e);
+                        }
+                    }
+                    // A late outcome (after the run ended) or a duplicate: nothing to record.
+                    Err(rejection) => tracing::debug!(%rejection, "outcome not recorded"),
+                }
+            }
+            if events.is_empty() {
+                continue;
+            }
+            let batch = to_new(run_id, &events);
+            self.append_retrying(&stream, ExpectedVersion::Exact(state.version), &batch).await?;
+            if let Some(p) = &progress {
+                events.iter().for_each(|e| p(e));
+            }
+            state = next;
+        }
+    }
+
+    /// Appends, retrying while the store is unavailable. The batch keeps its event ids, so a
+    /// retry after an append that did commit is recognised as a duplicate.
+    async fn append_retrying(&self, stream: &str, expected: ExpectedVersion, batch: &[NewEvent]) -> Result<(), Error> {
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            match self.store.append(stream, expected, batch).await {
+                Ok(_) => return Ok(()),
+                Err(store::Error::Unavailable(e)) if tries < 20 => {
+                    tracing::warn!(error = %e, "store unavailable; retrying in {:?}", delay);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    tries += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn task(&self, state: &RunState, step: usize, attempt: u32) -> Task {
+        let (name, agent) = state
+            .plan
+            .as_ref()
+            .map(|p| (p.steps[step].name.clone(), p.steps[step].agent.clone()))
+            .unwrap_or_default();
+        Task {
+            run_id: state.run_id.clone(),
+            session_id: None,
+            workflow: state.workflow.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
+            idempotency_key: run::idempotency_key(&state.run_id, &name, attempt),
+            step: name,
+            agent,
+            attempt,
+            input: state.step_input(step),
+            context: Value::Object(Default::default()),
+        }
+    }
+}
+
+fn to_new(run_id: &str, events: &[RunEvent]) -> Vec<NewEvent> {
+    let metadata = Metadata {
+        correlation_id: Some(run_id.to_owned()),
+        actor: Some("engine".to_owned()),
+        run_id: Some(run_id.to_owned()),
+        ..Default::default()
+    };
+    events
+        .iter()
+        .map(|e| new_event(e.event_type(), RunEvent::SCHEMA_VERSION, e.data(), metadata.clone()))
+        .collect()
+}

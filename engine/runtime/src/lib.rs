@@ -1,0 +1,11 @@
+//! ltmc-engine: LTMC's IO around the pure core: event stores (Postgres, SQLite), the JetStream
+//! relay, agents, and the run driver.
+
+pub mod agents;
+pub mod config;
+pub mod driver;
+pub mod relay;
+pub mod store;
+
+pub use driver::{Engine, EngineOptions};
+pub use store::{EventStore, ExpectedVersion, Store};

@@ -1,0 +1,248 @@
+//! The relay: publishes the committed log to JetStream stream `LTMC_EVENTS`, in position order.
+//!
+//! Postgres (or SQLite) is the truth; JetStream is a derived feed. The relay:
+//! - holds a lease so one relay publishes per database (an advisory lock on Postgres, a file
+//!   lock on SQLite; both end with the holder's process);
+//! - publishes each event to `ltmc.events.<category>.<stream>.<EventType>` with
+//!   `Nats-Msg-Id` = event id, `Nats-Expected-Last-Msg-Id` = the previous event's id, and the
+//!   position, stream and version in headers, then awaits every ack before it checkpoints;
+//! - keeps the JetStream stream an exact prefix of the log: the expected-last-id header makes
+//!   the server refuse an event whose predecessor is missing, so the stream never has holes;
+//! - on start resumes from the lower of its checkpoint and the stream's tail, publishing only
+//!   what lies beyond the tail, so neither a crash after publishing nor a lost tail duplicates
+//!   or drops an event, however long the outage.
+//!
+//! Appends never wait for the relay: NATS being down only delays the feed.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use ltmc_core::RecordedEvent;
+use ltmc_core::names::category;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::store::{self, EventStore, Store};
+
+
+/// Relay settings.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// NATS server URL.
+    pub nats_url: String,
+    /// JetStream stream name.
+    pub stream_name: String,
+    /// Subject prefix; events go to `<prefix>.<category>.<stream>.<EventType>`.
+    pub subject_prefix: String,
+    /// Most events published before awaiting their acks.
+    pub batch: usize,
+    /// Checkpoint and lease name.
+    pub name: String,
+}
+
+impl RelayOptions {
+    /// The standard stream `LTMC_EVENTS` on `ltmc.events.>`.
+    pub fn new(nats_url: &str) -> RelayOptions {
+        RelayOptions {
+            nats_url: nats_url.to_owned(),
+            stream_name: "LTMC_EVENTS".into(),
+            subject_prefix: "ltmc.events".into(),
+            batch: 256,
+            name: "relay".into(),
+        }
+    }
+
+    /// The subject of one event.
+    pub fn subject(&self, e: &RecordedEvent) -> String {
+        format!("{}.{}.{}.{}", self.subject_prefix, category(&e.stream_id), e.stream_id, e.event_type)
+    }
+}
+
+/// Relay errors (all retried by the relay loop; surfaced in logs and to tests).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// NATS or JetStream refused or failed.
+    #[error("NATS: {0}")]
+    Nats(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The JetStream stream holds something the log does not.
+    #[error("JetStream stream {stream} does not match the log: {reason}")]
+    Mismatch {
+        /// Stream name.
+        stream: String,
+        /// What differs.
+        reason: String,
+    },
+}
+
+fn nats<E: std::fmt::Display>(e: E) -> Error {
+    Error::Nats(e.to_string())
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    published: watch::Receiver<i64>,
+    task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Highest position known to be in JetStream.
+    pub fn published(&self) -> i64 {
+        *self.published.borrow()
+    }
+
+    /// Waits until `position` is in JetStream, or `timeout` passes; returns whether it is.
+    pub async fn wait_for(&mut self, position: i64, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.published.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops the relay.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the relay on its own task. It keeps trying (lease, NATS, stream) until stopped.
+pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
+    let (tx, rx) = watch::channel(0);
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match run_once(&store, &opts, &tx).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay interrupted; retrying in {:?}", backoff);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    });
+    RelayHandle { published: rx, task }
+}
+
+enum Lease {
+    Pg(store::postgres::PgLease),
+    Sqlite { _guard: store::sqlite::SqliteLease, store: store::sqlite::SqliteStore },
+}
+
+impl Lease {
+    async fn save(&self, name: &str, position: i64) -> Result<(), Error> {
+        match self {
+            Lease::Pg(l) => l.save_checkpoint(name, position).await?,
+            Lease::Sqlite { store, .. } => store.save_checkpoint(name, position).await?,
+        }
+        Ok(())
+    }
+}
+
+async fn take_lease(store: &Store, name: &str) -> Result<Lease, Error> {
+    loop {
+        let lease = match store {
+            Store::Postgres(s) => s.try_lease(name).await?.map(Lease::Pg),
+            Store::Sqlite(s) => s.try_lease(name).await?.map(|l| Lease::Sqlite { _guard: l, store: s.clone() }),
+        };
+        if let Some(l) = lease {
+            return Ok(l);
+        }
+        // Another relay publishes for this database; stand by.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates or updates the event stream.
+pub async fn ensure_stream(js: &jetstream::Context, opts: &RelayOptions) -> Result<stream::Stream, Error> {
+    let config = stream::Config {
+        name: opts.stream_name.clone(),
+        subjects: vec![format!("{}.>", opts.subject_prefix)],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        ..Default::default()
+    };
+    js.create_or_update_stream(config).await.map_err(nats)?;
+    js.get_stream(&opts.stream_name).await.map_err(nats)
+}
+
+/// The position and event id of the last message in the stream (`(0, None)` when empty).
+pub async fn stream_tail(stream: &mut stream::Stream) -> Result<(i64, Option<String>), Error> {
+    let last = stream.info().await.map_err(nats)?.state.last_sequence;
+    if last == 0 {
+        return Ok((0, None));
+    }
+    let msg = stream.get_raw_message(last).await.map_err(nats)?;
+    let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
+    let position = header("Ltmc-Position").and_then(|p| p.parse::<i64>().ok()).ok_or_else(|| Error::Mismatch {
+        stream: String::new(),
+        reason: format!("message {last} has no Ltmc-Position header; another program writes to this stream"),
+    })?;
+    Ok((position, header("Nats-Msg-Id")))
+}
+
+async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<i64>) -> Result<(), Error> {
+    let lease = take_lease(store, &opts.name).await?;
+    let client = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(&opts.nats_url))
+        .await
+        .map_err(|_| Error::Nats(format!("connecting to {} timed out", opts.nats_url)))?
+        .map_err(nats)?;
+    let js = jetstream::new(client);
+    let mut stream = ensure_stream(&js, opts).await?;
+    let (tail, mut prev_id) = stream_tail(&mut stream).await?;
+    let checkpoint = store.checkpoint(&opts.name).await?;
+    let start = checkpoint.min(tail);
+    if tail > 0 {
+        // The tail must be our event: the log's event at that position, same id.
+        let at = store.read_all(tail - 1, 1).await?;
+        let matches = at.first().is_some_and(|e| e.global_position == tail && Some(e.event_id.to_string()) == prev_id);
+        if !matches {
+            return Err(Error::Mismatch {
+                stream: opts.stream_name.clone(),
+                reason: format!("its last message (position {tail}) is not the log's event at that position"),
+            });
+        }
+    }
+    tracing::info!(checkpoint, tail, "relay resuming");
+    if tail > checkpoint {
+        lease.save(&opts.name, tail).await?;
+    }
+    published.send_replace(tail);
+    let mut sub = store.subscribe(start);
+    loop {
+        let batch = sub.next_batch(opts.batch).await?;
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut last = None;
+        for e in batch.iter().filter(|e| e.global_position > tail) {
+            let mut headers = HeaderMap::new();
+            headers.insert("Ltmc-Position", e.global_position.to_string().as_str());
+            headers.insert("Ltmc-Stream", e.stream_id.as_str());
+            headers.insert("Ltmc-Stream-Version", e.stream_version.to_string().as_str());
+            headers.insert("Ltmc-Event-Type", e.event_type.as_str());
+            let mut msg = jetstream::message::PublishMessage::build()
+                .payload(serde_json::to_vec(e).unwrap_or_default().into())
+                .headers(headers)
+                .message_id(e.event_id.to_string());
+            if let Some(prev) = &prev_id {
+                msg = msg.expected_last_message_id(prev);
+            }
+            acks.push(js.send_publish(opts.subject(e), msg).await.map_err(nats)?);
+            prev_id = Some(e.event_id.to_string());
+            last = Some(e.global_position);
+        }
+        for ack in acks {
+            if let Err(e) = ack.await {
+                if e.kind() == PublishErrorKind::WrongLastMessageId {
+                    return Err(Error::Nats(format!("stream tail moved unexpectedly ({e}); resynchronising")));
+                }
+                return Err(nats(e));
+            }
+        }
+        if let Some(last) = last {
+            lease.save(&opts.name, last).await?;
+            published.send_replace(last);
+        }
+    }
+}

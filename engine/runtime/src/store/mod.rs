@@ -1,0 +1,298 @@
+//! The event store: one trait, two backends (Postgres and embedded SQLite).
+//!
+//! Both keep the same `events` table (see `docs/event-log.md`), hash-chain every stream, refuse
+//! stale expectations with a typed conflict, and treat a retried append of the same events as a
+//! no-op that returns the original positions.
+
+mod head_cache;
+pub mod postgres;
+pub mod sqlite;
+mod subscription;
+
+pub use subscription::{POLL_INTERVAL, Subscription};
+
+use chrono::Utc;
+use ltmc_core::event::{MAX_EVENT_BYTES, to_micros};
+use ltmc_core::hash::{Link, chain};
+use ltmc_core::names;
+use ltmc_core::{NewEvent, RecordedEvent};
+use std::future::Future;
+use tokio::sync::broadcast;
+
+/// What the appender believes the stream's version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the version is.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must be at exactly this version (its last event has this `stream_version`).
+    Exact(i64),
+}
+
+impl ExpectedVersion {
+    fn describe(self) -> String {
+        match self {
+            ExpectedVersion::Any => "any".into(),
+            ExpectedVersion::NoStream => "no stream".into(),
+            ExpectedVersion::Exact(v) => v.to_string(),
+        }
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Global position of the first event.
+    pub first_position: i64,
+    /// Global position of the last event.
+    pub last_position: i64,
+    /// The stream's version after the append.
+    pub next_version: i64,
+    /// True when these events were already in the log (a retried append); nothing was written.
+    pub duplicate: bool,
+}
+
+/// A stream and where it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamInfo {
+    /// Stream id.
+    pub stream_id: String,
+    /// Last version.
+    pub version: i64,
+    /// Time of the first event.
+    pub created_at: chrono::DateTime<Utc>,
+    /// Time of the last event.
+    pub updated_at: chrono::DateTime<Utc>,
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The stream is not at the expected version. Fold it again and retry, or give up.
+    #[error("stream {stream} is at version {actual}, not the expected {expected}; re-read the stream and retry")]
+    Conflict {
+        /// Stream id.
+        stream: String,
+        /// What the caller expected.
+        expected: String,
+        /// Where the stream actually is.
+        actual: i64,
+    },
+    /// An event id in the batch already exists elsewhere in the log.
+    #[error("event id {event_id} is already in the log at a different place; event ids must be new")]
+    IdReused {
+        /// The event id.
+        event_id: String,
+    },
+    /// An event is larger than [`MAX_EVENT_BYTES`].
+    #[error("event {event_type} in stream {stream} is {size} bytes; the limit is {limit} bytes (large outputs belong in blobs)")]
+    PayloadTooLarge {
+        /// Stream id.
+        stream: String,
+        /// Event type.
+        event_type: String,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Bad input: empty batch, invalid stream id.
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    /// The database cannot be reached.
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row cannot be read back.
+    #[error("stored event at position {position} is unreadable: {reason}")]
+    Corrupt {
+        /// Its position.
+        position: i64,
+        /// Why.
+        reason: String,
+    },
+    /// Any other backend failure.
+    #[error("event store error: {0}")]
+    Backend(String),
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The operations every backend offers.
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to `stream` atomically if the stream is at `expected`.
+    fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> impl Future<Output = Result<Appended>> + Send;
+    /// Events of one stream with `stream_version > after_version`, in order, at most `limit`.
+    fn read_stream(
+        &self,
+        stream: &str,
+        after_version: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send;
+    /// Events of the whole log with `global_position > after`, in order, at most `limit`.
+    fn read_all(&self, after: i64, limit: usize) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send;
+    /// The highest committed position (0 when the log is empty).
+    fn head_position(&self) -> impl Future<Output = Result<i64>> + Send;
+    /// Streams of a category (`run`), newest first.
+    fn list_streams(&self, category: &str, limit: usize) -> impl Future<Output = Result<Vec<StreamInfo>>> + Send;
+    /// A named consumer's checkpoint (0 when none).
+    fn checkpoint(&self, name: &str) -> impl Future<Output = Result<i64>> + Send;
+    /// Wakes when this process (SQLite) or any process (Postgres) appends; carries the position.
+    fn wake(&self) -> impl Future<Output = Result<broadcast::Receiver<i64>>> + Send;
+}
+
+/// Checks a batch before any IO: valid stream id, non-empty, each event within the size limit.
+pub(crate) fn check_batch(stream: &str, events: &[NewEvent]) -> Result<()> {
+    names::validate_stream_id(stream).map_err(|e| Error::Invalid(e.to_string()))?;
+    if events.is_empty() {
+        return Err(Error::Invalid(format!("no events to append to {stream}")));
+    }
+    let mut ids = std::collections::HashSet::with_capacity(events.len());
+    for e in events {
+        if !ids.insert(e.event_id) {
+            return Err(Error::Invalid(format!("event id {} appears twice in one append", e.event_id)));
+        }
+        if e.event_type.is_empty() || !e.event_type.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(Error::Invalid(format!("event type {:?} must be PascalCase letters and digits", e.event_type)));
+        }
+        let size = e.data.to_string().len() + serde_json::to_string(&e.metadata).map_or(0, |s| s.len());
+        if size > MAX_EVENT_BYTES {
+            return Err(Error::PayloadTooLarge {
+                stream: stream.to_owned(),
+                event_type: e.event_type.clone(),
+                size,
+                limit: MAX_EVENT_BYTES,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The chain hashes of `events` appended after version `current` whose last hash is `prev`.
+pub(crate) fn chain_hashes(stream: &str, current: i64, prev: &str, events: &[NewEvent]) -> Vec<String> {
+    let mut prev = prev.to_owned();
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let h = chain(
+            &prev,
+            Link {
+                stream_id: stream,
+                stream_version: current + 1 + i as i64,
+                event_id: e.event_id,
+                event_type: &e.event_type,
+                schema_version: e.schema_version,
+                recorded_at: to_micros(e.recorded_at),
+                metadata: &e.metadata,
+                data: &e.data,
+            },
+        );
+        prev.clone_from(&h);
+        out.push(h);
+    }
+    out
+}
+
+/// The backend chosen by `LTMC_DATABASE_URL`.
+#[derive(Clone)]
+pub enum Store {
+    /// Postgres.
+    Postgres(postgres::PgStore),
+    /// Embedded SQLite.
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// Default database: an embedded SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://.ltmc/ltmc.db";
+
+impl Store {
+    /// Opens (and migrates) the store at `url`: `postgres://…` or `sqlite://PATH`.
+    pub async fn open(url: &str) -> Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(postgres::PgStore::open(url).await?))
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            Ok(Store::Sqlite(sqlite::SqliteStore::open(path).await?))
+        } else {
+            Err(Error::Invalid(format!(
+                "database URL {url:?} is not postgres://… or sqlite://PATH (set LTMC_DATABASE_URL)"
+            )))
+        }
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Subscribes to the whole log after `position`: catch-up reads, then live events.
+    pub fn subscribe(&self, after: i64) -> Subscription {
+        Subscription::new(self.clone(), after)
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Postgres($s) => $e,
+            Store::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl EventStore for Store {
+    async fn append(&self, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
+        delegate!(self, s => s.append(stream, expected, events).await)
+    }
+    async fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        delegate!(self, s => s.read_stream(stream, after_version, limit).await)
+    }
+    async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        delegate!(self, s => s.read_all(after, limit).await)
+    }
+    async fn head_position(&self) -> Result<i64> {
+        delegate!(self, s => s.head_position().await)
+    }
+    async fn list_streams(&self, category: &str, limit: usize) -> Result<Vec<StreamInfo>> {
+        delegate!(self, s => s.list_streams(category, limit).await)
+    }
+    async fn checkpoint(&self, name: &str) -> Result<i64> {
+        delegate!(self, s => s.checkpoint(name).await)
+    }
+    async fn wake(&self) -> Result<broadcast::Receiver<i64>> {
+        delegate!(self, s => s.wake().await)
+    }
+}
+
+/// Reads a whole stream.
+pub async fn read_stream_all<S: EventStore>(store: &S, stream: &str) -> Result<Vec<RecordedEvent>> {
+    let mut out = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |e: &RecordedEvent| e.stream_version);
+        let batch = store.read_stream(stream, after, 1000).await?;
+        let done = batch.len() < 1000;
+        out.extend(batch);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// New event with a fresh UUID v7 and the current time.
+pub fn new_event(event_type: &str, schema_version: i32, data: serde_json::Value, metadata: ltmc_core::Metadata) -> NewEvent {
+    NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        schema_version,
+        data,
+        metadata,
+        recorded_at: to_micros(Utc::now()),
+    }
+}

@@ -1,0 +1,394 @@
+//! Postgres backend: pooled connections, one round trip per append (the `ltmc_append` function
+//! of migration V1), LISTEN/NOTIFY wake-ups.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use ltmc_core::event::to_micros;
+use ltmc_core::{Metadata, NewEvent, RecordedEvent};
+use serde_json::Value;
+use std::str::FromStr;
+use std::sync::Arc;
+use tokio::sync::{OnceCell, broadcast};
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use uuid::Uuid;
+
+use super::head_cache::HeadCache;
+use super::{Appended, Error, EventStore, ExpectedVersion, Result, StreamInfo, chain_hashes, check_batch};
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations/postgres");
+}
+
+const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, event_type, \
+                             schema_version, data, metadata, recorded_at, hash";
+
+/// The Postgres event store. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    schema: String,
+    heads: HeadCache,
+    listener: OnceCell<Listener>,
+}
+
+struct Listener {
+    _client: tokio_postgres::Client,
+    tx: broadcast::Sender<i64>,
+}
+
+pub(crate) fn db_err(e: tokio_postgres::Error) -> Error {
+    if e.is_closed() || e.as_db_error().is_none() && e.to_string().contains("connect") {
+        Error::Unavailable(e.to_string())
+    } else {
+        match e.as_db_error() {
+            Some(db) => Error::Backend(format!("{}: {}", db.code().code(), db.message())),
+            None => Error::Unavailable(e.to_string()),
+        }
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> Error {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => db_err(e),
+        other => Error::Unavailable(other.to_string()),
+    }
+}
+
+impl PgStore {
+    /// Connects, applies pending migrations, and returns the store. A `search_path` given with
+    /// `?options=-csearch_path%3Dmyschema` selects the schema the tables live in.
+    pub async fn open(url: &str) -> Result<PgStore> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| Error::Invalid(format!("database URL is not a valid postgres URL: {e}")))?;
+        migrate(&config).await?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| Error::Backend(format!("building the pool: {e}")))?;
+        let client = pool.get().await.map_err(pool_err)?;
+        let schema: Option<String> = client
+            .query_one("SELECT current_schema()", &[])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        let schema = schema.ok_or_else(|| Error::Invalid("the search_path names no existing schema".into()))?;
+        drop(client);
+        Ok(PgStore {
+            inner: Arc::new(Inner { pool, config, schema, heads: HeadCache::default(), listener: OnceCell::new() }),
+        })
+    }
+
+    /// The schema holding the tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// The connection settings (for dedicated connections such as the relay lease).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.inner.config
+    }
+
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.inner.pool.get().await.map_err(pool_err)
+    }
+
+    /// Opens a dedicated connection whose driver runs on its own task.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = self.inner.config.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    async fn head(&self, client: &tokio_postgres::Client, stream: &str) -> Result<(i64, String)> {
+        let row = client
+            .query_opt(
+                "SELECT stream_version, hash FROM events WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1",
+                &[&stream],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(row.map_or((0, String::new()), |r| (r.get(0), r.get(1))))
+    }
+
+    /// (version, hash) to chain from when appending at `expected`.
+    async fn base(&self, client: &tokio_postgres::Client, stream: &str, expected: ExpectedVersion) -> Result<(i64, String)> {
+        match expected {
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => Ok((0, String::new())),
+            ExpectedVersion::Exact(v) => {
+                if let Some((cv, h)) = self.inner.heads.get(stream)
+                    && cv == v
+                {
+                    return Ok((v, h));
+                }
+                let row = client
+                    .query_opt("SELECT hash FROM events WHERE stream_id = $1 AND stream_version = $2", &[&stream, &v])
+                    .await
+                    .map_err(db_err)?;
+                match row {
+                    Some(r) => Ok((v, r.get(0))),
+                    // The stream is shorter than expected: the append function reports the conflict.
+                    None => Ok((v, String::new())),
+                }
+            }
+            ExpectedVersion::Any => match self.inner.heads.get(stream) {
+                Some(h) => Ok(h),
+                None => self.head(client, stream).await,
+            },
+        }
+    }
+}
+
+async fn migrate(config: &tokio_postgres::Config) -> Result<()> {
+    let (mut client, conn) = config.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // One migrator at a time per schema; others wait and then find nothing to do.
+    client
+        .batch_execute("SELECT pg_advisory_lock(hashtext('ltmc.migrate.' || current_schema()))")
+        .await
+        .map_err(db_err)?;
+    let result = embedded::migrations::runner().run_async(&mut client).await;
+    let _ = client
+        .batch_execute("SELECT pg_advisory_unlock(hashtext('ltmc.migrate.' || current_schema()))")
+        .await;
+    drop(client);
+    let _ = task.await;
+    result.map(|_| ()).map_err(|e| Error::Backend(format!("migration failed: {e}")))
+}
+
+/// Applies pending migrations and reports how many were applied.
+pub async fn migrate_url(url: &str) -> Result<usize> {
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| Error::Invalid(format!("database URL is not a valid postgres URL: {e}")))?;
+    let (mut client, conn) = config.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+        .batch_execute("SELECT pg_advisory_lock(hashtext('ltmc.migrate.' || current_schema()))")
+        .await
+        .map_err(db_err)?;
+    let report = embedded::migrations::runner()
+        .run_async(&mut client)
+        .await
+        .map_err(|e| Error::Backend(format!("migration failed: {e}")))?;
+    Ok(report.applied_migrations().len())
+}
+
+pub(crate) fn row_to_event(r: &Row) -> Result<RecordedEvent> {
+    let position: i64 = r.get(0);
+    let metadata: Value = r.get(7);
+    let metadata: Metadata = serde_json::from_value(metadata)
+        .map_err(|e| Error::Corrupt { position, reason: format!("metadata: {e}") })?;
+    let recorded_at: DateTime<Utc> = r.get(8);
+    Ok(RecordedEvent {
+        global_position: position,
+        stream_id: r.get(1),
+        stream_version: r.get(2),
+        event_id: r.get::<_, Uuid>(3),
+        event_type: r.get(4),
+        schema_version: r.get(5),
+        data: r.get(6),
+        metadata,
+        recorded_at,
+        hash: r.get(9),
+    })
+}
+
+impl EventStore for PgStore {
+    async fn append(&self, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
+        check_batch(stream, events)?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT status, actual_version, first_position, last_position \
+                 FROM ltmc_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .await
+            .map_err(db_err)?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<i32> = events.iter().map(|e| e.schema_version).collect();
+        let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
+        let metadata: Vec<Value> =
+            events.iter().map(|e| serde_json::to_value(&e.metadata).unwrap_or(Value::Null)).collect();
+        let recorded: Vec<DateTime<Utc>> = events.iter().map(|e| to_micros(e.recorded_at)).collect();
+        let mut retries_left = 5;
+        loop {
+            let (current, prev) = self.base(&client, stream, expected).await?;
+            let hashes = chain_hashes(stream, current, &prev, events);
+            let row = client
+                .query_one(
+                    &stmt,
+                    &[&stream, &current, &prev, &ids, &types, &versions, &data, &metadata, &recorded, &hashes],
+                )
+                .await
+                .map_err(db_err)?;
+            let status: &str = row.get(0);
+            let actual: i64 = row.get(1);
+            match status {
+                "ok" | "duplicate" => {
+                    let duplicate = status == "duplicate";
+                    if duplicate {
+                        self.inner.heads.forget(stream);
+                    } else if let Some(h) = hashes.last() {
+                        self.inner.heads.put(stream, actual, h.clone());
+                    }
+                    return Ok(Appended {
+                        first_position: row.get::<_, Option<i64>>(2).unwrap_or(0),
+                        last_position: row.get::<_, Option<i64>>(3).unwrap_or(0),
+                        next_version: actual,
+                        duplicate,
+                    });
+                }
+                "conflict" => {
+                    self.inner.heads.forget(stream);
+                    if expected == ExpectedVersion::Any && retries_left > 0 {
+                        retries_left -= 1;
+                        continue;
+                    }
+                    return Err(Error::Conflict { stream: stream.to_owned(), expected: expected.describe(), actual });
+                }
+                _ => {
+                    return Err(Error::IdReused {
+                        event_id: ids.first().map(Uuid::to_string).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 \
+                 ORDER BY stream_version LIMIT $3"
+            ))
+            .await
+            .map_err(db_err)?;
+        let rows = client.query(&stmt, &[&stream, &after_version, &(limit as i64)]).await.map_err(db_err)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
+            ))
+            .await
+            .map_err(db_err)?;
+        let rows = client.query(&stmt, &[&after, &(limit as i64)]).await.map_err(db_err)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn head_position(&self) -> Result<i64> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT coalesce(max(global_position), 0) FROM events", &[]).await.map_err(db_err)?;
+        Ok(row.get(0))
+    }
+
+    async fn list_streams(&self, category: &str, limit: usize) -> Result<Vec<StreamInfo>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT stream_id, max(stream_version), min(recorded_at), max(recorded_at) FROM events \
+                 WHERE starts_with(stream_id, $1) GROUP BY stream_id ORDER BY max(global_position) DESC LIMIT $2",
+                &[&format!("{category}-"), &(limit as i64)],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| StreamInfo { stream_id: r.get(0), version: r.get(1), created_at: r.get(2), updated_at: r.get(3) })
+            .collect())
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<i64> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT position FROM checkpoints WHERE name = $1", &[&name]).await.map_err(db_err)?;
+        Ok(row.map_or(0, |r| r.get(0)))
+    }
+
+    async fn wake(&self) -> Result<broadcast::Receiver<i64>> {
+        let listener = self
+            .inner
+            .listener
+            .get_or_try_init(|| async {
+                let (client, mut conn) =
+                    self.inner.config.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+                let (tx, _) = broadcast::channel(1024);
+                let sender = tx.clone();
+                tokio::spawn(async move {
+                    use futures::StreamExt;
+                    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(Ok(msg)) = messages.next().await {
+                        if let AsyncMessage::Notification(n) = msg {
+                            let _ = sender.send(n.payload().parse().unwrap_or(0));
+                        }
+                    }
+                });
+                let channel = format!("ltmc_events_{}", self.inner.schema).replace('"', "\"\"");
+                client.batch_execute(&format!("LISTEN \"{channel}\"")).await.map_err(db_err)?;
+                Ok::<_, Error>(Listener { _client: client, tx })
+            })
+            .await?;
+        Ok(listener.tx.subscribe())
+    }
+}
+
+/// A held relay lease: a session-level advisory lock on a dedicated connection. It ends when
+/// the connection does (process exit, crash, network loss), so a successor never waits for a
+/// timeout. Checkpoints are written on the same connection: a relay that lost its lease cannot
+/// move the checkpoint.
+pub struct PgLease {
+    client: tokio_postgres::Client,
+}
+
+impl PgStore {
+    /// Tries to take the lease `name` for this schema; `None` when another process holds it.
+    pub async fn try_lease(&self, name: &str) -> Result<Option<PgLease>> {
+        let client = self.connect().await?;
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock(hashtext('ltmc.lease.' || $1 || '.' || current_schema()))", &[&name])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        Ok(got.then_some(PgLease { client }))
+    }
+}
+
+impl PgLease {
+    /// Stores a checkpoint while holding the lease.
+    pub async fn save_checkpoint(&self, name: &str, position: i64) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, now()) \
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()",
+                &[&name, &position],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Whether the lease's connection is still up.
+    pub fn is_alive(&self) -> bool {
+        !self.client.is_closed()
+    }
+}

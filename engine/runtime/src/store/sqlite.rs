@@ -1,0 +1,349 @@
+//! Embedded SQLite backend: one file, WAL, `synchronous=FULL` (an acknowledged append survives
+//! power loss). SQLite allows one writer at a time, which also makes the global order gap-safe.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use ltmc_core::event::to_micros;
+use ltmc_core::{Metadata, NewEvent, RecordedEvent};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+use super::{Appended, Error, EventStore, ExpectedVersion, Result, StreamInfo, chain_hashes, check_batch};
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations/sqlite");
+}
+
+const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, event_type, \
+                             schema_version, data, metadata, recorded_at, hash";
+
+/// The SQLite event store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    tx: broadcast::Sender<i64>,
+}
+
+fn sql_err(e: rusqlite::Error) -> Error {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+        {
+            Error::Unavailable(format!("the SQLite file is locked by another writer: {e}"))
+        }
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
+            Error::Unavailable(e.to_string())
+        }
+        _ => Error::Backend(e.to_string()),
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)
+        .map_err(|e| Error::Unavailable(format!("cannot open SQLite file {}: {e}", path.display())))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(sql_err)?;
+    Ok(conn)
+}
+
+/// Runs blocking SQLite work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Backend(format!("store task failed: {e}")))?
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its folder if needed) and migrates the store at `path`.
+    pub async fn open(path: &str) -> Result<SqliteStore> {
+        if path.is_empty() {
+            return Err(Error::Invalid("sqlite:// URL has no path; use sqlite://.ltmc/ltmc.db".into()));
+        }
+        let path = PathBuf::from(path);
+        let p = path.clone();
+        let (writer, reader) = blocking(move || {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            let mut writer = open_connection(&p)?;
+            embedded::migrations::runner()
+                .run(&mut writer)
+                .map_err(|e| Error::Backend(format!("migration failed: {e}")))?;
+            let reader = open_connection(&p)?;
+            Ok((writer, reader))
+        })
+        .await?;
+        let (tx, _) = broadcast::channel(1024);
+        Ok(SqliteStore { inner: Arc::new(Inner { path, writer: Mutex::new(writer), reader: Mutex::new(reader), tx }) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn with_reader<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let conn = inner.reader.lock().map_err(|_| Error::Backend("reader lock poisoned".into()))?;
+            f(&conn)
+        })
+        .await
+    }
+
+    async fn with_writer<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| Error::Backend("writer lock poisoned".into()))?;
+            f(&mut conn)
+        })
+        .await
+    }
+
+    /// Stores a checkpoint.
+    pub async fn save_checkpoint(&self, name: &str, position: i64) -> Result<()> {
+        let name = name.to_owned();
+        self.with_writer(move |c| {
+            c.execute(
+                "INSERT INTO checkpoints (name, position, updated_at) VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+                params![name, position],
+            )
+            .map_err(sql_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Tries to take the lease `name`: an exclusive lock on `<db>.<name>.lock`, released by the
+    /// OS when the holder exits or crashes. `None` when another process holds it.
+    pub async fn try_lease(&self, name: &str) -> Result<Option<SqliteLease>> {
+        let lock_path = PathBuf::from(format!("{}.{name}.lock", self.inner.path.display()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", lock_path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(SqliteLease { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::Unavailable(format!("cannot lock {}: {e}", lock_path.display()))),
+        }
+    }
+}
+
+/// A held SQLite lease (an OS file lock).
+pub struct SqliteLease {
+    _file: std::fs::File,
+}
+
+fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<std::result::Result<RecordedEvent, Error>> {
+    let position: i64 = r.get(0)?;
+    let event_id: String = r.get(3)?;
+    let data: String = r.get(6)?;
+    let metadata: String = r.get(7)?;
+    let recorded_at: String = r.get(8)?;
+    let corrupt = |what: &str, e: String| Error::Corrupt { position, reason: format!("{what}: {e}") };
+    let parsed = (|| {
+        Ok(RecordedEvent {
+            global_position: position,
+            stream_id: r.get(1).map_err(|e| corrupt("stream_id", e.to_string()))?,
+            stream_version: r.get(2).map_err(|e| corrupt("stream_version", e.to_string()))?,
+            event_id: event_id.parse().map_err(|e: uuid::Error| corrupt("event_id", e.to_string()))?,
+            event_type: r.get(4).map_err(|e| corrupt("event_type", e.to_string()))?,
+            schema_version: r.get(5).map_err(|e| corrupt("schema_version", e.to_string()))?,
+            data: serde_json::from_str(&data).map_err(|e| corrupt("data", e.to_string()))?,
+            metadata: serde_json::from_str::<Metadata>(&metadata).map_err(|e| corrupt("metadata", e.to_string()))?,
+            recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
+                .map_err(|e| corrupt("recorded_at", e.to_string()))?
+                .with_timezone(&Utc),
+            hash: r.get(9).map_err(|e| corrupt("hash", e.to_string()))?,
+        })
+    })();
+    Ok(parsed)
+}
+
+fn collect(rows: rusqlite::MappedRows<'_, impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Result<RecordedEvent>>>) -> Result<Vec<RecordedEvent>> {
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.map_err(sql_err)??);
+    }
+    Ok(out)
+}
+
+fn append_blocking(conn: &mut Connection, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
+    // A retry of an append that committed returns the original positions.
+    let mut found = Vec::new();
+    {
+        let mut stmt = tx
+            .prepare_cached("SELECT global_position, stream_id, stream_version FROM events WHERE event_id = ?1")
+            .map_err(sql_err)?;
+        for e in events {
+            let row = stmt
+                .query_row([e.event_id.to_string()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+                .optional()
+                .map_err(sql_err)?;
+            if let Some(row) = row {
+                found.push(row);
+            }
+        }
+    }
+    if !found.is_empty() {
+        let base = found[0].2 - 1;
+        let same = found.len() == events.len()
+            && found.iter().enumerate().all(|(i, (_, s, v))| s == stream && *v == base + 1 + i as i64);
+        if same {
+            return Ok(Appended {
+                first_position: found[0].0,
+                last_position: found[found.len() - 1].0,
+                next_version: base + events.len() as i64,
+                duplicate: true,
+            });
+        }
+        return Err(Error::IdReused { event_id: events[0].event_id.to_string() });
+    }
+    let (current, prev): (i64, String) = tx
+        .prepare_cached("SELECT stream_version, hash FROM events WHERE stream_id = ?1 ORDER BY stream_version DESC LIMIT 1")
+        .map_err(sql_err)?
+        .query_row([stream], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(sql_err)?
+        .unwrap_or((0, String::new()));
+    let ok = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => current == 0,
+        ExpectedVersion::Exact(v) => current == v,
+    };
+    if !ok {
+        return Err(Error::Conflict { stream: stream.to_owned(), expected: expected.describe(), actual: current });
+    }
+    let hashes = chain_hashes(stream, current, &prev, events);
+    let mut first = 0;
+    let mut last = 0;
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(sql_err)?;
+        for (i, e) in events.iter().enumerate() {
+            stmt.execute(params![
+                stream,
+                current + 1 + i as i64,
+                e.event_id.to_string(),
+                e.event_type,
+                e.schema_version,
+                e.data.to_string(),
+                serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()),
+                to_micros(e.recorded_at).to_rfc3339_opts(SecondsFormat::Micros, true),
+                hashes[i],
+            ])
+            .map_err(sql_err)?;
+            last = tx.last_insert_rowid();
+            if i == 0 {
+                first = last;
+            }
+        }
+    }
+    tx.commit().map_err(sql_err)?;
+    Ok(Appended { first_position: first, last_position: last, next_version: current + events.len() as i64, duplicate: false })
+}
+
+impl EventStore for SqliteStore {
+    async fn append(&self, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
+        check_batch(stream, events)?;
+        let stream = stream.to_owned();
+        let events = events.to_vec();
+        let appended = self.with_writer(move |c| append_blocking(c, &stream, expected, &events)).await?;
+        if !appended.duplicate {
+            let _ = self.inner.tx.send(appended.last_position);
+        }
+        Ok(appended)
+    }
+
+    async fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let stream = stream.to_owned();
+        self.with_reader(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND stream_version > ?2 ORDER BY stream_version LIMIT ?3"
+                ))
+                .map_err(sql_err)?;
+            collect(stmt.query_map(params![stream, after_version, limit as i64], row_to_event).map_err(sql_err)?)
+        })
+        .await
+    }
+
+    async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        self.with_reader(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?1 ORDER BY global_position LIMIT ?2"
+                ))
+                .map_err(sql_err)?;
+            collect(stmt.query_map(params![after, limit as i64], row_to_event).map_err(sql_err)?)
+        })
+        .await
+    }
+
+    async fn head_position(&self) -> Result<i64> {
+        self.with_reader(|c| {
+            c.query_row("SELECT coalesce(max(global_position), 0) FROM events", [], |r| r.get(0)).map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn list_streams(&self, category: &str, limit: usize) -> Result<Vec<StreamInfo>> {
+        let prefix = format!("{category}-");
+        self.with_reader(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT stream_id, max(stream_version), min(recorded_at), max(recorded_at) FROM events \
+                     WHERE substr(stream_id, 1, length(?1)) = ?1 GROUP BY stream_id ORDER BY max(global_position) DESC LIMIT ?2",
+                )
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map(params![prefix, limit as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                })
+                .map_err(sql_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (stream_id, version, created, updated) = row.map_err(sql_err)?;
+                let parse = |s: &str| DateTime::parse_from_rfc3339(s).map(|d| d.with_timezone(&Utc)).unwrap_or_default();
+                out.push(StreamInfo { stream_id, version, created_at: parse(&created), updated_at: parse(&updated) });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<i64> {
+        let name = name.to_owned();
+        self.with_reader(move |c| {
+            c.query_row("SELECT position FROM checkpoints WHERE name = ?1", [name], |r| r.get(0))
+                .optional()
+                .map_err(sql_err)
+                .map(|p| p.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn wake(&self) -> Result<broadcast::Receiver<i64>> {
+        Ok(self.inner.tx.subscribe())
+    }
+}
