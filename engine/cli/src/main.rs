@@ -1,1 +1,142 @@
-fn main() {}
+//! `ltmc`: run durable multi-agent workflows from the command line.
+//!
+//! Data goes to stdout (`--json` for machines), progress and logs to stderr. Exit codes:
+//! 0 ok, 1 the run failed, 2 bad input, 3 a backend (database, NATS) is unavailable.
+
+mod bench;
+mod cmd_admin;
+mod cmd_events;
+mod cmd_run;
+mod cmd_runs;
+mod exit;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// LTMC: durable coordination for teams of agents. Every action is an event in a log
+/// (embedded SQLite by default, or Postgres) and, with LTMC_NATS_URL, in NATS JetStream.
+#[derive(Parser)]
+#[command(name = "ltmc", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a workflow file to the end: progress on stderr, result on stdout.
+    Run {
+        /// Workflow file (YAML or JSON).
+        file: PathBuf,
+        /// Agents file defining the agents the workflow names.
+        #[arg(long)]
+        agents: Option<PathBuf>,
+        /// Run input as JSON (overrides the file's `input`).
+        #[arg(long)]
+        input: Option<String>,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume an interrupted run: re-dispatch its unfinished steps with the same idempotency keys.
+    Resume {
+        /// Run id.
+        run: String,
+        /// Directory command agents run in (default: current directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List recent runs.
+    Runs {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run and its steps.
+    Status {
+        /// Run id.
+        run: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print events from the log.
+    Events {
+        /// Only this stream (e.g. run-0192…).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Start after this global position.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Most events to print (without --follow).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Keep printing new events as they are appended.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Publish the log to NATS JetStream (needs LTMC_NATS_URL); runs until stopped.
+    Relay,
+    /// Audit the log: `--verify` recomputes every stream's hash chain.
+    Audit {
+        /// Recompute the hash chains and name the first altered event.
+        #[arg(long)]
+        verify: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the engine against raw database commits on this machine.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LTMC_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::UNAVAILABLE);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Cmd::Run { file, agents, input, json } => cmd_run::run(&file, agents.as_deref(), input.as_deref(), json).await,
+            Cmd::Resume { run, dir, json } => cmd_run::resume(&run, dir, json).await,
+            Cmd::Runs { limit, json } => cmd_runs::list(limit, json).await,
+            Cmd::Status { run, json } => cmd_runs::status(&run, json).await,
+            Cmd::Events { stream, after, limit, follow, json } => {
+                cmd_events::events(stream.as_deref(), after, limit, follow, json).await
+            }
+            Cmd::Migrate => cmd_admin::migrate().await,
+            Cmd::Relay => cmd_admin::relay().await,
+            Cmd::Audit { verify, json } => cmd_admin::audit(verify, json).await,
+            Cmd::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::code_for(&e))
+        }
+    }
+}

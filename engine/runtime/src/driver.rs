@@ -82,11 +82,14 @@ impl Engine {
     }
 
     /// Starts a run (appends `RunStarted` and the first dispatches) and returns its id.
-    pub async fn start(&self, workflow: Workflow, input: Option<Value>) -> Result<String, Error> {
+    pub async fn start(&self, workflow: Workflow, input: Option<Value>, progress: Option<&Progress>) -> Result<String, Error> {
         let run_id = uuid::Uuid::now_v7().to_string();
         let events = run::decide(&RunState::default(), Command::Start { run_id: run_id.clone(), workflow, input })?;
         let stream = run::stream_id(&run_id);
-        self.store.append(&stream, ExpectedVersion::NoStream, &to_new(&run_id, &events)).await?;
+        self.append_retrying(&stream, ExpectedVersion::NoStream, &to_new(&run_id, &events)).await?;
+        if let Some(p) = progress {
+            events.iter().for_each(|e| p(e));
+        }
         Ok(run_id)
     }
 
@@ -105,7 +108,7 @@ impl Engine {
 
     /// Starts and drives a run to its end.
     pub async fn run(&self, workflow: Workflow, input: Option<Value>, base_dir: PathBuf, progress: Option<Progress>) -> Result<RunState, Error> {
-        let run_id = self.start(workflow, input).await?;
+        let run_id = self.start(workflow, input, progress.as_ref()).await?;
         self.drive(&run_id, base_dir, progress).await
     }
 

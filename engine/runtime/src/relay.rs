@@ -246,3 +246,15 @@ async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<
         }
     }
 }
+
+/// A JetStream context.
+pub type JetStream = jetstream::Context;
+
+/// Connects to NATS and returns a JetStream context.
+pub async fn jetstream(url: &str) -> Result<JetStream, Error> {
+    let client = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url))
+        .await
+        .map_err(|_| Error::Nats(format!("connecting to {url} timed out")))?
+        .map_err(nats)?;
+    Ok(jetstream::new(client))
+}

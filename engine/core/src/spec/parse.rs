@@ -38,7 +38,34 @@ struct WorkflowFile {
 #[serde(untagged)]
 enum AgentsField {
     Names(Vec<String>),
-    Defs(BTreeMap<String, AgentDef>),
+    Defs(OrderedAgents),
+}
+
+/// An `agents:` map in file order (the order of a sequential workflow), refusing duplicates.
+#[derive(Debug)]
+struct OrderedAgents(Vec<(String, AgentDef)>);
+
+impl<'de> Deserialize<'de> for OrderedAgents {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OrderedAgents;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of agent name -> definition")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedAgents, A::Error> {
+                let mut out: Vec<(String, AgentDef)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, AgentDef>()? {
+                    if out.iter().any(|(n, _)| n == &k) {
+                        return Err(serde::de::Error::custom(format!("agent `{k}` is defined twice")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(OrderedAgents(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,7 +205,7 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
     let mut listed: Vec<String> = Vec::new();
     match &raw.agents {
         Some(AgentsField::Names(list)) => listed = list.clone(),
-        Some(AgentsField::Defs(map)) => {
+        Some(AgentsField::Defs(OrderedAgents(map))) => {
             for (k, v) in map {
                 listed.push(k.clone());
                 defs.insert(k.clone(), v.clone());

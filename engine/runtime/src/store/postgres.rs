@@ -392,3 +392,9 @@ impl PgLease {
         !self.client.is_closed()
     }
 }
+
+/// `url` with its `search_path` set to `schema` (the tables of that store live there).
+pub fn url_with_schema(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-csearch_path%3D{schema}")
+}

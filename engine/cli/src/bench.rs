@@ -1,0 +1,269 @@
+//! `ltmc bench`: the engine beside the raw database doing the same durable work, same run.
+//!
+//! - W1: one workflow of 200 sequential `noop` steps; per-step latency vs one single-row
+//!   durable commit (autocommit INSERT) on the same backend.
+//! - W2: one workflow of 500 parallel `noop` steps then one aggregate step; wall time vs
+//!   inserting as many rows as the run wrote, 500 rows per commit.
+//! - A1/A10/A100: one append of 1, 10 or 100 events vs one transaction inserting as many rows.
+//!
+//! Every figure is the median of `--repeat` repetitions.
+
+use anyhow::Context;
+use ltmc_core::spec::{self, ParseOptions, Workflow};
+use ltmc_engine::relay::{self, RelayOptions};
+use ltmc_engine::store::postgres::url_with_schema;
+use ltmc_engine::store::{new_event, sqlite::SqliteStore};
+use ltmc_engine::{Engine, EngineOptions, EventStore, ExpectedVersion, Store};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::exit::{self, BadInput};
+
+/// Options of `ltmc bench`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Backends to measure: sqlite, postgres, or all.
+    #[arg(long, default_value = "all")]
+    backend: String,
+    /// Repetitions per workload; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Postgres for the postgres backend; a scratch schema `ltmc_bench` is (re)created in it.
+    #[arg(long, env = "LTMC_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres: String,
+    /// NATS for the relay on the postgres backend; a scratch stream `LTMC_BENCH` is used.
+    #[arg(long, env = "LTMC_BENCH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Row {
+    backend: &'static str,
+    workload: &'static str,
+    unit: &'static str,
+    ltmc: f64,
+    raw: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn workflow(source: &Value) -> anyhow::Result<Workflow> {
+    Ok(spec::parse_str(&source.to_string(), "bench.json", &ParseOptions::default())?)
+}
+
+fn w1() -> anyhow::Result<Workflow> {
+    let steps: Vec<Value> = (0..200)
+        .map(|i| if i == 0 { json!({"name": "s0", "agent": "noop"}) } else { json!({"name": format!("s{i}"), "agent": "noop", "needs": [format!("s{}", i - 1)]}) })
+        .collect();
+    workflow(&json!({"name": "w1", "agents": {"noop": {"builtin": "noop"}}, "steps": steps}))
+}
+
+fn w2() -> anyhow::Result<Workflow> {
+    let mut steps: Vec<Value> = (0..500).map(|i| json!({"name": format!("p{i}"), "agent": "noop"})).collect();
+    let all: Vec<String> = (0..500).map(|i| format!("p{i}")).collect();
+    steps.push(json!({"name": "aggregate", "agent": "noop", "needs": all}));
+    workflow(&json!({"name": "w2", "agents": {"noop": {"builtin": "noop"}}, "steps": steps}))
+}
+
+/// An event-sized payload for raw rows.
+fn payload(i: usize) -> String {
+    json!({"step": format!("s{i}"), "attempt": 1, "output": null, "duration_ms": 0, "idempotency_key": format!("0192f3c4-0000-7000-8000-000000000000/s{i}/1")}).to_string()
+}
+
+/// The raw side: the same durable work written directly with the database client.
+enum Raw {
+    Pg(tokio_postgres::Client),
+    Sqlite(rusqlite::Connection),
+}
+
+impl Raw {
+    async fn single_commits(&mut self, n: usize) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        match self {
+            Raw::Pg(c) => {
+                let stmt = c.prepare("INSERT INTO bench_raw (payload) VALUES ($1::text::jsonb)").await?;
+                for i in 0..n {
+                    c.execute(&stmt, &[&payload(i)]).await?;
+                }
+            }
+            Raw::Sqlite(c) => {
+                let mut stmt = c.prepare("INSERT INTO bench_raw (payload) VALUES (?1)")?;
+                for i in 0..n {
+                    stmt.execute([payload(i)])?;
+                }
+            }
+        }
+        Ok(t.elapsed())
+    }
+
+    async fn batched(&mut self, rows: usize, per_commit: usize) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut done = 0;
+        while done < rows {
+            let n = per_commit.min(rows - done);
+            let payloads: Vec<String> = (done..done + n).map(payload).collect();
+            match self {
+                Raw::Pg(c) => {
+                    c.execute("INSERT INTO bench_raw (payload) SELECT p::jsonb FROM unnest($1::text[]) AS p", &[&payloads]).await?;
+                }
+                Raw::Sqlite(c) => {
+                    let tx = c.transaction()?;
+                    {
+                        let mut stmt = tx.prepare_cached("INSERT INTO bench_raw (payload) VALUES (?1)")?;
+                        for p in &payloads {
+                            stmt.execute([p])?;
+                        }
+                    }
+                    tx.commit()?;
+                }
+            }
+            done += n;
+        }
+        Ok(t.elapsed())
+    }
+}
+
+async fn measure(backend: &'static str, store: Store, mut raw: Raw, relay_opts: Option<RelayOptions>, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let mut relay = relay_opts.map(|o| relay::spawn(store.clone(), o));
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let dir = PathBuf::from(".");
+    let (wf1, wf2) = (w1()?, w2()?);
+    // One warm-up run of each so connection set-up and statement preparation are not measured.
+    engine.run(wf1.clone(), None, dir.clone(), None).await?;
+    raw.single_commits(20).await?;
+
+    let (mut e1, mut r1, mut e2, mut r2, mut relayed) = (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        let s = engine.run(wf1.clone(), None, dir.clone(), None).await?;
+        anyhow::ensure!(s.status.is_terminal() && s.failure.is_none(), "W1 run failed: {:?}", s.failure);
+        e1.push(ms(t.elapsed()) / 200.0);
+        r1.push(ms(raw.single_commits(200).await?) / 200.0);
+
+        let t = Instant::now();
+        let s = engine.run(wf2.clone(), None, dir.clone(), None).await?;
+        let done = t.elapsed();
+        anyhow::ensure!(s.failure.is_none(), "W2 run failed: {:?}", s.failure);
+        e2.push(ms(done));
+        if let Some(r) = relay.as_mut() {
+            let head = store.head_position().await?;
+            anyhow::ensure!(r.wait_for(head, Duration::from_secs(30)).await, "the relay did not publish W2 within 30 s");
+            relayed.push(ms(t.elapsed()));
+        }
+        r2.push(ms(raw.batched(s.version as usize, 500).await?));
+    }
+    rows.push(Row { backend, workload: "W1 per step (200 sequential noop)", unit: "ms", ltmc: median(e1), raw: median(r1) });
+    rows.push(Row { backend, workload: "W2 wall (500 parallel noop + 1)", unit: "ms", ltmc: median(e2), raw: median(r2.clone()) });
+    if !relayed.is_empty() {
+        rows.push(Row { backend, workload: "W2 wall until in JetStream", unit: "ms", ltmc: median(relayed), raw: median(r2) });
+    }
+
+    for (label, n, reps) in [("append 1 event", 1usize, 200usize), ("append 10 events", 10, 100), ("append 100 events", 100, 30)] {
+        let (mut e, mut r) = (vec![], vec![]);
+        for _ in 0..repeat {
+            let t = Instant::now();
+            for _ in 0..reps {
+                let stream = format!("bench-{}", uuid::Uuid::now_v7());
+                let batch: Vec<_> = (0..n).map(|i| new_event("BenchEvent", 1, serde_json::from_str(&payload(i)).unwrap_or(Value::Null), Default::default())).collect();
+                store.append(&stream, ExpectedVersion::NoStream, &batch).await?;
+            }
+            e.push(ms(t.elapsed()) / reps as f64);
+            let t = Instant::now();
+            for _ in 0..reps {
+                if n == 1 { raw.single_commits(1).await?; } else { raw.batched(n, n).await?; }
+            }
+            r.push(ms(t.elapsed()) / reps as f64);
+        }
+        let workload = match n { 1 => "A1 append 1 event", 10 => "A10 append 10 events", _ => "A100 append 100 events" };
+        let _ = label;
+        rows.push(Row { backend, workload, unit: "ms", ltmc: median(e), raw: median(r) });
+    }
+    if let Some(r) = relay {
+        r.stop();
+    }
+    Ok(())
+}
+
+async fn sqlite(repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a scratch directory")?;
+    let path = dir.path().join("bench.db");
+    let store = Store::Sqlite(SqliteStore::open(&path.display().to_string()).await?);
+    let conn = rusqlite::Connection::open(dir.path().join("raw.db"))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         CREATE TABLE bench_raw (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);",
+    )?;
+    measure("sqlite", store, Raw::Sqlite(conn), None, repeat, rows).await
+}
+
+async fn postgres(url: &str, nats: &str, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "DROP SCHEMA IF EXISTS ltmc_bench CASCADE; CREATE SCHEMA ltmc_bench; \
+             CREATE TABLE ltmc_bench.bench_raw (id bigserial PRIMARY KEY, payload jsonb NOT NULL);",
+        )
+        .await?;
+    let store = Store::open(&url_with_schema(url, "ltmc_bench")).await?;
+    let (raw, rconn) = tokio_postgres::connect(&url_with_schema(url, "ltmc_bench"), tokio_postgres::NoTls).await?;
+    tokio::spawn(rconn);
+    let nats_client = async_nats_connect(nats).await?;
+    let opts = RelayOptions { stream_name: "LTMC_BENCH".into(), subject_prefix: "ltmc.bench".into(), ..RelayOptions::new(nats) };
+    let _ = nats_client.delete_stream("LTMC_BENCH").await;
+    let result = measure("postgres+jetstream", store, Raw::Pg(raw), Some(opts), repeat, rows).await;
+    let _ = nats_client.delete_stream("LTMC_BENCH").await;
+    client.batch_execute("DROP SCHEMA IF EXISTS ltmc_bench CASCADE").await?;
+    result
+}
+
+async fn async_nats_connect(url: &str) -> anyhow::Result<ltmc_engine::relay::JetStream> {
+    ltmc_engine::relay::jetstream(url).await.with_context(|| format!("connecting to NATS at {url}"))
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
+    if args.repeat == 0 || args.repeat > 1000 {
+        return Err(BadInput("--repeat must be between 1 and 1000".into()).into());
+    }
+    let (do_sqlite, do_pg) = match args.backend.as_str() {
+        "all" => (true, true),
+        "sqlite" => (true, false),
+        "postgres" => (false, true),
+        other => return Err(BadInput(format!("--backend {other:?}: use sqlite, postgres or all")).into()),
+    };
+    let mut rows = Vec::new();
+    if do_sqlite {
+        eprintln!("measuring sqlite ({} repetitions)…", args.repeat);
+        sqlite(args.repeat, &mut rows).await?;
+    }
+    if do_pg {
+        eprintln!("measuring postgres + jetstream ({} repetitions)…", args.repeat);
+        postgres(&args.postgres, &args.nats, args.repeat, &mut rows).await?;
+    }
+    if args.json {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|r| json!({"backend": r.backend, "workload": r.workload, "unit": r.unit, "ltmc": r.ltmc, "raw": r.raw, "ratio": r.ltmc / r.raw}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{:<20} {:<36} {:>12} {:>12} {:>7}", "BACKEND", "WORKLOAD (median)", "LTMC", "RAW", "RATIO");
+        for r in &rows {
+            println!(
+                "{:<20} {:<36} {:>9.3} {} {:>9.3} {} {:>6.2}x",
+                r.backend, r.workload, r.ltmc, r.unit, r.raw, r.unit, r.ltmc / r.raw
+            );
+        }
+    }
+    Ok(exit::OK)
+}

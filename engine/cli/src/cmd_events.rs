@@ -1,0 +1,53 @@
+//! `ltmc events`.
+
+use anyhow::Context;
+use ltmc_core::RecordedEvent;
+use ltmc_core::names;
+use ltmc_engine::config::Config;
+use ltmc_engine::{EventStore, Store};
+
+use crate::exit::{self, BadInput};
+
+fn print(e: &RecordedEvent, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(e)?);
+    } else {
+        let data = e.data.to_string();
+        let data = if data.len() > 120 { format!("{}…", &data[..data.floor_char_boundary(120)]) } else { data };
+        println!(
+            "{:>8}  {}  {}@{}  {}  {}",
+            e.global_position,
+            e.recorded_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            e.stream_id,
+            e.stream_version,
+            e.event_type,
+            data
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn events(stream: Option<&str>, after: i64, limit: usize, follow: bool, json: bool) -> anyhow::Result<u8> {
+    if let Some(s) = stream {
+        names::validate_stream_id(s).map_err(|e| BadInput(format!("--stream: {e}")))?;
+    }
+    let config = Config::from_env()?;
+    let store = Store::open(&config.database_url).await.context("opening the event store")?;
+    if follow {
+        let mut sub = store.subscribe(after);
+        loop {
+            let e = sub.next().await?;
+            if stream.is_none_or(|s| s == e.stream_id) {
+                print(&e, json)?;
+            }
+        }
+    }
+    let events = match stream {
+        Some(s) => store.read_stream(s, after, limit).await?,
+        None => store.read_all(after, limit).await?,
+    };
+    for e in &events {
+        print(e, json)?;
+    }
+    Ok(exit::OK)
+}

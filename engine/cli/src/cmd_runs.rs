@@ -1,0 +1,124 @@
+//! `ltmc runs` and `ltmc status`.
+
+use anyhow::Context;
+use ltmc_core::run::{RunState, StepStatus};
+use ltmc_engine::config::Config;
+use ltmc_engine::{Engine, EventStore, Store};
+use serde_json::{Value, json};
+
+use crate::exit;
+
+/// A run as JSON: id, workflow, status, output or failure, and each step.
+pub(crate) fn summary(s: &RunState) -> Value {
+    let steps: Vec<Value> = s
+        .plan
+        .as_ref()
+        .map(|p| {
+            p.steps
+                .iter()
+                .zip(&s.steps)
+                .map(|(def, st)| {
+                    json!({
+                        "step": def.name,
+                        "agent": def.agent,
+                        "status": step_status(st.status),
+                        "attempts": st.attempts,
+                        "error": st.error,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "run_id": s.run_id,
+        "workflow": s.workflow.as_ref().map(|w| w.name.clone()),
+        "definition_hash": s.definition_hash,
+        "status": s.status.as_str(),
+        "output": s.output,
+        "failure": s.failure,
+        "version": s.version,
+        "steps": steps,
+    })
+}
+
+fn step_status(s: StepStatus) -> &'static str {
+    match s {
+        StepStatus::Pending => "pending",
+        StepStatus::Ready => "ready",
+        StepStatus::Dispatched { .. } => "running",
+        StepStatus::Completed => "completed",
+        StepStatus::Failed => "failed",
+    }
+}
+
+async fn open() -> anyhow::Result<Engine> {
+    let config = Config::from_env()?;
+    let store = Store::open(&config.database_url).await.context("opening the event store")?;
+    Ok(Engine::new(store, config.engine))
+}
+
+pub(crate) async fn list(limit: usize, json: bool) -> anyhow::Result<u8> {
+    let engine = open().await?;
+    let streams = engine.store().list_streams("run", limit).await?;
+    let mut rows = Vec::new();
+    for s in &streams {
+        let run_id = s.stream_id.trim_start_matches("run-");
+        let state = engine.load(run_id).await?;
+        let done = state.steps.iter().filter(|st| st.status == StepStatus::Completed).count();
+        rows.push(json!({
+            "run_id": run_id,
+            "workflow": state.workflow.as_ref().map(|w| w.name.clone()),
+            "status": state.status.as_str(),
+            "steps_completed": done,
+            "steps": state.steps.len(),
+            "started_at": s.created_at,
+            "updated_at": s.updated_at,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<38} {:<24} {:<10} {:>9} {}", "RUN", "WORKFLOW", "STATUS", "STEPS", "STARTED");
+        for r in &rows {
+            println!(
+                "{:<38} {:<24} {:<10} {:>9} {}",
+                r["run_id"].as_str().unwrap_or(""),
+                r["workflow"].as_str().unwrap_or(""),
+                r["status"].as_str().unwrap_or(""),
+                format!("{}/{}", r["steps_completed"], r["steps"]),
+                r["started_at"].as_str().unwrap_or(""),
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub(crate) async fn status(run_id: &str, json: bool) -> anyhow::Result<u8> {
+    let engine = open().await?;
+    let state = engine.load(run_id).await?;
+    let s = summary(&state);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!("run      {}", state.run_id);
+        println!("workflow {}", s["workflow"].as_str().unwrap_or(""));
+        println!("status   {}", state.status.as_str());
+        if let Some(f) = &state.failure {
+            println!("failure  {f}");
+        }
+        println!("events   {}", state.version);
+        println!();
+        println!("{:<24} {:<20} {:<10} {:>8}  {}", "STEP", "AGENT", "STATUS", "ATTEMPTS", "ERROR");
+        for st in s["steps"].as_array().into_iter().flatten() {
+            println!(
+                "{:<24} {:<20} {:<10} {:>8}  {}",
+                st["step"].as_str().unwrap_or(""),
+                st["agent"].as_str().unwrap_or(""),
+                st["status"].as_str().unwrap_or(""),
+                st["attempts"],
+                st["error"].as_str().unwrap_or(""),
+            );
+        }
+    }
+    Ok(exit::OK)
+}
