@@ -14,7 +14,6 @@ CREATE TABLE events (
     hash            TEXT    NOT NULL,
     UNIQUE (stream_id, stream_version)
 );
-CREATE INDEX events_type_idx ON events (event_type, global_position);
 
 CREATE TABLE checkpoints (
     name       TEXT PRIMARY KEY,

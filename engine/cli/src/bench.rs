@@ -35,6 +35,9 @@ pub(crate) struct Args {
     /// NATS for the relay on the postgres backend; a scratch stream `LTMC_BENCH` is used.
     #[arg(long, env = "LTMC_BENCH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// Measure Postgres alone, without the JetStream relay running beside it.
+    #[arg(long)]
+    without_relay: bool,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -206,7 +209,7 @@ async fn sqlite(repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     measure("sqlite", store, Raw::Sqlite(conn), None, repeat, rows).await
 }
 
-async fn postgres(url: &str, nats: &str, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn postgres(url: &str, nats: &str, relay: bool, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
     tokio::spawn(conn);
     client
@@ -221,7 +224,8 @@ async fn postgres(url: &str, nats: &str, repeat: usize, rows: &mut Vec<Row>) -> 
     let nats_client = async_nats_connect(nats).await?;
     let opts = RelayOptions { stream_name: "LTMC_BENCH".into(), subject_prefix: "ltmc.bench".into(), ..RelayOptions::new(nats) };
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
-    let result = measure("postgres+jetstream", store, Raw::Pg(raw), Some(opts), repeat, rows).await;
+    let (name, opts) = if relay { ("postgres+jetstream", Some(opts)) } else { ("postgres", None) };
+    let result = measure(name, store, Raw::Pg(raw), opts, repeat, rows).await;
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
     client.batch_execute("DROP SCHEMA IF EXISTS ltmc_bench CASCADE").await?;
     result
@@ -248,7 +252,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
     }
     if do_pg {
         eprintln!("measuring postgres + jetstream ({} repetitions)…", args.repeat);
-        postgres(&args.postgres, &args.nats, args.repeat, &mut rows).await?;
+        postgres(&args.postgres, &args.nats, !args.without_relay, args.repeat, &mut rows).await?;
     }
     if args.json {
         let out: Vec<Value> = rows

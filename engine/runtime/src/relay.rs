@@ -18,12 +18,15 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use ltmc_core::RecordedEvent;
 use ltmc_core::names::category;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::store::{self, EventStore, Store};
 
+
+/// Longest time the relay's checkpoint trails what it has published while busy.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Relay settings.
 #[derive(Debug, Clone)]
@@ -38,6 +41,9 @@ pub struct RelayOptions {
     pub batch: usize,
     /// Checkpoint and lease name.
     pub name: String,
+    /// JetStream's `Nats-Msg-Id` de-duplication window. The relay does not rely on it (it
+    /// resumes past the stream's tail), it is a second line of defence.
+    pub duplicate_window: Duration,
 }
 
 impl RelayOptions {
@@ -49,6 +55,7 @@ impl RelayOptions {
             subject_prefix: "ltmc.events".into(),
             batch: 256,
             name: "relay".into(),
+            duplicate_window: Duration::from_secs(120),
         }
     }
 
@@ -158,7 +165,7 @@ pub async fn ensure_stream(js: &jetstream::Context, opts: &RelayOptions) -> Resu
         name: opts.stream_name.clone(),
         subjects: vec![format!("{}.>", opts.subject_prefix)],
         storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: opts.duplicate_window,
         deny_delete: true,
         deny_purge: true,
         allow_direct: true,
@@ -211,8 +218,22 @@ async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<
     }
     published.send_replace(tail);
     let mut sub = store.subscribe(start);
+    // The checkpoint is a hint (the stream's tail is authoritative), so it is written at most
+    // every CHECKPOINT_EVERY, and when the relay goes idle, rather than once per batch.
+    let mut unsaved: Option<i64> = None;
+    let mut saved_at = Instant::now();
     loop {
-        let batch = sub.next_batch(opts.batch).await?;
+        let batch = match unsaved {
+            Some(position) => match tokio::time::timeout(CHECKPOINT_EVERY, sub.next_batch(opts.batch)).await {
+                Ok(batch) => batch?,
+                Err(_) => {
+                    lease.save(&opts.name, position).await?;
+                    (unsaved, saved_at) = (None, Instant::now());
+                    continue;
+                }
+            },
+            None => sub.next_batch(opts.batch).await?,
+        };
         let mut acks = Vec::with_capacity(batch.len());
         let mut last = None;
         for e in batch.iter().filter(|e| e.global_position > tail) {
@@ -241,8 +262,12 @@ async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<
             }
         }
         if let Some(last) = last {
-            lease.save(&opts.name, last).await?;
             published.send_replace(last);
+            unsaved = Some(last);
+            if saved_at.elapsed() >= CHECKPOINT_EVERY {
+                lease.save(&opts.name, last).await?;
+                (unsaved, saved_at) = (None, Instant::now());
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::events::RunEvent;
 use crate::spec::{Plan, Workflow};
@@ -75,10 +76,10 @@ pub struct RunState {
     pub run_id: String,
     /// Status.
     pub status: RunStatus,
-    /// The pinned workflow.
-    pub workflow: Option<Workflow>,
+    /// The pinned workflow (shared: folding and deciding clone the state often).
+    pub workflow: Option<Arc<Workflow>>,
     /// Its plan.
-    pub plan: Option<Plan>,
+    pub plan: Option<Arc<Plan>>,
     /// Definition hash from `RunStarted`.
     pub definition_hash: String,
     /// Run input.
@@ -86,7 +87,7 @@ pub struct RunState {
     /// One entry per plan step.
     pub steps: Vec<StepState>,
     /// Step name → index.
-    pub index: HashMap<String, usize>,
+    pub index: Arc<HashMap<String, usize>>,
     /// Number of events folded (the stream version).
     pub version: i64,
     /// Output once completed.
@@ -165,12 +166,12 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
                 .map_err(|err| s.illegal(e, &format!("definition unreadable: {err}")))?;
             let plan = wf.plan().map_err(|err| s.illegal(e, &format!("definition invalid: {err}")))?;
             s.steps = vec![StepState { status: StepStatus::Pending, attempts: 0, output: None, error: None }; plan.steps.len()];
-            s.index = plan.steps.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+            s.index = Arc::new(plan.steps.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect());
             s.run_id = ev.run_id.clone();
             s.definition_hash = ev.definition_hash.clone();
             s.input = ev.input.clone();
-            s.workflow = Some(wf);
-            s.plan = Some(plan);
+            s.workflow = Some(Arc::new(wf));
+            s.plan = Some(Arc::new(plan));
             s.status = RunStatus::Running;
         }
         (RunStatus::Running, RunEvent::StepReady(ev)) => {

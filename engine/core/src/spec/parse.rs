@@ -34,11 +34,36 @@ struct WorkflowFile {
     input: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `agents:` as a list of names or a map of definitions. Not `#[serde(untagged)]`: an untagged
+/// enum replaces every inner error (an unknown key, a duplicate, a wrong type) by "did not match
+/// any variant" without a line, so the shape is chosen from the YAML/JSON node kind instead.
+#[derive(Debug)]
 enum AgentsField {
     Names(Vec<String>),
     Defs(OrderedAgents),
+}
+
+impl<'de> Deserialize<'de> for AgentsField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = AgentsField;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of agent names or a map of agent name -> definition")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AgentsField, A::Error> {
+                let mut names = Vec::new();
+                while let Some(n) = seq.next_element::<String>()? {
+                    names.push(n);
+                }
+                Ok(AgentsField::Names(names))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<AgentsField, A::Error> {
+                OrderedAgents::from_map(map).map(AgentsField::Defs)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// An `agents:` map in file order (the order of a sequential workflow), refusing duplicates.
@@ -53,18 +78,25 @@ impl<'de> Deserialize<'de> for OrderedAgents {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a map of agent name -> definition")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedAgents, A::Error> {
-                let mut out: Vec<(String, AgentDef)> = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, AgentDef>()? {
-                    if out.iter().any(|(n, _)| n == &k) {
-                        return Err(serde::de::Error::custom(format!("agent `{k}` is defined twice")));
-                    }
-                    out.push((k, v));
-                }
-                Ok(OrderedAgents(out))
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<OrderedAgents, A::Error> {
+                OrderedAgents::from_map(map)
             }
         }
         d.deserialize_map(Visit)
+    }
+}
+
+impl OrderedAgents {
+    fn from_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<OrderedAgents, A::Error> {
+        let mut out: Vec<(String, AgentDef)> = Vec::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if out.iter().any(|(n, _)| n == &k) {
+                return Err(serde::de::Error::custom(format!("agent `{k}` is defined twice")));
+            }
+            let v = map.next_value::<AgentDef>()?;
+            out.push((k, v));
+        }
+        Ok(OrderedAgents(out))
     }
 }
 
@@ -86,10 +118,18 @@ struct StepFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 enum AgentsFile {
-    Wrapped { agents: BTreeMap<String, AgentDef> },
-    Bare(BTreeMap<String, AgentDef>),
+    Wrapped { agents: OrderedAgents },
+    Bare(OrderedAgents),
+}
+
+/// The wrapped agents-file shape, strictly: used only to explain why a file did not parse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct WrappedAgentsFile {
+    agents: OrderedAgents,
 }
 
 const AGGREGATIONS: [&str; 5] = ["all", "any", "first", "majority", "consensus_required"];
@@ -155,9 +195,6 @@ fn deserialize<T: serde::de::DeserializeOwned>(source: &str, file: &str) -> Resu
 /// Rewrites serde's wording for the untagged enums into something a user can act on.
 fn friendly(msg: &str) -> String {
     let msg = msg.split(" at line ").next().unwrap_or(msg).to_owned();
-    if msg.contains("untagged enum AgentsField") {
-        return "`agents` must be a list of agent names or a map of name -> definition".into();
-    }
     if msg.contains("untagged enum Aggregation") {
         return "`result_aggregation` must be true/false or one of all, any, first, majority, consensus_required".into();
     }
@@ -174,16 +211,28 @@ fn friendly(msg: &str) -> String {
 
 /// Parses an agents file: a map of agent name → definition, optionally under `agents:`.
 pub fn parse_agents_str(source: &str, file: &str) -> Result<BTreeMap<String, AgentDef>, Error> {
-    let parsed: AgentsFile = deserialize(source, file)?;
-    let agents = match parsed {
-        AgentsFile::Wrapped { agents } | AgentsFile::Bare(agents) => agents,
-    };
+    let parsed: AgentsFile = deserialize(source, file).map_err(|e| explain_agents_file(source, file, e))?;
+    let (AgentsFile::Wrapped { agents: OrderedAgents(list) } | AgentsFile::Bare(OrderedAgents(list))) = parsed;
+    let agents: BTreeMap<String, AgentDef> = list.into_iter().collect();
     let cx = Ctx { file, source };
     for (name, def) in &agents {
         names::validate("agent", name).map_err(|e| cx.err(format!("agents.{name}"), &[name], e.to_string()))?;
         def.kind().map_err(|m| cx.err(format!("agents.{name}"), &[name], format!("agent `{name}` {m}")))?;
     }
     Ok(agents)
+}
+
+/// The untagged [`AgentsFile`] hides the real error; parse again as the shape the file seems to
+/// have (only an `agents:` key: wrapped; otherwise bare) to report the key, line and reason.
+fn explain_agents_file(source: &str, file: &str, original: Error) -> Error {
+    let keys = deserialize::<BTreeMap<String, serde::de::IgnoredAny>>(source, file);
+    let wrapped = matches!(&keys, Ok(k) if k.len() == 1 && k.contains_key("agents"));
+    let precise = if wrapped {
+        deserialize::<WrappedAgentsFile>(source, file).err()
+    } else {
+        deserialize::<OrderedAgents>(source, file).err()
+    };
+    precise.unwrap_or(original)
 }
 
 /// Parses and validates a workflow file. `file` is only used in error messages and to decide
@@ -365,13 +414,28 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         timeout: raw.timeout,
         input: raw.input.clone().unwrap_or(Value::Null),
     };
-    // Cycles are found by compiling the plan; report them against this file.
+    // Cycles are found by compiling the plan; report them against this file, at the `needs`
+    // of the cycle's second step (it needs the first), else at that step's name.
     wf.plan().map_err(|mut e| {
         e.file = file.to_owned();
         if e.line.is_none()
-            && let Some(first) = e.message.split('`').nth(1)
+            && let Some(cycle) = e.message.split('`').nth(1)
         {
-            e.line = line_of(source, &["needs", first]).or_else(|| line_of(source, &[first]));
+            let names: Vec<&str> = cycle.split(" -> ").collect();
+            if let [first, second, ..] = names.as_slice() {
+                let at = line_of(source, &["name", second]);
+                e.line = at
+                    .and_then(|start| {
+                        source
+                            .lines()
+                            .enumerate()
+                            .skip(start - 1)
+                            .take_while(|(i, l)| *i + 1 == start || !l.trim_start().starts_with('-'))
+                            .find(|(_, l)| l.contains("needs") && l.contains(first))
+                            .map(|(i, _)| i + 1)
+                    })
+                    .or(at);
+            }
         }
         e
     })?;

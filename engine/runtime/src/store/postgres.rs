@@ -9,6 +9,7 @@ use serde_json::Value;
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::sync::{OnceCell, broadcast};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use uuid::Uuid;
 
@@ -189,6 +190,36 @@ pub async fn migrate_url(url: &str) -> Result<usize> {
     Ok(report.applied_migrations().len())
 }
 
+/// If every id of the batch is already in `stream`, in order, at consecutive versions, the
+/// batch was appended before: returns where. Ids found anywhere else are a reuse (`None`).
+async fn find_duplicate(client: &tokio_postgres::Client, stream: &str, ids: &[Uuid]) -> Result<Option<Appended>> {
+    let rows = client
+        .query("SELECT event_id, global_position, stream_id, stream_version FROM events WHERE event_id = ANY($1)", &[&ids])
+        .await
+        .map_err(db_err)?;
+    if rows.len() != ids.len() {
+        return Ok(None);
+    }
+    let mut found: Vec<(usize, i64, i64)> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: Uuid = r.get(0);
+        let s: String = r.get(2);
+        let (Some(i), true) = (ids.iter().position(|x| *x == id), s == stream) else { return Ok(None) };
+        found.push((i, r.get(1), r.get(3)));
+    }
+    found.sort_unstable();
+    let base = found[0].2 - 1;
+    if found.iter().enumerate().any(|(k, &(i, _, v))| i != k || v != base + 1 + k as i64) {
+        return Ok(None);
+    }
+    Ok(Some(Appended {
+        first_position: found[0].1,
+        last_position: found[found.len() - 1].1,
+        next_version: base + ids.len() as i64,
+        duplicate: true,
+    }))
+}
+
 pub(crate) fn row_to_event(r: &Row) -> Result<RecordedEvent> {
     let position: i64 = r.get(0);
     let metadata: Value = r.get(7);
@@ -231,44 +262,46 @@ impl EventStore for PgStore {
         loop {
             let (current, prev) = self.base(&client, stream, expected).await?;
             let hashes = chain_hashes(stream, current, &prev, events);
-            let row = client
+            let result = client
                 .query_one(
                     &stmt,
                     &[&stream, &current, &prev, &ids, &types, &versions, &data, &metadata, &recorded, &hashes],
                 )
-                .await
-                .map_err(db_err)?;
+                .await;
+            let row = match result {
+                Ok(row) => row,
+                // An event id exists already: a retried append, or a reused id.
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    return match find_duplicate(&client, stream, &ids).await? {
+                        Some(dup) => Ok(dup),
+                        None => Err(Error::IdReused { event_id: ids.first().map(Uuid::to_string).unwrap_or_default() }),
+                    };
+                }
+                Err(e) => return Err(db_err(e)),
+            };
             let status: &str = row.get(0);
             let actual: i64 = row.get(1);
-            match status {
-                "ok" | "duplicate" => {
-                    let duplicate = status == "duplicate";
-                    if duplicate {
-                        self.inner.heads.forget(stream);
-                    } else if let Some(h) = hashes.last() {
-                        self.inner.heads.put(stream, actual, h.clone());
-                    }
-                    return Ok(Appended {
-                        first_position: row.get::<_, Option<i64>>(2).unwrap_or(0),
-                        last_position: row.get::<_, Option<i64>>(3).unwrap_or(0),
-                        next_version: actual,
-                        duplicate,
-                    });
+            if status == "ok" {
+                if let Some(h) = hashes.last() {
+                    self.inner.heads.put(stream, actual, h.clone());
                 }
-                "conflict" => {
-                    self.inner.heads.forget(stream);
-                    if expected == ExpectedVersion::Any && retries_left > 0 {
-                        retries_left -= 1;
-                        continue;
-                    }
-                    return Err(Error::Conflict { stream: stream.to_owned(), expected: expected.describe(), actual });
-                }
-                _ => {
-                    return Err(Error::IdReused {
-                        event_id: ids.first().map(Uuid::to_string).unwrap_or_default(),
-                    });
-                }
+                return Ok(Appended {
+                    first_position: row.get::<_, Option<i64>>(2).unwrap_or(0),
+                    last_position: row.get::<_, Option<i64>>(3).unwrap_or(0),
+                    next_version: actual,
+                    duplicate: false,
+                });
             }
+            // A conflict: the head moved (perhaps by this very append, committed before a retry).
+            self.inner.heads.forget(stream);
+            if let Some(dup) = find_duplicate(&client, stream, &ids).await? {
+                return Ok(dup);
+            }
+            if expected == ExpectedVersion::Any && retries_left > 0 {
+                retries_left -= 1;
+                continue;
+            }
+            return Err(Error::Conflict { stream: stream.to_owned(), expected: expected.describe(), actual });
         }
     }
 
@@ -369,6 +402,11 @@ impl PgStore {
             .await
             .map_err(db_err)?
             .get(0);
+        if got {
+            // The relay checkpoint is a hint (the JetStream tail is authoritative); it need not
+            // wait for a WAL flush, which would double the fsyncs of a busy log.
+            client.batch_execute("SET synchronous_commit = off").await.map_err(db_err)?;
+        }
         Ok(got.then_some(PgLease { client }))
     }
 }

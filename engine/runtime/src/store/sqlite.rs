@@ -183,38 +183,41 @@ fn collect(rows: rusqlite::MappedRows<'_, impl FnMut(&rusqlite::Row<'_>) -> rusq
     Ok(out)
 }
 
+/// If every id of the batch is already in `stream`, in order, at consecutive versions, the
+/// batch was appended before: returns where. Ids found anywhere else are a reuse (`None`).
+fn find_duplicate(conn: &Connection, stream: &str, events: &[NewEvent]) -> Result<Option<Appended>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT global_position, stream_id, stream_version FROM events WHERE event_id = ?1")
+        .map_err(sql_err)?;
+    let mut found = Vec::with_capacity(events.len());
+    for e in events {
+        let row = stmt
+            .query_row([e.event_id.to_string()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+            .optional()
+            .map_err(sql_err)?;
+        match row {
+            Some(row) => found.push(row),
+            None => return Ok(None),
+        }
+    }
+    let base = found[0].2 - 1;
+    if found.iter().enumerate().any(|(i, (_, s, v))| s != stream || *v != base + 1 + i as i64) {
+        return Ok(None);
+    }
+    Ok(Some(Appended {
+        first_position: found[0].0,
+        last_position: found[found.len() - 1].0,
+        next_version: base + events.len() as i64,
+        duplicate: true,
+    }))
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
 fn append_blocking(conn: &mut Connection, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
-    // A retry of an append that committed returns the original positions.
-    let mut found = Vec::new();
-    {
-        let mut stmt = tx
-            .prepare_cached("SELECT global_position, stream_id, stream_version FROM events WHERE event_id = ?1")
-            .map_err(sql_err)?;
-        for e in events {
-            let row = stmt
-                .query_row([e.event_id.to_string()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
-                .optional()
-                .map_err(sql_err)?;
-            if let Some(row) = row {
-                found.push(row);
-            }
-        }
-    }
-    if !found.is_empty() {
-        let base = found[0].2 - 1;
-        let same = found.len() == events.len()
-            && found.iter().enumerate().all(|(i, (_, s, v))| s == stream && *v == base + 1 + i as i64);
-        if same {
-            return Ok(Appended {
-                first_position: found[0].0,
-                last_position: found[found.len() - 1].0,
-                next_version: base + events.len() as i64,
-                duplicate: true,
-            });
-        }
-        return Err(Error::IdReused { event_id: events[0].event_id.to_string() });
-    }
     let (current, prev): (i64, String) = tx
         .prepare_cached("SELECT stream_version, hash FROM events WHERE stream_id = ?1 ORDER BY stream_version DESC LIMIT 1")
         .map_err(sql_err)?
@@ -228,6 +231,10 @@ fn append_blocking(conn: &mut Connection, stream: &str, expected: ExpectedVersio
         ExpectedVersion::Exact(v) => current == v,
     };
     if !ok {
+        // The head moved, perhaps by this very batch committed before a retry.
+        if let Some(dup) = find_duplicate(&tx, stream, events)? {
+            return Ok(dup);
+        }
         return Err(Error::Conflict { stream: stream.to_owned(), expected: expected.describe(), actual: current });
     }
     let hashes = chain_hashes(stream, current, &prev, events);
@@ -241,7 +248,7 @@ fn append_blocking(conn: &mut Connection, stream: &str, expected: ExpectedVersio
             )
             .map_err(sql_err)?;
         for (i, e) in events.iter().enumerate() {
-            stmt.execute(params![
+            let inserted = stmt.execute(params![
                 stream,
                 current + 1 + i as i64,
                 e.event_id.to_string(),
@@ -251,8 +258,17 @@ fn append_blocking(conn: &mut Connection, stream: &str, expected: ExpectedVersio
                 serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()),
                 to_micros(e.recorded_at).to_rfc3339_opts(SecondsFormat::Micros, true),
                 hashes[i],
-            ])
-            .map_err(sql_err)?;
+            ]);
+            match inserted {
+                Ok(_) => {}
+                // An event id exists already: a retried append (Any), or a reused id.
+                Err(err) if is_unique_violation(&err) => {
+                    drop(stmt);
+                    let dup = find_duplicate(&tx, stream, events)?;
+                    return dup.ok_or_else(|| Error::IdReused { event_id: events[0].event_id.to_string() });
+                }
+                Err(err) => return Err(sql_err(err)),
+            }
             last = tx.last_insert_rowid();
             if i == 0 {
                 first = last;

@@ -1,0 +1,139 @@
+//! The append/read contract, run against both backends.
+
+use ltmc_core::hash::first_broken_link;
+use ltmc_core::{Metadata, NewEvent};
+use ltmc_engine::store::{self, Error, new_event, read_stream_all};
+use ltmc_engine::{EventStore, ExpectedVersion, Store};
+use ltmc_tests::{PgSchema, sqlite_store};
+use serde_json::json;
+
+fn ev(i: usize) -> NewEvent {
+    new_event("ThingHappened", 1, json!({"i": i, "nested": {"b": 1.5, "a": [1, "x", null]}}), Metadata {
+        actor: Some("test".into()),
+        ..Default::default()
+    })
+}
+
+async fn contract(store: Store) -> anyhow::Result<()> {
+    let s = format!("thing-{}", ltmc_tests::unique());
+
+    // NoStream creates; versions start at 1.
+    let a = store.append(&s, ExpectedVersion::NoStream, &[ev(1), ev(2)]).await?;
+    assert_eq!(a.next_version, 2);
+    assert!(!a.duplicate);
+    assert!(a.last_position > a.first_position);
+
+    // Exact at the right version appends.
+    let b_events = vec![ev(3)];
+    let b = store.append(&s, ExpectedVersion::Exact(2), &b_events).await?;
+    assert_eq!(b.next_version, 3);
+    assert!(b.first_position > a.last_position);
+
+    // A stale expectation is a typed conflict naming expected and actual.
+    match store.append(&s, ExpectedVersion::Exact(2), &[ev(4)]).await {
+        Err(Error::Conflict { expected, actual, .. }) => {
+            assert_eq!(expected, "2");
+            assert_eq!(actual, 3);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    match store.append(&s, ExpectedVersion::NoStream, &[ev(5)]).await {
+        Err(Error::Conflict { actual: 3, .. }) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    // Retrying the same events is a no-op returning the original positions.
+    let head_before = store.head_position().await?;
+    let again = store.append(&s, ExpectedVersion::Exact(2), &b_events).await?;
+    assert!(again.duplicate);
+    assert_eq!((again.first_position, again.last_position, again.next_version), (b.first_position, b.last_position, 3));
+    let again_any = store.append(&s, ExpectedVersion::Any, &b_events).await?;
+    assert!(again_any.duplicate);
+    assert_eq!(store.head_position().await?, head_before);
+
+    // An id reused at another place is refused.
+    match store.append("other-x", ExpectedVersion::NoStream, &b_events).await {
+        Err(Error::IdReused { .. }) => {}
+        other => panic!("expected IdReused, got {other:?}"),
+    }
+
+    // Any appends at the head.
+    let c = store.append(&s, ExpectedVersion::Any, &[ev(6)]).await?;
+    assert_eq!(c.next_version, 4);
+
+    // Oversized payloads and bad stream ids are refused and write nothing.
+    let big = new_event("Big", 1, json!({"blob": "x".repeat(ltmc_core::event::MAX_EVENT_BYTES + 1)}), Metadata::default());
+    assert!(matches!(store.append(&s, ExpectedVersion::Any, &[big]).await, Err(Error::PayloadTooLarge { .. })));
+    assert!(matches!(store.append("bad.stream", ExpectedVersion::Any, &[ev(7)]).await, Err(Error::Invalid(_))));
+    assert!(matches!(store.append(&s, ExpectedVersion::Any, &[]).await, Err(Error::Invalid(_))));
+    let dup_in_batch = ev(8);
+    assert!(matches!(
+        store.append(&s, ExpectedVersion::Any, &[dup_in_batch.clone(), dup_in_batch]).await,
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(store.head_position().await?, c.last_position);
+
+    // Reads: stream order, whole-log order, intact hash chain, data round-trips.
+    let events = read_stream_all(&store, &s).await?;
+    assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(events[0].data, json!({"i": 1, "nested": {"b": 1.5, "a": [1, "x", null]}}));
+    assert_eq!(events[0].metadata.actor.as_deref(), Some("test"));
+    assert_eq!(first_broken_link(&events), None);
+    let all = store.read_all(0, 100).await?;
+    assert!(all.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    let later = store.read_stream(&s, 2, 10).await?;
+    assert_eq!(later.len(), 2);
+
+    // A tampered copy fails verification at the altered version.
+    let mut tampered = events.clone();
+    tampered[2].data = json!({"i": 999});
+    assert_eq!(first_broken_link(&tampered), Some(3));
+
+    // Catch-up then live subscription.
+    let mut sub = store.subscribe(0);
+    let mut seen = Vec::new();
+    while seen.len() < all.len() {
+        seen.push(sub.next().await?.global_position);
+    }
+    assert_eq!(seen, all.iter().map(|e| e.global_position).collect::<Vec<_>>());
+    let live = store.append(&s, ExpectedVersion::Exact(4), &[ev(9)]).await?;
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), sub.next()).await??;
+    assert_eq!(next.global_position, live.first_position);
+
+    // Streams of a category.
+    let streams = store.list_streams("thing", 10).await?;
+    assert!(streams.iter().any(|i| i.stream_id == s && i.version == 5));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_store_honours_the_contract() -> anyhow::Result<()> {
+    let (store, _dir) = sqlite_store().await?;
+    contract(store).await
+}
+
+#[tokio::test]
+async fn postgres_store_honours_the_contract() -> anyhow::Result<()> {
+    let schema = PgSchema::new().await?;
+    contract(schema.store().await?).await?;
+    schema.drop().await
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_refuse_edits() -> anyhow::Result<()> {
+    let schema = PgSchema::new().await?;
+    let _first = schema.store().await?;
+    assert_eq!(store::postgres::migrate_url(&schema.url).await?, 0, "a second migration applies nothing");
+    // Simulate an edited migration: its recorded checksum no longer matches the file.
+    let client = schema.client().await?;
+    client.batch_execute("UPDATE refinery_schema_history SET checksum = '1' WHERE version = 1").await?;
+    let err = store::postgres::migrate_url(&schema.url).await.expect_err("an edited migration must be refused");
+    assert!(err.to_string().contains("migration"), "{err}");
+    schema.drop().await
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable() {
+    let err = Store::open("postgres://nobody@127.0.0.1:1/none").await.err().expect("must fail");
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+}
