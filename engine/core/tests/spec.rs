@@ -35,11 +35,6 @@ fn step_names(wf: &Workflow) -> Vec<&str> {
     wf.steps.iter().map(|s| s.name.as_str()).collect()
 }
 
-/// 1-based line of the first line of `src` containing `needle`.
-fn line_with(src: &str, needle: &str) -> usize {
-    src.lines().position(|l| l.contains(needle)).map(|i| i + 1).expect("needle in source")
-}
-
 // ---------------------------------------------------------------- seed shapes, accepted as written
 
 fn assert_seed_sequential(wf: &Workflow) {
@@ -273,6 +268,9 @@ fn unknown_key_in_an_inline_agent_is_named_with_its_line() {
     let e = parse_err(src, "agentkey.yaml");
     assert!(e.message.contains("retires"), "message should name the unknown key: {e}");
     assert_eq!(e.line, Some(5), "{e}");
+    assert_eq!(e.field, "agents.dev", "{e}");
+    assert!(e.to_string().starts_with("agentkey.yaml:5: field `agents.dev`: unknown field `retires`"), "{e}");
+    assert!(!e.message.contains(" at line "), "the line is not repeated in the message: {e}");
 }
 
 #[test]
@@ -303,11 +301,14 @@ fn wrong_types_are_refused() {
     assert_eq!(e.line, Some(3), "{e}");
 
     let e = parse_str("pattern: sequential\nagents: dev\n", "t.yaml", &with_agents(&["dev"])).expect_err("agents as string");
-    assert!(e.message.contains("agents"), "{e}");
+    assert_eq!(e.field, "agents", "{e}");
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.message.contains("list of agent names"), "{e}");
 
     let e = parse("pattern: sequential\nagents:\n  dev:\n    builtin: noop\n    retries: many\n", "t.yaml")
         .expect_err("string for retries");
-    assert!(e.message.contains("retries") || e.message.contains("integer"), "{e}");
+    assert_eq!(e.field, "agents.dev.retries", "{e}");
+    assert!(e.message.contains("many"), "{e}");
     assert_eq!(e.line, Some(5), "{e}");
 
     let e = parse("pattern: sequential\nagents:\n  dev: {builtin: telepathy}\n", "t.yaml").expect_err("unknown builtin");
@@ -422,8 +423,8 @@ fn duplicate_step_names_are_refused() {
 fn duplicate_agent_in_an_inline_map_is_refused() {
     let src = "pattern: sequential\nagents:\n  dev: {builtin: noop}\n  test: {builtin: noop}\n  dev: {builtin: echo}\n";
     let e = parse_err(src, "dup.yaml");
-    assert!(e.message.contains("dev"), "message should name the duplicate: {e}");
-    assert!(e.message.contains("twice"), "{e}");
+    assert!(e.message.contains("`dev`") && e.message.contains("twice"), "message should name the duplicate: {e}");
+    assert_eq!(e.line, Some(5), "points at the second definition: {e}");
 
     let json = r#"{"pattern": "sequential", "agents": {"dev": {"builtin": "noop"}, "dev": {"builtin": "echo"}}}"#;
     let e = parse_err(json, "dup.json");
@@ -433,7 +434,18 @@ fn duplicate_agent_in_an_inline_map_is_refused() {
 #[test]
 fn duplicate_agent_in_an_agents_file_is_refused() {
     let e = parse_agents_str("dev: {builtin: noop}\ndev: {builtin: echo}\n", "agents.yaml").expect_err("duplicate");
-    assert!(e.message.contains("dev"), "{e}");
+    assert!(e.message.contains("`dev`") && e.message.contains("twice"), "{e}");
+    assert_eq!(e.line, Some(2), "{e}");
+    let e = parse_agents_str("agents:\n  dev: {builtin: noop}\n  dev: {builtin: echo}\n", "agents.yaml")
+        .expect_err("duplicate, wrapped");
+    assert!(e.message.contains("`dev`") && e.message.contains("twice"), "{e}");
+}
+
+#[test]
+fn agents_file_with_agents_key_and_more_is_not_silently_truncated() {
+    // Before: the wrapped shape matched and `dev` was dropped without a word.
+    let src = "agents:\n  x: {builtin: noop}\ndev: {builtin: noop}\n";
+    assert!(parse_agents_str(src, "agents.yaml").is_err());
 }
 
 fn assert_names_cycle(e: &Error, cycle: &[&str]) {

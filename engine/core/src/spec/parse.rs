@@ -177,19 +177,61 @@ fn deserialize<T: serde::de::DeserializeOwned>(source: &str, file: &str) -> Resu
             ),
         });
     }
-    if is_json(source, file) {
-        serde_json::from_str(source).map_err(|e| Error {
-            file: file.to_owned(),
-            line: Some(e.line()),
-            field: String::new(),
-            message: friendly(&e.to_string()),
-        })
+    let mut err = if is_json(source, file) {
+        match serde_json::from_str(source) {
+            Ok(v) => return Ok(v),
+            Err(e) => Error {
+                file: file.to_owned(),
+                line: Some(e.line()),
+                field: String::new(),
+                message: friendly(&e.to_string()),
+            },
+        }
     } else {
-        yaml_serde::from_str(source).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            Error { file: file.to_owned(), line, field: String::new(), message: friendly(&e.to_string()) }
-        })
+        match yaml_serde::from_str(source) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let line = e.location().map(|l| l.line());
+                // yaml_serde prefixes the path of the faulty node (`agents.dev.retries: ...`).
+                let (field, message) = split_path(&friendly(&e.to_string()));
+                Error { file: file.to_owned(), line, field, message }
+            }
+        }
+    };
+    // A duplicate is reported at the start of its map; point at the second definition instead.
+    if err.message.ends_with("is defined twice")
+        && let Some(name) = err.message.split('`').nth(1)
+        && let Some(line) = second_definition_line(source, name)
+    {
+        err.line = Some(line);
     }
+    Err(err)
+}
+
+/// Splits `path: message` into the path (a field like `steps[0].needs`) and the message.
+fn split_path(msg: &str) -> (String, String) {
+    if let Some((path, rest)) = msg.split_once(": ")
+        && !path.is_empty()
+        && path.chars().all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))
+    {
+        return (path.to_owned(), rest.to_owned());
+    }
+    (String::new(), msg.to_owned())
+}
+
+/// The line of the second `name:` key in a block mapping, if the file writes them one a line.
+fn second_definition_line(source: &str, name: &str) -> Option<usize> {
+    let plain = format!("{name}:");
+    let quoted = format!("\"{name}\":");
+    source
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim_start();
+            l.starts_with(&plain) || l.starts_with(&quoted)
+        })
+        .nth(1)
+        .map(|(i, _)| i + 1)
 }
 
 /// Rewrites serde's wording for the untagged enums into something a user can act on.
