@@ -19,6 +19,7 @@
 pub mod event;
 pub mod hash;
 pub mod names;
+pub mod protocol;
 pub mod run;
 pub mod spec;
 

@@ -8,8 +8,6 @@ pub use command::{MAX_OUTPUT_BYTES, MAX_STDERR_BYTES, TERM_GRACE};
 
 use ltmc_core::run::Outcome;
 use ltmc_core::spec::{AgentDef, AgentKind};
-use serde::Serialize;
-use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,28 +15,7 @@ use std::time::Duration;
 pub const DEFAULT_TIMEOUT_SECS: f64 = 300.0;
 
 /// The task handed to an agent (stdin of a command agent).
-#[derive(Debug, Clone, Serialize)]
-pub struct Task {
-    /// Run id.
-    pub run_id: String,
-    /// Session, if the run belongs to one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    /// Workflow name.
-    pub workflow: String,
-    /// Step name.
-    pub step: String,
-    /// Agent name.
-    pub agent: String,
-    /// Attempt (1 = first).
-    pub attempt: u32,
-    /// `run/step/attempt`: the same on a re-dispatch after a crash.
-    pub idempotency_key: String,
-    /// The step's input.
-    pub input: Value,
-    /// Shared context (session memory); empty until sessions exist.
-    pub context: Value,
-}
+pub use ltmc_core::protocol::AgentTask as Task;
 
 /// Runs one attempt of an agent and reports its outcome. Never panics; every failure is an
 /// [`Outcome::Failed`] with a reason.

@@ -1,0 +1,234 @@
+//! Runs end to end on both backends: the order of events, hand-over of outputs, failures,
+//! retries, command agents, timeouts that kill the process group, and recovery after a crash.
+
+use ltmc_core::RecordedEvent;
+use ltmc_core::run::{RunStatus, stream_id};
+use ltmc_core::spec::{self, ParseOptions, Workflow};
+use ltmc_engine::store::read_stream_all;
+use ltmc_engine::{Engine, EngineOptions, Store};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn wf(yaml: &str) -> Workflow {
+    spec::parse_str(yaml, "test.yaml", &ParseOptions::default()).expect("valid workflow")
+}
+
+async fn events(store: &Store, run_id: &str) -> Vec<RecordedEvent> {
+    read_stream_all(store, &stream_id(run_id)).await.expect("readable stream")
+}
+
+fn types_and_steps(events: &[RecordedEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e.data.get("step").and_then(Value::as_str) {
+            Some(s) => format!("{}:{s}", e.event_type),
+            None => e.event_type.clone(),
+        })
+        .collect()
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    let (store, dir) = ltmc_tests::sqlite_store().await?;
+                    super::$name(store, dir.path()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    let schema = ltmc_tests::PgSchema::new().await?;
+                    let dir = tempfile::tempdir()?;
+                    super::$name(schema.store().await?, dir.path()).await?;
+                    schema.drop().await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    sequential_hands_each_output_to_the_next,
+    parallel_dispatches_every_agent_at_once,
+    dependency_graph_joins_outputs,
+    failures_retry_then_fail_the_run,
+    command_agents_speak_the_protocol,
+    timeouts_kill_the_whole_process_group,
+    a_crashed_run_resumes_without_repeating_finished_steps,
+);
+
+async fn sequential_hands_each_output_to_the_next(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let w = wf("pattern: sequential\ninput: {n: 1}\nagents:\n  dev: {builtin: echo}\n  test: {builtin: echo}\n  review: {builtin: echo}\n");
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed);
+    assert_eq!(state.output, Some(json!({"n": 1})));
+    let evs = events(&store, &state.run_id).await;
+    assert_eq!(
+        types_and_steps(&evs),
+        [
+            "RunStarted", "StepReady:dev", "StepDispatched:dev", "StepCompleted:dev",
+            "StepReady:test", "StepDispatched:test", "StepCompleted:test",
+            "StepReady:review", "StepDispatched:review", "StepCompleted:review", "RunCompleted",
+        ]
+    );
+    assert!(evs.windows(2).all(|w| w[0].stream_version + 1 == w[1].stream_version));
+    assert!(evs.iter().all(|e| e.metadata.run_id.as_deref() == Some(state.run_id.as_str())));
+    // The pinned definition and its hash are in RunStarted.
+    assert!(evs[0].data["definition_hash"].as_str().is_some_and(|h| h.starts_with("sha256:")));
+    assert_eq!(evs[0].data["definition"]["steps"][1]["needs"], json!(["dev"]));
+    Ok(())
+}
+
+async fn parallel_dispatches_every_agent_at_once(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let w = wf(r#"{"pattern": "parallel", "agents": {"frontend": {"builtin": "noop"}, "backend": {"builtin": "noop"},
+        "database": {"builtin": "noop"}, "api": {"builtin": "noop"}}, "coordination_points": ["integration"], "result_aggregation": true}"#);
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed);
+    let evs = events(&store, &state.run_id).await;
+    // All four are dispatched in the run's first append, before any completes.
+    let first_completion = evs.iter().position(|e| e.event_type == "StepCompleted").unwrap_or(0);
+    let dispatched_before = evs[..first_completion].iter().filter(|e| e.event_type == "StepDispatched").count();
+    assert_eq!(dispatched_before, 4);
+    let first_append = evs.iter().filter(|e| e.global_position < evs[0].global_position + 9).count();
+    assert_eq!(first_append, 9, "RunStarted + 4 x (ready, dispatched) share one append");
+    assert_eq!(state.output.as_ref().and_then(Value::as_object).map(|m| m.len()), Some(4));
+    Ok(())
+}
+
+async fn dependency_graph_joins_outputs(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let w = wf("agents:\n  e: {builtin: echo}\nsteps:\n  - {name: a, agent: e, input: 1}\n  - {name: b, agent: e, needs: [a]}\n  - {name: c, agent: e, needs: [a], input: 3}\n  - {name: d, agent: e, needs: [b, c]}\n");
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed);
+    assert_eq!(state.output, Some(json!({"b": 1, "c": 3})));
+    let order = types_and_steps(&events(&store, &state.run_id).await);
+    let at = |s: &str| order.iter().position(|x| x == s).unwrap_or(usize::MAX);
+    assert!(at("StepCompleted:a") < at("StepDispatched:b") && at("StepCompleted:a") < at("StepDispatched:c"));
+    assert!(at("StepCompleted:b") < at("StepDispatched:d") && at("StepCompleted:c") < at("StepDispatched:d"));
+    Ok(())
+}
+
+async fn failures_retry_then_fail_the_run(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    // Fails on attempt 1, succeeds on attempt 2.
+    let flaky = wf("pattern: sequential\nagents:\n  flaky:\n    run: [sh, -c, 'test \"$LTMC_ATTEMPT\" -ge 2 || { echo boom >&2; exit 7; }']\n    retries: 2\n");
+    let state = engine.run(flaky, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed);
+    let evs = events(&store, &state.run_id).await;
+    let failed: Vec<&RecordedEvent> = evs.iter().filter(|e| e.event_type == "StepFailed").collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].data["will_retry"], json!(true));
+    assert!(failed[0].data["error"].as_str().is_some_and(|e| e.contains("status 7") && e.contains("boom")));
+    assert!(evs.iter().any(|e| e.event_type == "StepDispatched" && e.data["attempt"] == json!(2)));
+
+    let broken = wf("pattern: sequential\nagents:\n  a: {builtin: noop}\n  b: {builtin: fail, params: {message: nope}, retries: 1}\n  c: {builtin: noop}\n");
+    let state = engine.run(broken, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Failed);
+    let order = types_and_steps(&events(&store, &state.run_id).await);
+    assert_eq!(order.iter().filter(|e| *e == "StepFailed:b").count(), 2, "one retry, then give up");
+    assert_eq!(order.last().map(String::as_str), Some("RunFailed:b"));
+    assert!(!order.iter().any(|e| e.ends_with(":c")), "nothing runs after a failed step");
+    Ok(())
+}
+
+async fn command_agents_speak_the_protocol(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let script = dir.join("agent.py");
+    std::fs::write(
+        &script,
+        "import json, os, sys\ntask = json.load(sys.stdin)\nprint('thinking...')\n\
+         print(json.dumps({'output': {'got': task['input'], 'step': task['step'], 'key': task['idempotency_key'], 'env': os.environ['LTMC_STEP'], 'ansi': '\\x1b[31mred'}}))\n",
+    )?;
+    let w = wf(&format!(
+        "pattern: sequential\ninput: {{x: 42}}\nagents:\n  py: {{run: [python3, {}]}}\n  plain: {{run: [sh, -c, 'cat >/dev/null; echo plain words']}}\n  flood: {{run: [sh, -c, 'head -c 400000 /dev/zero | tr \"\\\\0\" a']}}\n",
+        script.display()
+    ));
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.failure);
+    let evs = events(&store, &state.run_id).await;
+    let outputs: Vec<&Value> = evs.iter().filter(|e| e.event_type == "StepCompleted").map(|e| &e.data["output"]).collect();
+    assert_eq!(outputs[0]["got"], json!({"x": 42}));
+    assert_eq!(outputs[0]["env"], json!("py"));
+    assert_eq!(outputs[0]["key"], json!(format!("{}/py/1", state.run_id)));
+    assert_eq!(outputs[0]["ansi"], json!("\u{1b}[31mred"), "escapes are kept as data");
+    assert_eq!(outputs[1], &json!("plain words"));
+    assert_eq!(outputs[2]["truncated"], json!(true), "a flood of output is capped");
+    assert!(outputs[2]["text"].as_str().is_some_and(|t| t.len() <= ltmc_engine::agents::MAX_OUTPUT_BYTES));
+    Ok(())
+}
+
+fn processes_matching(marker: &str) -> usize {
+    std::process::Command::new("pgrep")
+        .args(["-f", marker])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0)
+}
+
+async fn timeouts_kill_the_whole_process_group(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let marker = format!("{}.{}", 70 + fastrand::u32(0..20), fastrand::u32(100_000..999_999));
+    // A grandchild in the background, and a shell that ignores SIGTERM.
+    let w = wf(&format!(
+        "pattern: sequential\nagents:\n  hang:\n    run: [sh, -c, 'trap \"\" TERM; sleep {marker} & sleep {marker}']\n    timeout: 0.3\n"
+    ));
+    let started = Instant::now();
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    let took = started.elapsed();
+    assert_eq!(state.status, RunStatus::Failed);
+    assert!(state.failure.as_deref().is_some_and(|f| f.contains("timed out")), "{:?}", state.failure);
+    assert!(took < Duration::from_secs(10), "timeout + grace, not the agent's 70 s ({took:?})");
+    assert_eq!(processes_matching(&marker), 0, "no process of the agent survives");
+    Ok(())
+}
+
+async fn a_crashed_run_resumes_without_repeating_finished_steps(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let log = dir.join("calls.log");
+    let gate = dir.join("gate");
+    // `first` records its call; `second` records its call and waits for the gate file.
+    let w = wf(&format!(
+        "pattern: sequential\nagents:\n  first: {{run: [sh, -c, 'echo \"first $LTMC_IDEMPOTENCY_KEY\" >> {log}']}}\n  second: {{run: [sh, -c, 'echo \"second $LTMC_IDEMPOTENCY_KEY\" >> {log}; while [ ! -e {gate} ]; do sleep 0.02; done; echo done']}}\n",
+        log = log.display(),
+        gate = gate.display()
+    ));
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let run_id = engine.start(w, None, None).await?;
+    let driver = {
+        let (engine, run_id, dir) = (engine.clone(), run_id.clone(), dir.to_path_buf());
+        tokio::spawn(async move { engine.drive(&run_id, dir, None).await })
+    };
+    // Crash the driver while `second` runs (its dispatch is recorded; its outcome is not).
+    let seen_second = ltmc_tests::eventually(Duration::from_secs(10), || {
+        let log = log.clone();
+        async move { std::fs::read_to_string(&log).is_ok_and(|s| s.contains("second")) }
+    })
+    .await;
+    assert!(seen_second);
+    driver.abort();
+    let _ = driver.await;
+
+    // A new engine (as after a restart) folds the run and re-dispatches only `second`.
+    std::fs::write(&gate, "")?;
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let state = engine.drive(&run_id, PathBuf::from(dir), None).await?;
+    assert_eq!(state.status, RunStatus::Completed);
+    assert_eq!(state.output, Some(json!("done")));
+    let calls = std::fs::read_to_string(&log)?;
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(lines.iter().filter(|l| l.starts_with("first")).count(), 1, "finished steps never run again: {calls}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("second")).count(), 2);
+    let key = format!("{run_id}/second/1");
+    assert!(lines.iter().filter(|l| l.starts_with("second")).all(|l| l.ends_with(&key)), "same idempotency key: {calls}");
+    let evs = events(&store, &run_id).await;
+    assert_eq!(evs.iter().filter(|e| e.event_type == "StepCompleted").count(), 2);
+    Ok(())
+}
+
