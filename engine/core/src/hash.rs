@@ -7,7 +7,7 @@
 //! the stored row. The global position is not hashed: it is assigned by the database at commit.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -36,21 +36,65 @@ pub struct Link<'a> {
 
 /// Computes the chain hash of `link` following `prev_hash` (`""` for a stream's first event).
 pub fn chain(prev_hash: &str, link: Link<'_>) -> String {
-    let envelope = json!({
-        "stream_id": link.stream_id,
-        "stream_version": link.stream_version,
-        "event_id": link.event_id.to_string(),
-        "event_type": link.event_type,
-        "schema_version": link.schema_version,
-        "recorded_at": link.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-        "metadata": serde_json::to_value(link.metadata).unwrap_or(Value::Null),
-        "data": link.data,
-    });
-    let mut hasher = Sha256::new();
-    hasher.update(prev_hash.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(envelope.to_string().as_bytes());
-    hex(&hasher.finalize())
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(prev_hash.as_bytes());
+    buf.push(b'\n');
+    // The envelope as compact JSON with keys in sorted order, written directly (no copy of the
+    // data), so the bytes do not depend on map ordering features of serde_json.
+    buf.extend_from_slice(b"{\"data\":");
+    write_canonical(link.data, &mut buf);
+    buf.extend_from_slice(b",\"event_id\":\"");
+    buf.extend_from_slice(link.event_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()).as_bytes());
+    buf.extend_from_slice(b"\",\"event_type\":");
+    write_str(link.event_type, &mut buf);
+    buf.extend_from_slice(b",\"metadata\":");
+    write_canonical(&serde_json::to_value(link.metadata).unwrap_or(Value::Null), &mut buf);
+    buf.extend_from_slice(b",\"recorded_at\":");
+    write_str(&link.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true), &mut buf);
+    buf.extend_from_slice(format!(",\"schema_version\":{},\"stream_id\":", link.schema_version).as_bytes());
+    write_str(link.stream_id, &mut buf);
+    buf.extend_from_slice(format!(",\"stream_version\":{}}}", link.stream_version).as_bytes());
+    hex(&Sha256::digest(&buf))
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    // Serialising a &str to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Compact JSON with object keys sorted (byte order), as the chain's canonical form.
+pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(k, out);
+                out.push(b':');
+                if let Some(child) = map.get(k) {
+                    write_canonical(child, out);
+                }
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
+    }
 }
 
 /// Recomputes the chain of one stream's events (in version order) and returns the version of the
@@ -97,6 +141,7 @@ pub fn content_hash(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn event(version: i64, prev: &str, data: Value) -> RecordedEvent {
         let mut e = RecordedEvent {
@@ -136,6 +181,15 @@ mod tests {
         assert_eq!(first_broken_link(&log), None);
         log[1].data = json!({"step": "evil"});
         assert_eq!(first_broken_link(&log), Some(2));
+    }
+
+    #[test]
+    fn canonical_form_is_the_sorted_compact_json() {
+        // The documented form: identical to serde_json's compact output with sorted keys.
+        let v: Value = serde_json::from_str(r#"{"b":{"z":1,"a":[true,null,"\u001b"]},"a":1.5}"#).unwrap_or_default();
+        let mut out = Vec::new();
+        write_canonical(&v, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), r#"{"a":1.5,"b":{"a":[true,null,"\u001b"],"z":1}}"#);
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub(crate) fn check_batch(stream: &str, events: &[NewEvent]) -> Result<()> {
         if e.event_type.is_empty() || !e.event_type.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(Error::Invalid(format!("event type {:?} must be PascalCase letters and digits", e.event_type)));
         }
-        let size = e.data.to_string().len() + serde_json::to_string(&e.metadata).map_or(0, |s| s.len());
+        let size = json_len(&e.data) + json_len(&e.metadata);
         if size > MAX_EVENT_BYTES {
             return Err(Error::PayloadTooLarge {
                 stream: stream.to_owned(),
@@ -172,6 +172,23 @@ pub(crate) fn check_batch(stream: &str, events: &[NewEvent]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Length of the compact JSON of `v`, without building the string.
+fn json_len<T: serde::Serialize>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 /// The chain hashes of `events` appended after version `current` whose last hash is `prev`.
