@@ -81,15 +81,25 @@ pub(crate) async fn resume(run_id: &str, dir: Option<PathBuf>, json: bool) -> an
 /// Prints the result, waits briefly for the relay to publish the run, and picks the exit code.
 async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunState, json: bool) -> anyhow::Result<u8> {
     if let Some(relay) = relay {
+        // Give the relay (ours, or another process holding the lease) a moment to publish the
+        // run, but never hang on NATS: stop waiting once it makes no progress for 2 s.
         let head = store.head_position().await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // Whichever relay holds the lease (ours or a long-running one) advances the checkpoint.
-        while relay.published() < head && store.checkpoint("relay").await? < head {
-            if Instant::now() > deadline {
-                eprintln!("warning: NATS has not acknowledged every event yet; a relay (`ltmc relay`) will publish them when NATS is reachable");
+        let (mut seen, mut progressed_at) = (-1, Instant::now());
+        loop {
+            let published = relay.published().max(store.checkpoint("relay").await?);
+            if published >= head {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if published > seen {
+                (seen, progressed_at) = (published, Instant::now());
+            } else if progressed_at.elapsed() > Duration::from_secs(2) {
+                eprintln!(
+                    "warning: NATS has not acknowledged every event of this run; they are safe in the log \
+                     and `ltmc relay` publishes them when NATS is reachable"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         relay.stop();
     }

@@ -25,7 +25,7 @@ impl std::error::Error for BadInput {}
 
 fn store_code(e: &store::Error) -> u8 {
     match e {
-        store::Error::Unavailable(_) => UNAVAILABLE,
+        store::Error::Unavailable(_) | store::Error::Migration(_) => UNAVAILABLE,
         store::Error::Invalid(_) | store::Error::PayloadTooLarge { .. } => BAD_INPUT,
         _ => RUN_FAILED,
     }

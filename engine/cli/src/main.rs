@@ -108,6 +108,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("LTMC_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     // One thread: the engine's work is IO-bound, and on small VMs a wake-up that crosses

@@ -116,11 +116,18 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
     let (tx, rx) = watch::channel(0);
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
+        let mut failures = 0u32;
         loop {
             match run_once(&store, &opts, &tx).await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => (backoff, failures) = (Duration::from_millis(100), 0),
                 Err(e) => {
-                    tracing::warn!(error = %e, "relay interrupted; retrying in {:?}", backoff);
+                    // Say it once; a long outage is not a stream of warnings.
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "relay interrupted; retrying until it succeeds");
+                    } else {
+                        tracing::debug!(error = %e, failures, "relay still interrupted");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }

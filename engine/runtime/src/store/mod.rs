@@ -111,6 +111,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Migrations could not be applied: an applied migration was edited (append-only, refused),
+    /// or the database is newer than this binary.
+    #[error("the database schema cannot be migrated: {0}; migrations are append-only, so restore the original migration files or use a new database")]
+    Migration(String),
     /// Any other backend failure.
     #[error("event store error: {0}")]
     Backend(String),

@@ -168,7 +168,7 @@ async fn migrate(config: &tokio_postgres::Config) -> Result<()> {
         .await;
     drop(client);
     let _ = task.await;
-    result.map(|_| ()).map_err(|e| Error::Backend(format!("migration failed: {e}")))
+    result.map(|_| ()).map_err(|e| Error::Migration(e.to_string()))
 }
 
 /// Applies pending migrations and reports how many were applied.
@@ -186,7 +186,7 @@ pub async fn migrate_url(url: &str) -> Result<usize> {
     let report = embedded::migrations::runner()
         .run_async(&mut client)
         .await
-        .map_err(|e| Error::Backend(format!("migration failed: {e}")))?;
+        .map_err(|e| Error::Migration(e.to_string()))?;
     Ok(report.applied_migrations().len())
 }
 

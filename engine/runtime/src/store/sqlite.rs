@@ -76,7 +76,7 @@ impl SqliteStore {
             let mut writer = open_connection(&p)?;
             embedded::migrations::runner()
                 .run(&mut writer)
-                .map_err(|e| Error::Backend(format!("migration failed: {e}")))?;
+                .map_err(|e| Error::Migration(e.to_string()))?;
             let reader = open_connection(&p)?;
             Ok((writer, reader))
         })
