@@ -39,9 +39,7 @@ impl PgSchema {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let name = format!("ltmct_{now}_{}", unique());
         let client = admin().await?;
-        let stale = client
-            .query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ltmct\\_%'", &[])
-            .await?;
+        let stale = client.query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ltmct\\_%'", &[]).await?;
         for row in stale {
             let n: String = row.get(0);
             let secs = n.split('_').nth(1).and_then(|s| s.parse::<u64>().ok()).unwrap_or(now);

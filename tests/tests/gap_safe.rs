@@ -47,16 +47,19 @@ async fn slow_append(client: &tokio_postgres::Client) -> anyhow::Result<Option<V
         let id = Uuid::now_v7();
         let d = json!({"v": v});
         let t = to_micros(Utc::now());
-        let h = chain(&prev, Link {
-            stream_id: &stream,
-            stream_version: v,
-            event_id: id,
-            event_type: "GapProbed",
-            schema_version: 1,
-            recorded_at: t,
-            metadata: &meta,
-            data: &d,
-        });
+        let h = chain(
+            &prev,
+            Link {
+                stream_id: &stream,
+                stream_version: v,
+                event_id: id,
+                event_type: "GapProbed",
+                schema_version: 1,
+                recorded_at: t,
+                metadata: &meta,
+                data: &d,
+            },
+        );
         prev.clone_from(&h);
         ids.push(id);
         types.push("GapProbed".to_owned());
@@ -117,7 +120,9 @@ async fn postgres_reader_never_misses_an_event() -> anyhow::Result<()> {
             let mut sub = store.subscribe(0);
             loop {
                 match tokio::time::timeout(Duration::from_secs(3), sub.next()).await {
-                    Ok(Ok(e)) => seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((e.global_position, e.event_id)),
+                    Ok(Ok(e)) => {
+                        seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((e.global_position, e.event_id))
+                    }
                     Ok(Err(e)) => return Err(anyhow::Error::from(e)),
                     Err(_) => return Ok::<_, anyhow::Error>(()),
                 }
@@ -138,7 +143,9 @@ async fn postgres_reader_never_misses_an_event() -> anyhow::Result<()> {
                     }
                 } else {
                     let e = new_event("GapProbed", 1, Value::Null, Metadata::default());
-                    store.append(&format!("gap-{}", unique()), ExpectedVersion::NoStream, std::slice::from_ref(&e)).await?;
+                    store
+                        .append(&format!("gap-{}", unique()), ExpectedVersion::NoStream, std::slice::from_ref(&e))
+                        .await?;
                     committed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(e.event_id);
                 }
             }

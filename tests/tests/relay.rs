@@ -21,7 +21,9 @@ fn sequential() -> Workflow {
 }
 
 fn parallel() -> Workflow {
-    workflow("pattern: parallel\nagents:\n  x: {builtin: noop}\n  y: {builtin: noop}\n  z: {builtin: echo}\n  w: {builtin: noop}\n")
+    workflow(
+        "pattern: parallel\nagents:\n  x: {builtin: noop}\n  y: {builtin: noop}\n  z: {builtin: echo}\n  w: {builtin: noop}\n",
+    )
 }
 
 async fn all_events(store: &Store) -> anyhow::Result<Vec<RecordedEvent>> {
@@ -42,7 +44,13 @@ async fn assert_stream_equals_log(store: &Store, opts: &RelayOptions) -> anyhow:
     let mut stream = js.get_stream(&opts.stream_name).await?;
     let log = all_events(store).await?;
     let info = stream.info().await?.clone();
-    assert_eq!(info.state.messages as usize, log.len(), "JetStream holds {} messages, the log {} events", info.state.messages, log.len());
+    assert_eq!(
+        info.state.messages as usize,
+        log.len(),
+        "JetStream holds {} messages, the log {} events",
+        info.state.messages,
+        log.len()
+    );
     assert_eq!(info.state.first_sequence, 1, "nothing was deleted from the stream");
     for (i, e) in log.iter().enumerate() {
         let msg = stream.get_raw_message(i as u64 + 1).await?;
@@ -94,7 +102,8 @@ async fn relay_child() -> anyhow::Result<()> {
         return Ok(());
     };
     let store = Store::open(&db).await?;
-    let _relay = relay::spawn(store, RelayOptions { stream_name: stream, subject_prefix: prefix, ..RelayOptions::new(&nats) });
+    let _relay =
+        relay::spawn(store, RelayOptions { stream_name: stream, subject_prefix: prefix, ..RelayOptions::new(&nats) });
     std::future::pending::<()>().await;
     Ok(())
 }
@@ -141,7 +150,9 @@ async fn relay_survives_kills() -> anyhow::Result<()> {
     assert!(survivor.wait_for(head, Duration::from_secs(30)).await, "the relay did not catch up");
     survivor.stop();
     let n = assert_stream_equals_log(&store, &opts).await?;
-    eprintln!("{KILLS} kills ({killed_behind} while behind the log), {runs} runs, {n} events, {before} published before the last relay");
+    eprintln!(
+        "{KILLS} kills ({killed_behind} while behind the log), {runs} runs, {n} events, {before} published before the last relay"
+    );
     cleanup(&opts).await;
     schema.drop().await
 }
@@ -240,7 +251,11 @@ async fn nats_outage_never_fails_appends_and_the_relay_catches_up() -> anyhow::R
 
         let dir = tempfile::tempdir()?;
         let server = std::env::var("LTMC_TEST_NATS_SERVER").unwrap_or_else(|_| {
-            if std::path::Path::new("/usr/sbin/nats-server").exists() { "/usr/sbin/nats-server".into() } else { "nats-server".into() }
+            if std::path::Path::new("/usr/sbin/nats-server").exists() {
+                "/usr/sbin/nats-server".into()
+            } else {
+                "nats-server".into()
+            }
         });
         let mut nats = tokio::process::Command::new(server)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
@@ -250,7 +265,10 @@ async fn nats_outage_never_fails_appends_and_the_relay_catches_up() -> anyhow::R
             .kill_on_drop(true)
             .spawn()?;
         let head = store.head_position().await?;
-        assert!(r.wait_for(head, Duration::from_secs(30)).await, "the relay did not catch up after NATS returned ({backend})");
+        assert!(
+            r.wait_for(head, Duration::from_secs(30)).await,
+            "the relay did not catch up after NATS returned ({backend})"
+        );
         r.stop();
         assert_stream_equals_log(&store, &opts).await?;
         cleanup(&opts).await;

@@ -65,7 +65,9 @@ on_both_backends!(
 
 async fn sequential_hands_each_output_to_the_next(store: Store, dir: &Path) -> anyhow::Result<()> {
     let engine = Engine::new(store.clone(), EngineOptions::default());
-    let w = wf("pattern: sequential\ninput: {n: 1}\nagents:\n  dev: {builtin: echo}\n  test: {builtin: echo}\n  review: {builtin: echo}\n");
+    let w = wf(
+        "pattern: sequential\ninput: {n: 1}\nagents:\n  dev: {builtin: echo}\n  test: {builtin: echo}\n  review: {builtin: echo}\n",
+    );
     let state = engine.run(w, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Completed);
     assert_eq!(state.output, Some(json!({"n": 1})));
@@ -73,9 +75,17 @@ async fn sequential_hands_each_output_to_the_next(store: Store, dir: &Path) -> a
     assert_eq!(
         types_and_steps(&evs),
         [
-            "RunStarted", "StepReady:dev", "StepDispatched:dev", "StepCompleted:dev",
-            "StepReady:test", "StepDispatched:test", "StepCompleted:test",
-            "StepReady:review", "StepDispatched:review", "StepCompleted:review", "RunCompleted",
+            "RunStarted",
+            "StepReady:dev",
+            "StepDispatched:dev",
+            "StepCompleted:dev",
+            "StepReady:test",
+            "StepDispatched:test",
+            "StepCompleted:test",
+            "StepReady:review",
+            "StepDispatched:review",
+            "StepCompleted:review",
+            "RunCompleted",
         ]
     );
     assert!(evs.windows(2).all(|w| w[0].stream_version + 1 == w[1].stream_version));
@@ -105,7 +115,9 @@ async fn parallel_dispatches_every_agent_at_once(store: Store, dir: &Path) -> an
 
 async fn dependency_graph_joins_outputs(store: Store, dir: &Path) -> anyhow::Result<()> {
     let engine = Engine::new(store.clone(), EngineOptions::default());
-    let w = wf("agents:\n  e: {builtin: echo}\nsteps:\n  - {name: a, agent: e, input: 1}\n  - {name: b, agent: e, needs: [a]}\n  - {name: c, agent: e, needs: [a], input: 3}\n  - {name: d, agent: e, needs: [b, c]}\n");
+    let w = wf(
+        "agents:\n  e: {builtin: echo}\nsteps:\n  - {name: a, agent: e, input: 1}\n  - {name: b, agent: e, needs: [a]}\n  - {name: c, agent: e, needs: [a], input: 3}\n  - {name: d, agent: e, needs: [b, c]}\n",
+    );
     let state = engine.run(w, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Completed);
     assert_eq!(state.output, Some(json!({"b": 1, "c": 3})));
@@ -119,7 +131,9 @@ async fn dependency_graph_joins_outputs(store: Store, dir: &Path) -> anyhow::Res
 async fn failures_retry_then_fail_the_run(store: Store, dir: &Path) -> anyhow::Result<()> {
     let engine = Engine::new(store.clone(), EngineOptions::default());
     // Fails on attempt 1, succeeds on attempt 2.
-    let flaky = wf("pattern: sequential\nagents:\n  flaky:\n    run: [sh, -c, 'test \"$LTMC_ATTEMPT\" -ge 2 || { echo boom >&2; exit 7; }']\n    retries: 2\n");
+    let flaky = wf(
+        "pattern: sequential\nagents:\n  flaky:\n    run: [sh, -c, 'test \"$LTMC_ATTEMPT\" -ge 2 || { echo boom >&2; exit 7; }']\n    retries: 2\n",
+    );
     let state = engine.run(flaky, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Completed);
     let evs = events(&store, &state.run_id).await;
@@ -129,7 +143,9 @@ async fn failures_retry_then_fail_the_run(store: Store, dir: &Path) -> anyhow::R
     assert!(failed[0].data["error"].as_str().is_some_and(|e| e.contains("status 7") && e.contains("boom")));
     assert!(evs.iter().any(|e| e.event_type == "StepDispatched" && e.data["attempt"] == json!(2)));
 
-    let broken = wf("pattern: sequential\nagents:\n  a: {builtin: noop}\n  b: {builtin: fail, params: {message: nope}, retries: 1}\n  c: {builtin: noop}\n");
+    let broken = wf(
+        "pattern: sequential\nagents:\n  a: {builtin: noop}\n  b: {builtin: fail, params: {message: nope}, retries: 1}\n  c: {builtin: noop}\n",
+    );
     let state = engine.run(broken, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Failed);
     let order = types_and_steps(&events(&store, &state.run_id).await);
@@ -154,7 +170,8 @@ async fn command_agents_speak_the_protocol(store: Store, dir: &Path) -> anyhow::
     let state = engine.run(w, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.failure);
     let evs = events(&store, &state.run_id).await;
-    let outputs: Vec<&Value> = evs.iter().filter(|e| e.event_type == "StepCompleted").map(|e| &e.data["output"]).collect();
+    let outputs: Vec<&Value> =
+        evs.iter().filter(|e| e.event_type == "StepCompleted").map(|e| &e.data["output"]).collect();
     assert_eq!(outputs[0]["got"], json!({"x": 42}));
     assert_eq!(outputs[0]["env"], json!("py"));
     assert_eq!(outputs[0]["key"], json!(format!("{}/py/1", state.run_id)));
@@ -226,9 +243,11 @@ async fn a_crashed_run_resumes_without_repeating_finished_steps(store: Store, di
     assert_eq!(lines.iter().filter(|l| l.starts_with("first")).count(), 1, "finished steps never run again: {calls}");
     assert_eq!(lines.iter().filter(|l| l.starts_with("second")).count(), 2);
     let key = format!("{run_id}/second/1");
-    assert!(lines.iter().filter(|l| l.starts_with("second")).all(|l| l.ends_with(&key)), "same idempotency key: {calls}");
+    assert!(
+        lines.iter().filter(|l| l.starts_with("second")).all(|l| l.ends_with(&key)),
+        "same idempotency key: {calls}"
+    );
     let evs = events(&store, &run_id).await;
     assert_eq!(evs.iter().filter(|e| e.event_type == "StepCompleted").count(), 2);
     Ok(())
 }
-

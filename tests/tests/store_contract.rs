@@ -8,10 +8,12 @@ use ltmc_tests::{PgSchema, sqlite_store};
 use serde_json::json;
 
 fn ev(i: usize) -> NewEvent {
-    new_event("ThingHappened", 1, json!({"i": i, "nested": {"b": 1.5, "a": [1, "x", null]}}), Metadata {
-        actor: Some("test".into()),
-        ..Default::default()
-    })
+    new_event(
+        "ThingHappened",
+        1,
+        json!({"i": i, "nested": {"b": 1.5, "a": [1, "x", null]}}),
+        Metadata { actor: Some("test".into()), ..Default::default() },
+    )
 }
 
 async fn contract(store: Store) -> anyhow::Result<()> {
@@ -62,7 +64,8 @@ async fn contract(store: Store) -> anyhow::Result<()> {
     assert_eq!(c.next_version, 4);
 
     // Oversized payloads and bad stream ids are refused and write nothing.
-    let big = new_event("Big", 1, json!({"blob": "x".repeat(ltmc_core::event::MAX_EVENT_BYTES + 1)}), Metadata::default());
+    let big =
+        new_event("Big", 1, json!({"blob": "x".repeat(ltmc_core::event::MAX_EVENT_BYTES + 1)}), Metadata::default());
     assert!(matches!(store.append(&s, ExpectedVersion::Any, &[big]).await, Err(Error::PayloadTooLarge { .. })));
     assert!(matches!(store.append("bad.stream", ExpectedVersion::Any, &[ev(7)]).await, Err(Error::Invalid(_))));
     assert!(matches!(store.append(&s, ExpectedVersion::Any, &[]).await, Err(Error::Invalid(_))));

@@ -66,7 +66,13 @@ fn workflow(source: &Value) -> anyhow::Result<Workflow> {
 
 fn w1() -> anyhow::Result<Workflow> {
     let steps: Vec<Value> = (0..200)
-        .map(|i| if i == 0 { json!({"name": "s0", "agent": "noop"}) } else { json!({"name": format!("s{i}"), "agent": "noop", "needs": [format!("s{}", i - 1)]}) })
+        .map(|i| {
+            if i == 0 {
+                json!({"name": "s0", "agent": "noop"})
+            } else {
+                json!({"name": format!("s{i}"), "agent": "noop", "needs": [format!("s{}", i - 1)]})
+            }
+        })
         .collect();
     workflow(&json!({"name": "w1", "agents": {"noop": {"builtin": "noop"}}, "steps": steps}))
 }
@@ -117,7 +123,11 @@ impl Raw {
             let payloads: Vec<String> = (done..done + n).map(payload).collect();
             match self {
                 Raw::Pg(c) => {
-                    c.execute("INSERT INTO bench_raw (payload) SELECT p::jsonb FROM unnest($1::text[]) AS p", &[&payloads]).await?;
+                    c.execute(
+                        "INSERT INTO bench_raw (payload) SELECT p::jsonb FROM unnest($1::text[]) AS p",
+                        &[&payloads],
+                    )
+                    .await?;
                 }
                 Raw::Sqlite(c) => {
                     let tx = c.transaction()?;
@@ -136,7 +146,14 @@ impl Raw {
     }
 }
 
-async fn measure(backend: &'static str, store: Store, mut raw: Raw, relay_opts: Option<RelayOptions>, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn measure(
+    backend: &'static str,
+    store: Store,
+    mut raw: Raw,
+    relay_opts: Option<RelayOptions>,
+    repeat: usize,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
     let mut relay = relay_opts.map(|o| relay::spawn(store.clone(), o));
     let engine = Engine::new(store.clone(), EngineOptions::default());
     let dir = PathBuf::from(".");
@@ -160,34 +177,74 @@ async fn measure(backend: &'static str, store: Store, mut raw: Raw, relay_opts: 
         e2.push(ms(done));
         if let Some(r) = relay.as_mut() {
             let head = store.head_position().await?;
-            anyhow::ensure!(r.wait_for(head, Duration::from_secs(30)).await, "the relay did not publish W2 within 30 s");
+            anyhow::ensure!(
+                r.wait_for(head, Duration::from_secs(30)).await,
+                "the relay did not publish W2 within 30 s"
+            );
             relayed.push(ms(t.elapsed()));
         }
         r2.push(ms(raw.batched(s.version as usize, 500).await?));
     }
-    rows.push(Row { backend, workload: "W1 per step (200 sequential noop)", unit: "ms", ltmc: median(e1), raw: median(r1) });
-    rows.push(Row { backend, workload: "W2 wall (500 parallel noop + 1)", unit: "ms", ltmc: median(e2), raw: median(r2.clone()) });
+    rows.push(Row {
+        backend,
+        workload: "W1 per step (200 sequential noop)",
+        unit: "ms",
+        ltmc: median(e1),
+        raw: median(r1),
+    });
+    rows.push(Row {
+        backend,
+        workload: "W2 wall (500 parallel noop + 1)",
+        unit: "ms",
+        ltmc: median(e2),
+        raw: median(r2.clone()),
+    });
     if !relayed.is_empty() {
-        rows.push(Row { backend, workload: "W2 wall until in JetStream", unit: "ms", ltmc: median(relayed), raw: median(r2) });
+        rows.push(Row {
+            backend,
+            workload: "W2 wall until in JetStream",
+            unit: "ms",
+            ltmc: median(relayed),
+            raw: median(r2),
+        });
     }
 
-    for (label, n, reps) in [("append 1 event", 1usize, 200usize), ("append 10 events", 10, 100), ("append 100 events", 100, 30)] {
+    for (label, n, reps) in
+        [("append 1 event", 1usize, 200usize), ("append 10 events", 10, 100), ("append 100 events", 100, 30)]
+    {
         let (mut e, mut r) = (vec![], vec![]);
         for _ in 0..repeat {
             let t = Instant::now();
             for _ in 0..reps {
                 let stream = format!("bench-{}", uuid::Uuid::now_v7());
-                let batch: Vec<_> = (0..n).map(|i| new_event("BenchEvent", 1, serde_json::from_str(&payload(i)).unwrap_or(Value::Null), Default::default())).collect();
+                let batch: Vec<_> = (0..n)
+                    .map(|i| {
+                        new_event(
+                            "BenchEvent",
+                            1,
+                            serde_json::from_str(&payload(i)).unwrap_or(Value::Null),
+                            Default::default(),
+                        )
+                    })
+                    .collect();
                 store.append(&stream, ExpectedVersion::NoStream, &batch).await?;
             }
             e.push(ms(t.elapsed()) / reps as f64);
             let t = Instant::now();
             for _ in 0..reps {
-                if n == 1 { raw.single_commits(1).await?; } else { raw.batched(n, n).await?; }
+                if n == 1 {
+                    raw.single_commits(1).await?;
+                } else {
+                    raw.batched(n, n).await?;
+                }
             }
             r.push(ms(t.elapsed()) / reps as f64);
         }
-        let workload = match n { 1 => "A1 append 1 event", 10 => "A10 append 10 events", _ => "A100 append 100 events" };
+        let workload = match n {
+            1 => "A1 append 1 event",
+            10 => "A10 append 10 events",
+            _ => "A100 append 100 events",
+        };
         let _ = label;
         rows.push(Row { backend, workload, unit: "ms", ltmc: median(e), raw: median(r) });
     }
@@ -222,7 +279,11 @@ async fn postgres(url: &str, nats: &str, relay: bool, repeat: usize, rows: &mut 
     let (raw, rconn) = tokio_postgres::connect(&url_with_schema(url, "ltmc_bench"), tokio_postgres::NoTls).await?;
     tokio::spawn(rconn);
     let nats_client = async_nats_connect(nats).await?;
-    let opts = RelayOptions { stream_name: "LTMC_BENCH".into(), subject_prefix: "ltmc.bench".into(), ..RelayOptions::new(nats) };
+    let opts = RelayOptions {
+        stream_name: "LTMC_BENCH".into(),
+        subject_prefix: "ltmc.bench".into(),
+        ..RelayOptions::new(nats)
+    };
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
     let (name, opts) = if relay { ("postgres+jetstream", Some(opts)) } else { ("postgres", None) };
     let result = measure(name, store, Raw::Pg(raw), opts, repeat, rows).await;
@@ -265,7 +326,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
         for r in &rows {
             println!(
                 "{:<20} {:<36} {:>9.3} {} {:>9.3} {} {:>6.2}x",
-                r.backend, r.workload, r.ltmc, r.unit, r.raw, r.unit, r.ltmc / r.raw
+                r.backend,
+                r.workload,
+                r.ltmc,
+                r.unit,
+                r.raw,
+                r.unit,
+                r.ltmc / r.raw
             );
         }
     }

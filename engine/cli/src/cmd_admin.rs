@@ -71,7 +71,11 @@ pub(crate) async fn audit(verify: bool, json: bool) -> anyhow::Result<u8> {
                 println!("every hash chain verifies");
             }
             for b in &broken {
-                println!("ALTERED: stream {} from version {}", b["stream"].as_str().unwrap_or(""), b["first_altered_version"]);
+                println!(
+                    "ALTERED: stream {} from version {}",
+                    b["stream"].as_str().unwrap_or(""),
+                    b["first_altered_version"]
+                );
             }
         }
     }

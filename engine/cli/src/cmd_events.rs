@@ -27,7 +27,13 @@ fn print(e: &RecordedEvent, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn events(stream: Option<&str>, after: i64, limit: usize, follow: bool, json: bool) -> anyhow::Result<u8> {
+pub(crate) async fn events(
+    stream: Option<&str>,
+    after: i64,
+    limit: usize,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
     if let Some(s) = stream {
         names::validate_stream_id(s).map_err(|e| BadInput(format!("--stream: {e}")))?;
     }

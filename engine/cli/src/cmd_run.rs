@@ -18,7 +18,12 @@ pub(crate) fn read_source(path: &Path) -> anyhow::Result<String> {
     let shown = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| BadInput(format!("{shown}: cannot read the file: {e}")))?;
     if meta.len() > spec::MAX_FILE_BYTES as u64 {
-        return Err(BadInput(format!("{shown}: file is {} bytes; the limit is {} bytes", meta.len(), spec::MAX_FILE_BYTES)).into());
+        return Err(BadInput(format!(
+            "{shown}: file is {} bytes; the limit is {} bytes",
+            meta.len(),
+            spec::MAX_FILE_BYTES
+        ))
+        .into());
     }
     let bytes = std::fs::read(path).map_err(|e| BadInput(format!("{shown}: cannot read the file: {e}")))?;
     String::from_utf8(bytes).map_err(|e| BadInput(format!("{shown}: the file is not UTF-8 text: {e}")).into())
@@ -28,7 +33,11 @@ pub(crate) fn read_source(path: &Path) -> anyhow::Result<String> {
 pub(crate) fn load_workflow(file: &Path, agents: Option<&Path>) -> anyhow::Result<Workflow> {
     let mut opts = ParseOptions {
         default_name: file.file_stem().map(|s| {
-            s.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(64).collect()
+            s.to_string_lossy()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                .take(64)
+                .collect()
         }),
         ..Default::default()
     };
@@ -41,7 +50,9 @@ pub(crate) fn load_workflow(file: &Path, agents: Option<&Path>) -> anyhow::Resul
 fn progress() -> ltmc_engine::driver::Progress {
     Arc::new(|e: &RunEvent| match e {
         RunEvent::RunStarted(s) => eprintln!("run {} started (workflow {})", s.run_id, s.workflow),
-        RunEvent::StepDispatched(d) if d.attempt > 1 => eprintln!("  → {} ({}, attempt {})", d.step, d.agent, d.attempt),
+        RunEvent::StepDispatched(d) if d.attempt > 1 => {
+            eprintln!("  → {} ({}, attempt {})", d.step, d.agent, d.attempt)
+        }
         RunEvent::StepDispatched(d) => eprintln!("  → {} ({})", d.step, d.agent),
         RunEvent::StepCompleted(c) => eprintln!("  ✓ {} ({} ms)", c.step, c.duration_ms),
         RunEvent::StepFailed(f) => {
@@ -59,7 +70,11 @@ pub(crate) async fn run(file: &Path, agents: Option<&Path>, input: Option<&str>,
     let input = input
         .map(|s| serde_json::from_str(s).map_err(|e| BadInput(format!("--input is not valid JSON: {e}"))))
         .transpose()?;
-    let base_dir = file.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = file
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
     let base_dir = base_dir.canonicalize().unwrap_or(base_dir);
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
     let relay = config.nats_url.as_deref().map(|u| relay::spawn(store.clone(), RelayOptions::new(u)));

@@ -78,7 +78,7 @@ pub(crate) async fn list(limit: usize, json: bool) -> anyhow::Result<u8> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<38} {:<24} {:<10} {:>9} {}", "RUN", "WORKFLOW", "STATUS", "STEPS", "STARTED");
+        println!("{:<38} {:<24} {:<10} {:>9} STARTED", "RUN", "WORKFLOW", "STATUS", "STEPS");
         for r in &rows {
             println!(
                 "{:<38} {:<24} {:<10} {:>9} {}",
@@ -108,7 +108,7 @@ pub(crate) async fn status(run_id: &str, json: bool) -> anyhow::Result<u8> {
         }
         println!("events   {}", state.version);
         println!();
-        println!("{:<24} {:<20} {:<10} {:>8}  {}", "STEP", "AGENT", "STATUS", "ATTEMPTS", "ERROR");
+        println!("{:<24} {:<20} {:<10} {:>8}  ERROR", "STEP", "AGENT", "STATUS", "ATTEMPTS");
         for st in s["steps"].as_array().into_iter().flatten() {
             println!(
                 "{:<24} {:<20} {:<10} {:>8}  {}",

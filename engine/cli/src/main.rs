@@ -104,9 +104,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LTMC_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LTMC_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -122,7 +120,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Cmd::Run { file, agents, input, json } => cmd_run::run(&file, agents.as_deref(), input.as_deref(), json).await,
+            Cmd::Run { file, agents, input, json } => {
+                cmd_run::run(&file, agents.as_deref(), input.as_deref(), json).await
+            }
             Cmd::Resume { run, dir, json } => cmd_run::resume(&run, dir, json).await,
             Cmd::Runs { limit, json } => cmd_runs::list(limit, json).await,
             Cmd::Status { run, json } => cmd_runs::status(&run, json).await,

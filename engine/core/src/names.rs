@@ -59,9 +59,7 @@ pub fn validate_stream_id(stream_id: &str) -> Result<(), Error> {
     if stream_id.is_empty() {
         return Err(Error::Empty { what: "stream" });
     }
-    if let Some(bad) =
-        stream_id.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-    {
+    if let Some(bad) = stream_id.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
         return Err(Error::BadChar { what: "stream", name: stream_id.chars().take(80).collect(), bad });
     }
     if stream_id.len() > MAX_STREAM_ID_LEN {

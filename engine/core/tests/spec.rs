@@ -2,8 +2,8 @@
 //! file, which line and which field.
 
 use ltmc_core::spec::{
-    AgentDef, AgentKind, Builtin, Error, MAX_FILE_BYTES, MAX_STEPS, ParseOptions, Pattern,
-    Workflow, parse_agents_str, parse_str,
+    AgentDef, AgentKind, Builtin, Error, MAX_FILE_BYTES, MAX_STEPS, ParseOptions, Pattern, Workflow, parse_agents_str,
+    parse_str,
 };
 use std::sync::mpsc;
 use std::time::Duration;
@@ -14,10 +14,7 @@ fn noop() -> AgentDef {
 
 /// Options with `names` defined as builtin `noop` agents, as an agents file would.
 fn with_agents(names: &[&str]) -> ParseOptions {
-    ParseOptions {
-        agents: names.iter().map(|n| ((*n).to_owned(), noop())).collect(),
-        default_name: None,
-    }
+    ParseOptions { agents: names.iter().map(|n| ((*n).to_owned(), noop())).collect(), default_name: None }
 }
 
 fn parse(src: &str, file: &str) -> Result<Workflow, Error> {
@@ -61,9 +58,10 @@ fn seed_sequential_json_with_agents_from_options() {
 
 #[test]
 fn seed_sequential_yaml_with_agents_from_options() {
-    let src = "pattern: sequential\nagents: [dev, test, review, docs]\nhandoff_validation: true\nrollback_on_failure: true\n";
-    let wf = parse_str(src, "seq.yaml", &with_agents(&["dev", "test", "review", "docs"]))
-        .expect("seed sequential YAML");
+    let src =
+        "pattern: sequential\nagents: [dev, test, review, docs]\nhandoff_validation: true\nrollback_on_failure: true\n";
+    let wf =
+        parse_str(src, "seq.yaml", &with_agents(&["dev", "test", "review", "docs"])).expect("seed sequential YAML");
     assert_seed_sequential(&wf);
 }
 
@@ -71,8 +69,8 @@ fn seed_sequential_yaml_with_agents_from_options() {
 fn seed_sequential_json_given_to_a_yaml_named_file() {
     // JSON is YAML; a `.yaml` file holding the seed's JSON must work too.
     let src = r#"{"pattern": "sequential", "agents": ["dev","test","review","docs"], "handoff_validation": true, "rollback_on_failure": true}"#;
-    let wf = parse_str(src, "seq.yaml", &with_agents(&["dev", "test", "review", "docs"]))
-        .expect("JSON in a .yaml file");
+    let wf =
+        parse_str(src, "seq.yaml", &with_agents(&["dev", "test", "review", "docs"])).expect("JSON in a .yaml file");
     assert_seed_sequential(&wf);
 }
 
@@ -101,7 +99,8 @@ fn seed_parallel_yaml() {
 
 #[test]
 fn seed_parallel_consensus_json_and_yaml() {
-    let json = r#"{"agents": ["a1","a2","a3"], "pattern": "parallel", "aggregation": "consensus_required", "timeout": 1800}"#;
+    let json =
+        r#"{"agents": ["a1","a2","a3"], "pattern": "parallel", "aggregation": "consensus_required", "timeout": 1800}"#;
     let yaml = "agents: [a1, a2, a3]\npattern: parallel\naggregation: consensus_required\ntimeout: 1800\n";
     let opts = with_agents(&["a1", "a2", "a3"]);
     for (src, file) in [(json, "c.json"), (yaml, "c.yaml")] {
@@ -291,8 +290,9 @@ fn unknown_key_in_a_step_is_named() {
 
 #[test]
 fn wrong_types_are_refused() {
-    let e = parse_str("pattern: sequential\nagents: [a]\nhandoff_validation: sometimes\n", "t.yaml", &with_agents(&["a"]))
-        .expect_err("string for bool");
+    let e =
+        parse_str("pattern: sequential\nagents: [a]\nhandoff_validation: sometimes\n", "t.yaml", &with_agents(&["a"]))
+            .expect_err("string for bool");
     assert_eq!(e.line, Some(3), "{e}");
     assert!(e.message.contains("bool"), "{e}");
 
@@ -300,7 +300,8 @@ fn wrong_types_are_refused() {
         .expect_err("string for timeout");
     assert_eq!(e.line, Some(3), "{e}");
 
-    let e = parse_str("pattern: sequential\nagents: dev\n", "t.yaml", &with_agents(&["dev"])).expect_err("agents as string");
+    let e = parse_str("pattern: sequential\nagents: dev\n", "t.yaml", &with_agents(&["dev"]))
+        .expect_err("agents as string");
     assert_eq!(e.field, "agents", "{e}");
     assert_eq!(e.line, Some(2), "{e}");
     assert!(e.message.contains("list of agent names"), "{e}");
@@ -311,7 +312,8 @@ fn wrong_types_are_refused() {
     assert!(e.message.contains("many"), "{e}");
     assert_eq!(e.line, Some(5), "{e}");
 
-    let e = parse("pattern: sequential\nagents:\n  dev: {builtin: telepathy}\n", "t.yaml").expect_err("unknown builtin");
+    let e =
+        parse("pattern: sequential\nagents:\n  dev: {builtin: telepathy}\n", "t.yaml").expect_err("unknown builtin");
     assert!(e.message.contains("telepathy"), "{e}");
     assert_eq!(e.line, Some(3), "{e}");
 
@@ -432,6 +434,14 @@ fn duplicate_agent_in_an_inline_map_is_refused() {
 }
 
 #[test]
+fn duplicate_top_level_key_is_refused_at_its_second_line() {
+    let src = "pattern: sequential\nagents: {a: {builtin: noop}}\npattern: parallel\n";
+    let e = parse_err(src, "dup.yaml");
+    assert!(e.message.contains("`pattern`"), "{e}");
+    assert_eq!(e.line, Some(3), "{e}");
+}
+
+#[test]
 fn duplicate_agent_in_an_agents_file_is_refused() {
     let e = parse_agents_str("dev: {builtin: noop}\ndev: {builtin: echo}\n", "agents.yaml").expect_err("duplicate");
     assert!(e.message.contains("`dev`") && e.message.contains("twice"), "{e}");
@@ -498,6 +508,30 @@ steps:
     assert_names_cycle(&e, &["x", "y", "z"]);
     assert!(!e.message.contains("root"), "{e}");
     assert!(!e.message.contains("tail"), "{e}");
+}
+
+#[test]
+fn cycle_line_is_found_by_whole_names() {
+    // `cache` contains `c` and `a`: a substring search would point at line 3, outside the cycle.
+    let src = "\
+agents: {w: {builtin: noop}}
+steps:
+  - {name: cache, agent: w}
+  - {name: a, agent: w, needs: [cache, c]}
+  - {name: b, agent: w, needs: [a]}
+  - {name: c, agent: w, needs: [b]}
+";
+    let e = parse_err(src, "cycle.yaml");
+    assert_names_cycle(&e, &["a", "b", "c"]);
+    assert!(matches!(e.line, Some(4..=6)), "{e}");
+}
+
+#[test]
+fn unknown_agent_line_is_found_by_whole_names() {
+    // `a` occurs inside `pattern: sequential` and `agents`; the error belongs on line 4.
+    let src = "pattern: sequential\nagents:\n  - bee\n  - a\n";
+    let e = parse_str(src, "w.yaml", &with_agents(&["bee"])).expect_err("unknown a");
+    assert_eq!(e.line, Some(4), "{e}");
 }
 
 #[test]
@@ -605,7 +639,9 @@ fn empty_workflow_is_refused() {
 /// Nine levels of nine aliases: 9^9 nodes if expanded.
 fn billion_laughs(key: &str) -> String {
     let mut src = String::from("pattern: sequential\nagents: {a: {builtin: noop}}\n");
-    src.push_str(&format!("{key}:\n  l0: &l0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n"));
+    src.push_str(&format!(
+        "{key}:\n  l0: &l0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n"
+    ));
     for i in 1..=9 {
         let p = i - 1;
         src.push_str(&format!("  l{i}: &l{i} [*l{p},*l{p},*l{p},*l{p},*l{p},*l{p},*l{p},*l{p},*l{p}]\n"));
@@ -667,4 +703,12 @@ fn pinned_hash_is_stable_and_changes_with_the_definition() {
     // The pinned definition reads back as the same workflow (this is what RunStarted carries).
     let back: Workflow = serde_json::from_value(one.pinned().0).expect("round trip");
     assert_eq!(back, one);
+}
+
+#[test]
+fn a_file_that_is_not_a_map_is_refused() {
+    for (src, name) in [("[]", "w.json"), ("- a\n- b\n", "w.yaml"), ("", "w.yaml"), ("42\n", "w.yaml")] {
+        let err = ltmc_core::spec::parse_str(src, name, &Default::default()).expect_err("must be refused");
+        assert!(err.to_string().contains("a workflow is a map"), "{src:?}: {err}");
+    }
 }

@@ -82,7 +82,12 @@ impl Engine {
     }
 
     /// Starts a run (appends `RunStarted` and the first dispatches) and returns its id.
-    pub async fn start(&self, workflow: Workflow, input: Option<Value>, progress: Option<&Progress>) -> Result<String, Error> {
+    pub async fn start(
+        &self,
+        workflow: Workflow,
+        input: Option<Value>,
+        progress: Option<&Progress>,
+    ) -> Result<String, Error> {
         let run_id = uuid::Uuid::now_v7().to_string();
         let events = run::decide(&RunState::default(), Command::Start { run_id: run_id.clone(), workflow, input })?;
         let stream = run::stream_id(&run_id);
@@ -107,7 +112,13 @@ impl Engine {
     }
 
     /// Starts and drives a run to its end.
-    pub async fn run(&self, workflow: Workflow, input: Option<Value>, base_dir: PathBuf, progress: Option<Progress>) -> Result<RunState, Error> {
+    pub async fn run(
+        &self,
+        workflow: Workflow,
+        input: Option<Value>,
+        base_dir: PathBuf,
+        progress: Option<Progress>,
+    ) -> Result<RunState, Error> {
         let run_id = self.start(workflow, input, progress.as_ref()).await?;
         self.drive(&run_id, base_dir, progress).await
     }
@@ -132,12 +143,8 @@ impl Engine {
             for Effect::RunAgent { step, attempt } in run::pending_work(&state) {
                 if in_flight.insert((step, attempt)) {
                     let task = self.task(&state, step, attempt);
-                    let def = state
-                        .workflow
-                        .as_ref()
-                        .and_then(|w| w.agents.get(&task.agent))
-                        .cloned()
-                        .unwrap_or_default();
+                    let def =
+                        state.workflow.as_ref().and_then(|w| w.agents.get(&task.agent)).cloned().unwrap_or_default();
                     let (tx, slots, base_dir, timeout) =
                         (tx.clone(), self.slots.clone(), base_dir.clone(), self.options.default_timeout);
                     agents_running.spawn(async move {
@@ -219,11 +226,8 @@ impl Engine {
     }
 
     fn task(&self, state: &RunState, step: usize, attempt: u32) -> Task {
-        let (name, agent) = state
-            .plan
-            .as_ref()
-            .map(|p| (p.steps[step].name.clone(), p.steps[step].agent.clone()))
-            .unwrap_or_default();
+        let (name, agent) =
+            state.plan.as_ref().map(|p| (p.steps[step].name.clone(), p.steps[step].agent.clone())).unwrap_or_default();
         Task {
             run_id: state.run_id.clone(),
             session_id: None,
@@ -245,8 +249,5 @@ fn to_new(run_id: &str, events: &[RunEvent]) -> Vec<NewEvent> {
         run_id: Some(run_id.to_owned()),
         ..Default::default()
     };
-    events
-        .iter()
-        .map(|e| new_event(e.event_type(), RunEvent::SCHEMA_VERSION, e.data(), metadata.clone()))
-        .collect()
+    events.iter().map(|e| new_event(e.event_type(), RunEvent::SCHEMA_VERSION, e.data(), metadata.clone())).collect()
 }

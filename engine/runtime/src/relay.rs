@@ -24,7 +24,6 @@ use tokio::task::JoinHandle;
 
 use crate::store::{self, EventStore, Store};
 
-
 /// Longest time the relay's checkpoint trails what it has published while busy.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 

@@ -206,5 +206,4 @@ fn run_output(s: &RunState) -> Value {
     Value::Object(m)
 }
 
-
 pub use super::state::pending_work;

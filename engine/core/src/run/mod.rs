@@ -11,8 +11,7 @@ mod state;
 
 pub use decider::{Command, Outcome, Rejection, decide, pending_work};
 pub use events::{
-    RunCompleted, RunEvent, RunFailed, RunStarted, StepCompleted, StepDispatched, StepFailed,
-    StepReady, UnknownEvent,
+    RunCompleted, RunEvent, RunFailed, RunStarted, StepCompleted, StepDispatched, StepFailed, StepReady, UnknownEvent,
 };
 pub use state::{Effect, IllegalTransition, RunState, RunStatus, StepState, StepStatus, evolve};
 

@@ -165,7 +165,10 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
             let wf: Workflow = serde_json::from_value(ev.definition.clone())
                 .map_err(|err| s.illegal(e, &format!("definition unreadable: {err}")))?;
             let plan = wf.plan().map_err(|err| s.illegal(e, &format!("definition invalid: {err}")))?;
-            s.steps = vec![StepState { status: StepStatus::Pending, attempts: 0, output: None, error: None }; plan.steps.len()];
+            s.steps = vec![
+                StepState { status: StepStatus::Pending, attempts: 0, output: None, error: None };
+                plan.steps.len()
+            ];
             s.index = Arc::new(plan.steps.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect());
             s.run_id = ev.run_id.clone();
             s.definition_hash = ev.definition_hash.clone();

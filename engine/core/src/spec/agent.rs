@@ -118,9 +118,9 @@ impl AgentDef {
                 "`worker: true` agents (served over NATS) are not supported by this version; use `run:` or `builtin:`"
                     .into(),
             ),
-            (None, None, false) => Err(
-                "says neither how to run: give `run: [command, args...]` or `builtin: noop|echo|sleep|fail`".into(),
-            ),
+            (None, None, false) => {
+                Err("says neither how to run: give `run: [command, args...]` or `builtin: noop|echo|sleep|fail`".into())
+            }
             _ => Err("gives more than one of `run`, `builtin` and `worker`; keep one".into()),
         }
     }

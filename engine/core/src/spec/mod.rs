@@ -84,6 +84,18 @@ pub struct StepDef {
     pub input: Option<Value>,
 }
 
+/// JSON Schema of a workflow file (for editors and `schemas/workflow-file.json`).
+pub fn file_schema() -> schemars::Schema {
+    schemars::schema_for!(parse::WorkflowFile)
+}
+
+/// JSON Schema of an agents file.
+pub fn agents_file_schema() -> schemars::Schema {
+    let mut s = schemars::schema_for!(BTreeMap<String, AgentDef>);
+    s.insert("title".into(), "LTMC agents file".into());
+    s
+}
+
 impl Workflow {
     /// Compiles the workflow to its plan (a DAG of steps with indices).
     pub fn plan(&self) -> Result<Plan, Error> {

@@ -1,5 +1,6 @@
 //! Reading workflow and agents files (YAML or JSON) into a validated [`Workflow`].
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,21 +17,34 @@ pub struct ParseOptions {
     pub default_name: Option<String>,
 }
 
-/// The file as written. Unknown keys are refused.
-#[derive(Debug, Deserialize)]
+/// A workflow file as written (YAML or JSON). Unknown keys are refused.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct WorkflowFile {
+#[schemars(title = "LTMC workflow file")]
+pub(crate) struct WorkflowFile {
+    /// Workflow name, `[A-Za-z0-9_-]{1,64}` (default: the file name).
     name: Option<String>,
+    /// Free text.
     description: Option<String>,
+    /// `sequential`, `parallel` or `dependency` (implied by `steps:`).
     pattern: Option<String>,
+    /// Agent names (defined in an agents file) or a map of name -> definition, in run order.
     agents: Option<AgentsField>,
+    /// The dependency form: steps with `needs`.
     steps: Option<Vec<StepFile>>,
+    /// Seed option, recorded with the run.
     handoff_validation: Option<bool>,
+    /// Seed option, recorded with the run.
     rollback_on_failure: Option<bool>,
+    /// Seed option: named barriers, recorded with the run.
     coordination_points: Option<Vec<String>>,
+    /// Seed option: `true` (= `all`) or an aggregation name.
     result_aggregation: Option<Aggregation>,
+    /// `all`, `any`, `first`, `majority` or `consensus_required`.
     aggregation: Option<String>,
+    /// Run timeout in seconds.
     timeout: Option<f64>,
+    /// Input given to the first steps.
     input: Option<Value>,
 }
 
@@ -66,9 +80,29 @@ impl<'de> Deserialize<'de> for AgentsField {
     }
 }
 
+impl JsonSchema for AgentsField {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Agents".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names = generator.subschema_for::<Vec<String>>();
+        let defs = generator.subschema_for::<OrderedAgents>();
+        schemars::json_schema!({ "anyOf": [names, defs] })
+    }
+}
+
 /// An `agents:` map in file order (the order of a sequential workflow), refusing duplicates.
 #[derive(Debug)]
 struct OrderedAgents(Vec<(String, AgentDef)>);
+
+impl JsonSchema for OrderedAgents {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AgentMap".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <BTreeMap<String, AgentDef>>::json_schema(generator)
+    }
+}
 
 impl<'de> Deserialize<'de> for OrderedAgents {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -100,20 +134,25 @@ impl OrderedAgents {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 enum Aggregation {
     Flag(bool),
     Named(String),
 }
 
-#[derive(Debug, Deserialize)]
+/// One step of the dependency form.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct StepFile {
+    /// Step name, unique in the workflow.
     name: String,
+    /// Agent that performs it (default: the step name).
     agent: Option<String>,
+    /// Steps that must complete first.
     #[serde(default)]
     needs: Vec<String>,
+    /// Fixed input (default: the outputs of its needs, or the run input).
     input: Option<Value>,
 }
 
@@ -150,19 +189,67 @@ impl Ctx<'_> {
     }
 }
 
-/// The first line that contains every needle (found as written or quoted), if any.
+/// The first line that contains every needle as a whole word (found as written or quoted), if
+/// any: the agent `a` is not found inside `pattern: sequential`.
 fn line_of(source: &str, needles: &[&str]) -> Option<usize> {
     if needles.is_empty() {
         return None;
     }
-    source
-        .lines()
-        .position(|l| needles.iter().all(|n| l.contains(n)))
-        .map(|i| i + 1)
+    source.lines().position(|l| needles.iter().all(|n| contains_word(l, n))).map(|i| i + 1)
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// `needle` occurs in `line` with no name character right before or after it.
+fn contains_word(line: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    line.match_indices(needle).any(|(i, _)| {
+        !line[..i].chars().next_back().is_some_and(is_word_char)
+            && !line[i + needle.len()..].chars().next().is_some_and(is_word_char)
+    })
+}
+
+/// The line has `key: value` (either may be quoted), as a step's `name: build` does.
+fn declares(line: &str, key: &str, value: &str) -> bool {
+    line.match_indices(key).any(|(i, _)| {
+        if line[..i].chars().next_back().is_some_and(is_word_char) {
+            return false;
+        }
+        let rest = line[i + key.len()..].trim_start_matches(['"', '\'']).trim_start();
+        let Some(rest) = rest.strip_prefix(':') else { return false };
+        let rest = rest.trim_start().trim_start_matches(['"', '\'']);
+        rest.strip_prefix(value).is_some_and(|after| !after.chars().next().is_some_and(is_word_char))
+    })
 }
 
 fn is_json(source: &str, file: &str) -> bool {
     file.ends_with(".json") || source.trim_start().starts_with('{')
+}
+
+/// A workflow file is a map. serde would otherwise accept a list whose items fill the fields
+/// in order, which nobody means.
+fn refuse_non_map(source: &str, file: &str) -> Result<(), Error> {
+    if source.len() > MAX_FILE_BYTES {
+        return Ok(()); // reported by `deserialize`
+    }
+    let top: Option<Value> =
+        if is_json(source, file) { serde_json::from_str(source).ok() } else { yaml_serde::from_str(source).ok() };
+    let kind = match top {
+        Some(Value::Object(_)) | None => return Ok(()), // a parse error is reported with its line later
+        Some(Value::Array(_)) => "a list",
+        Some(Value::Null) => "empty",
+        Some(_) => "a single value",
+    };
+    Err(Error {
+        file: file.to_owned(),
+        line: Some(1),
+        field: String::new(),
+        message: format!("the file is {kind}; a workflow is a map with keys such as `pattern:`, `agents:` or `steps:`"),
+    })
 }
 
 fn deserialize<T: serde::de::DeserializeOwned>(source: &str, file: &str) -> Result<T, Error> {
@@ -171,10 +258,7 @@ fn deserialize<T: serde::de::DeserializeOwned>(source: &str, file: &str) -> Resu
             file: file.to_owned(),
             line: None,
             field: String::new(),
-            message: format!(
-                "file is {} bytes; the limit is {MAX_FILE_BYTES} bytes",
-                source.len()
-            ),
+            message: format!("file is {} bytes; the limit is {MAX_FILE_BYTES} bytes", source.len()),
         });
     }
     let mut err = if is_json(source, file) {
@@ -199,7 +283,7 @@ fn deserialize<T: serde::de::DeserializeOwned>(source: &str, file: &str) -> Resu
         }
     };
     // A duplicate is reported at the start of its map; point at the second definition instead.
-    if err.message.ends_with("is defined twice")
+    if (err.message.ends_with("is defined twice") || err.message.starts_with("duplicate field `"))
         && let Some(name) = err.message.split('`').nth(1)
         && let Some(line) = second_definition_line(source, name)
     {
@@ -238,7 +322,8 @@ fn second_definition_line(source: &str, name: &str) -> Option<usize> {
 fn friendly(msg: &str) -> String {
     let msg = msg.split(" at line ").next().unwrap_or(msg).to_owned();
     if msg.contains("untagged enum Aggregation") {
-        return "`result_aggregation` must be true/false or one of all, any, first, majority, consensus_required".into();
+        return "`result_aggregation` must be true/false or one of all, any, first, majority, consensus_required"
+            .into();
     }
     if msg.contains("untagged enum AgentsFile") {
         return "an agents file is a map of agent name -> definition (optionally under `agents:`); \
@@ -280,15 +365,12 @@ fn explain_agents_file(source: &str, file: &str, original: Error) -> Error {
 /// Parses and validates a workflow file. `file` is only used in error messages and to decide
 /// between JSON (`.json`, or text starting with `{`) and YAML.
 pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workflow, Error> {
+    refuse_non_map(source, file)?;
     let raw: WorkflowFile = deserialize(source, file)?;
     let cx = Ctx { file, source };
     let _ = &raw.description;
 
-    let name = raw
-        .name
-        .clone()
-        .or_else(|| opts.default_name.clone())
-        .unwrap_or_else(|| "workflow".to_owned());
+    let name = raw.name.clone().or_else(|| opts.default_name.clone()).unwrap_or_else(|| "workflow".to_owned());
     names::validate("workflow", &name).map_err(|e| cx.err("name", &["name"], e.to_string()))?;
 
     // Agents: inline definitions win over the agents file; a list names agents defined elsewhere.
@@ -354,21 +436,16 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
             }
             out
         }
-        (Pattern::Parallel, None) => listed
-            .iter()
-            .map(|a| StepDef { name: a.clone(), agent: a.clone(), needs: vec![], input: None })
-            .collect(),
+        (Pattern::Parallel, None) => {
+            listed.iter().map(|a| StepDef { name: a.clone(), agent: a.clone(), needs: vec![], input: None }).collect()
+        }
     };
 
     if steps.is_empty() {
         return Err(cx.err("agents", &["agents"], "the workflow has no steps; list at least one agent"));
     }
     if steps.len() > MAX_STEPS {
-        return Err(cx.err(
-            "steps",
-            &[],
-            format!("the workflow has {} steps; the limit is {MAX_STEPS}", steps.len()),
-        ));
+        return Err(cx.err("steps", &[], format!("the workflow has {} steps; the limit is {MAX_STEPS}", steps.len())));
     }
 
     let mut seen = BTreeSet::new();
@@ -380,7 +457,10 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
             return Err(cx.err(
                 field,
                 &[&s.name],
-                format!("`{}` appears twice; step names must be unique (use the `steps:` form to run an agent twice)", s.name),
+                format!(
+                    "`{}` appears twice; step names must be unique (use the `steps:` form to run an agent twice)",
+                    s.name
+                ),
             ));
         }
         let afield = if pattern == Pattern::Dependency { format!("steps[{i}].agent") } else { field.clone() };
@@ -397,11 +477,16 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
                 ),
             ));
         };
-        def.kind().map_err(|m| cx.err(format!("agents.{}", s.agent), &[&s.agent], format!("agent `{}` {m}", s.agent)))?;
+        def.kind()
+            .map_err(|m| cx.err(format!("agents.{}", s.agent), &[&s.agent], format!("agent `{}` {m}", s.agent)))?;
         if let Some(t) = def.timeout
             && !(t.is_finite() && t > 0.0)
         {
-            return Err(cx.err(format!("agents.{}.timeout", s.agent), &["timeout"], "timeout must be a positive number of seconds"));
+            return Err(cx.err(
+                format!("agents.{}.timeout", s.agent),
+                &["timeout"],
+                "timeout must be a positive number of seconds",
+            ));
         }
         used.insert(s.agent.clone(), def.clone());
     }
@@ -465,7 +550,7 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         {
             let names: Vec<&str> = cycle.split(" -> ").collect();
             if let [first, second, ..] = names.as_slice() {
-                let at = line_of(source, &["name", second]);
+                let at = source.lines().position(|l| declares(l, "name", second)).map(|i| i + 1);
                 e.line = at
                     .and_then(|start| {
                         source
@@ -473,7 +558,7 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
                             .enumerate()
                             .skip(start - 1)
                             .take_while(|(i, l)| *i + 1 == start || !l.trim_start().starts_with('-'))
-                            .find(|(_, l)| l.contains("needs") && l.contains(first))
+                            .find(|(_, l)| contains_word(l, "needs") && contains_word(l, first))
                             .map(|(i, _)| i + 1)
                     })
                     .or(at);

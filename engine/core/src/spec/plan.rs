@@ -28,8 +28,7 @@ pub struct PlanStep {
 impl Plan {
     /// Builds the plan and refuses cycles, naming one (`a -> b -> a`).
     pub fn compile(wf: &Workflow) -> Result<Plan, Error> {
-        let index: HashMap<&str, usize> =
-            wf.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = wf.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
         let mut steps = Vec::with_capacity(wf.steps.len());
         for s in &wf.steps {
             let mut needs = Vec::with_capacity(s.needs.len());

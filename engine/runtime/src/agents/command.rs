@@ -50,7 +50,13 @@ fn kill_group(pid: Option<u32>, signal: Signal) {
     }
 }
 
-pub(super) async fn perform(argv: &[String], def: &AgentDef, task: &Task, base_dir: &Path, timeout: Duration) -> Outcome {
+pub(super) async fn perform(
+    argv: &[String],
+    def: &AgentDef,
+    task: &Task,
+    base_dir: &Path,
+    timeout: Duration,
+) -> Outcome {
     let started = Instant::now();
     let elapsed = || started.elapsed().as_millis() as u64;
     let Some((program, args)) = argv.split_first() else {
@@ -135,13 +141,19 @@ pub(super) async fn perform(argv: &[String], def: &AgentDef, task: &Task, base_d
 
     let Some(status) = status else {
         return Outcome::Failed {
-            error: format!("timed out after {:.1}s; the process group was killed{}", timeout.as_secs_f64(), suffix(&stderr_tail)),
+            error: format!(
+                "timed out after {:.1}s; the process group was killed{}",
+                timeout.as_secs_f64(),
+                suffix(&stderr_tail)
+            ),
             duration_ms: elapsed(),
         };
     };
     let status = match status {
         Ok(s) => s,
-        Err(e) => return Outcome::Failed { error: format!("waiting for the agent failed: {e}"), duration_ms: elapsed() },
+        Err(e) => {
+            return Outcome::Failed { error: format!("waiting for the agent failed: {e}"), duration_ms: elapsed() };
+        }
     };
     if !status.success() {
         let how = match status.code() {

@@ -86,7 +86,9 @@ pub enum Error {
         event_id: String,
     },
     /// An event is larger than [`MAX_EVENT_BYTES`].
-    #[error("event {event_type} in stream {stream} is {size} bytes; the limit is {limit} bytes (large outputs belong in blobs)")]
+    #[error(
+        "event {event_type} in stream {stream} is {size} bytes; the limit is {limit} bytes (large outputs belong in blobs)"
+    )]
     PayloadTooLarge {
         /// Stream id.
         stream: String,
@@ -113,7 +115,9 @@ pub enum Error {
     },
     /// Migrations could not be applied: an applied migration was edited (append-only, refused),
     /// or the database is newer than this binary.
-    #[error("the database schema cannot be migrated: {0}; migrations are append-only, so restore the original migration files or use a new database")]
+    #[error(
+        "the database schema cannot be migrated: {0}; migrations are append-only, so restore the original migration files or use a new database"
+    )]
     Migration(String),
     /// Any other backend failure.
     #[error("event store error: {0}")]
@@ -307,7 +311,12 @@ pub async fn read_stream_all<S: EventStore>(store: &S, stream: &str) -> Result<V
 }
 
 /// New event with a fresh UUID v7 and the current time.
-pub fn new_event(event_type: &str, schema_version: i32, data: serde_json::Value, metadata: ltmc_core::Metadata) -> NewEvent {
+pub fn new_event(
+    event_type: &str,
+    schema_version: i32,
+    data: serde_json::Value,
+    metadata: ltmc_core::Metadata,
+) -> NewEvent {
     NewEvent {
         event_id: uuid::Uuid::now_v7(),
         event_type: event_type.to_owned(),

@@ -67,21 +67,14 @@ impl PgStore {
         let config = tokio_postgres::Config::from_str(url)
             .map_err(|e| Error::Invalid(format!("database URL is not a valid postgres URL: {e}")))?;
         migrate(&config).await?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(16)
             .build()
             .map_err(|e| Error::Backend(format!("building the pool: {e}")))?;
         let client = pool.get().await.map_err(pool_err)?;
-        let schema: Option<String> = client
-            .query_one("SELECT current_schema()", &[])
-            .await
-            .map_err(db_err)?
-            .get(0);
+        let schema: Option<String> = client.query_one("SELECT current_schema()", &[]).await.map_err(db_err)?.get(0);
         let schema = schema.ok_or_else(|| Error::Invalid("the search_path names no existing schema".into()))?;
         drop(client);
         Ok(PgStore {
@@ -125,7 +118,12 @@ impl PgStore {
     }
 
     /// (version, hash) to chain from when appending at `expected`.
-    async fn base(&self, client: &tokio_postgres::Client, stream: &str, expected: ExpectedVersion) -> Result<(i64, String)> {
+    async fn base(
+        &self,
+        client: &tokio_postgres::Client,
+        stream: &str,
+        expected: ExpectedVersion,
+    ) -> Result<(i64, String)> {
         match expected {
             ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => Ok((0, String::new())),
             ExpectedVersion::Exact(v) => {
@@ -163,9 +161,7 @@ async fn migrate(config: &tokio_postgres::Config) -> Result<()> {
         .await
         .map_err(db_err)?;
     let result = embedded::migrations::runner().run_async(&mut client).await;
-    let _ = client
-        .batch_execute("SELECT pg_advisory_unlock(hashtext('ltmc.migrate.' || current_schema()))")
-        .await;
+    let _ = client.batch_execute("SELECT pg_advisory_unlock(hashtext('ltmc.migrate.' || current_schema()))").await;
     drop(client);
     let _ = task.await;
     result.map(|_| ()).map_err(|e| Error::Migration(e.to_string()))
@@ -183,10 +179,8 @@ pub async fn migrate_url(url: &str) -> Result<usize> {
         .batch_execute("SELECT pg_advisory_lock(hashtext('ltmc.migrate.' || current_schema()))")
         .await
         .map_err(db_err)?;
-    let report = embedded::migrations::runner()
-        .run_async(&mut client)
-        .await
-        .map_err(|e| Error::Migration(e.to_string()))?;
+    let report =
+        embedded::migrations::runner().run_async(&mut client).await.map_err(|e| Error::Migration(e.to_string()))?;
     Ok(report.applied_migrations().len())
 }
 
@@ -194,7 +188,10 @@ pub async fn migrate_url(url: &str) -> Result<usize> {
 /// batch was appended before: returns where. Ids found anywhere else are a reuse (`None`).
 async fn find_duplicate(client: &tokio_postgres::Client, stream: &str, ids: &[Uuid]) -> Result<Option<Appended>> {
     let rows = client
-        .query("SELECT event_id, global_position, stream_id, stream_version FROM events WHERE event_id = ANY($1)", &[&ids])
+        .query(
+            "SELECT event_id, global_position, stream_id, stream_version FROM events WHERE event_id = ANY($1)",
+            &[&ids],
+        )
         .await
         .map_err(db_err)?;
     if rows.len() != ids.len() {
@@ -223,8 +220,8 @@ async fn find_duplicate(client: &tokio_postgres::Client, stream: &str, ids: &[Uu
 pub(crate) fn row_to_event(r: &Row) -> Result<RecordedEvent> {
     let position: i64 = r.get(0);
     let metadata: Value = r.get(7);
-    let metadata: Metadata = serde_json::from_value(metadata)
-        .map_err(|e| Error::Corrupt { position, reason: format!("metadata: {e}") })?;
+    let metadata: Metadata =
+        serde_json::from_value(metadata).map_err(|e| Error::Corrupt { position, reason: format!("metadata: {e}") })?;
     let recorded_at: DateTime<Utc> = r.get(8);
     Ok(RecordedEvent {
         global_position: position,
@@ -332,7 +329,8 @@ impl EventStore for PgStore {
 
     async fn head_position(&self) -> Result<i64> {
         let client = self.client().await?;
-        let row = client.query_one("SELECT coalesce(max(global_position), 0) FROM events", &[]).await.map_err(db_err)?;
+        let row =
+            client.query_one("SELECT coalesce(max(global_position), 0) FROM events", &[]).await.map_err(db_err)?;
         Ok(row.get(0))
     }
 
@@ -354,7 +352,8 @@ impl EventStore for PgStore {
 
     async fn checkpoint(&self, name: &str) -> Result<i64> {
         let client = self.client().await?;
-        let row = client.query_opt("SELECT position FROM checkpoints WHERE name = $1", &[&name]).await.map_err(db_err)?;
+        let row =
+            client.query_opt("SELECT position FROM checkpoints WHERE name = $1", &[&name]).await.map_err(db_err)?;
         Ok(row.map_or(0, |r| r.get(0)))
     }
 
@@ -398,7 +397,10 @@ impl PgStore {
     pub async fn try_lease(&self, name: &str) -> Result<Option<PgLease>> {
         let client = self.connect().await?;
         let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock(hashtext('ltmc.lease.' || $1 || '.' || current_schema()))", &[&name])
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('ltmc.lease.' || $1 || '.' || current_schema()))",
+                &[&name],
+            )
             .await
             .map_err(db_err)?
             .get(0);

@@ -74,9 +74,7 @@ impl SqliteStore {
                     .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
             }
             let mut writer = open_connection(&p)?;
-            embedded::migrations::runner()
-                .run(&mut writer)
-                .map_err(|e| Error::Migration(e.to_string()))?;
+            embedded::migrations::runner().run(&mut writer).map_err(|e| Error::Migration(e.to_string()))?;
             let reader = open_connection(&p)?;
             Ok((writer, reader))
         })
@@ -90,7 +88,10 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    async fn with_reader<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let inner = self.inner.clone();
         blocking(move || {
             let conn = inner.reader.lock().map_err(|_| Error::Backend("reader lock poisoned".into()))?;
@@ -139,7 +140,9 @@ impl SqliteStore {
         match file.try_lock() {
             Ok(()) => Ok(Some(SqliteLease { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::Unavailable(format!("cannot lock {}: {e}", lock_path.display()))),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::Unavailable(format!("cannot lock {}: {e}", lock_path.display())))
+            }
         }
     }
 }
@@ -175,7 +178,9 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<std::result::Result<R
     Ok(parsed)
 }
 
-fn collect(rows: rusqlite::MappedRows<'_, impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Result<RecordedEvent>>>) -> Result<Vec<RecordedEvent>> {
+fn collect(
+    rows: rusqlite::MappedRows<'_, impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Result<RecordedEvent>>>,
+) -> Result<Vec<RecordedEvent>> {
     let mut out = Vec::new();
     for r in rows {
         out.push(r.map_err(sql_err)??);
@@ -192,7 +197,9 @@ fn find_duplicate(conn: &Connection, stream: &str, events: &[NewEvent]) -> Resul
     let mut found = Vec::with_capacity(events.len());
     for e in events {
         let row = stmt
-            .query_row([e.event_id.to_string()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+            .query_row([e.event_id.to_string()], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })
             .optional()
             .map_err(sql_err)?;
         match row {
@@ -216,10 +223,17 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
-fn append_blocking(conn: &mut Connection, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
+fn append_blocking(
+    conn: &mut Connection,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<Appended> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
     let (current, prev): (i64, String) = tx
-        .prepare_cached("SELECT stream_version, hash FROM events WHERE stream_id = ?1 ORDER BY stream_version DESC LIMIT 1")
+        .prepare_cached(
+            "SELECT stream_version, hash FROM events WHERE stream_id = ?1 ORDER BY stream_version DESC LIMIT 1",
+        )
         .map_err(sql_err)?
         .query_row([stream], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
@@ -276,7 +290,12 @@ fn append_blocking(conn: &mut Connection, stream: &str, expected: ExpectedVersio
         }
     }
     tx.commit().map_err(sql_err)?;
-    Ok(Appended { first_position: first, last_position: last, next_version: current + events.len() as i64, duplicate: false })
+    Ok(Appended {
+        first_position: first,
+        last_position: last,
+        next_version: current + events.len() as i64,
+        duplicate: false,
+    })
 }
 
 impl EventStore for SqliteStore {

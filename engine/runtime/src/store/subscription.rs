@@ -69,10 +69,13 @@ impl Subscription {
                 return Ok(());
             }
             match &mut self.wake {
-                Some(rx) => match tokio::time::timeout(self.poll, rx.recv()).await {
-                    Ok(Err(broadcast::error::RecvError::Closed)) => self.wake = None,
-                    _ => {}
-                },
+                Some(rx) => {
+                    if let Ok(Err(broadcast::error::RecvError::Closed)) =
+                        tokio::time::timeout(self.poll, rx.recv()).await
+                    {
+                        self.wake = None;
+                    }
+                }
                 None => tokio::time::sleep(self.poll).await,
             }
         }
