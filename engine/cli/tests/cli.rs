@@ -382,7 +382,15 @@ fn command_agent_timeout_kills_the_whole_process_group() {
     );
     // Control: the search below does see a live process with the marker.
     let mut control = Command::new("sleep").arg(format!("{marker}9")).spawn().expect("spawn sleep");
-    let seen = !processes_matching(&format!("sleep {marker}9")).is_empty();
+    // Right after spawn the child may not have exec'd yet; poll with a deadline.
+    let control_deadline = Instant::now() + Duration::from_secs(2);
+    let mut seen = false;
+    while !seen && Instant::now() < control_deadline {
+        seen = !processes_matching(&format!("sleep {marker}9")).is_empty();
+        if !seen {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     control.kill().expect("kill control");
     control.wait().expect("reap control");
     assert!(seen, "the /proc scan finds a running sleep");
