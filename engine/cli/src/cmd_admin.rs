@@ -3,7 +3,7 @@
 use anyhow::Context;
 use ltmc_core::hash::first_broken_link;
 use ltmc_engine::config::Config;
-use ltmc_engine::relay::{self, RelayOptions};
+use ltmc_engine::relay;
 use ltmc_engine::{EventStore, Store};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -27,12 +27,18 @@ fn redact(url: &str) -> String {
 
 pub(crate) async fn relay() -> anyhow::Result<u8> {
     let config = Config::from_env()?;
-    let Some(nats) = config.nats_url.clone() else {
+    let Some(opts) = config.relay_options() else {
         return Err(BadInput("`ltmc relay` needs LTMC_NATS_URL (for example nats://127.0.0.1:4222)".into()).into());
     };
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
-    let handle = relay::spawn(store, RelayOptions::new(&nats));
-    eprintln!("relaying {} to {nats} (stream LTMC_EVENTS); Ctrl-C stops", redact(&config.database_url));
+    eprintln!(
+        "relaying {} to {} (stream {}, subjects {}.>); Ctrl-C stops",
+        redact(&config.database_url),
+        opts.nats_url,
+        opts.stream_name,
+        opts.subject_prefix
+    );
+    let handle = relay::spawn(store, opts);
     tokio::signal::ctrl_c().await.ok();
     handle.stop();
     Ok(exit::OK)

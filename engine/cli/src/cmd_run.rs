@@ -4,7 +4,7 @@ use anyhow::Context;
 use ltmc_core::run::{RunEvent, RunState, RunStatus};
 use ltmc_core::spec::{self, ParseOptions, Workflow};
 use ltmc_engine::config::Config;
-use ltmc_engine::relay::{self, RelayOptions};
+use ltmc_engine::relay;
 use ltmc_engine::{Engine, EventStore, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,7 +77,7 @@ pub(crate) async fn run(file: &Path, agents: Option<&Path>, input: Option<&str>,
         .unwrap_or_else(|| PathBuf::from("."));
     let base_dir = base_dir.canonicalize().unwrap_or(base_dir);
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
-    let relay = config.nats_url.as_deref().map(|u| relay::spawn(store.clone(), RelayOptions::new(u)));
+    let relay = config.relay_options().map(|o| relay::spawn(store.clone(), o));
     let engine = Engine::new(store.clone(), config.engine.clone());
     let state = engine.run(workflow, input, base_dir, Some(progress())).await?;
     finish(&store, relay, state, json).await
@@ -86,7 +86,7 @@ pub(crate) async fn run(file: &Path, agents: Option<&Path>, input: Option<&str>,
 pub(crate) async fn resume(run_id: &str, dir: Option<PathBuf>, json: bool) -> anyhow::Result<u8> {
     let config = Config::from_env()?;
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
-    let relay = config.nats_url.as_deref().map(|u| relay::spawn(store.clone(), RelayOptions::new(u)));
+    let relay = config.relay_options().map(|o| relay::spawn(store.clone(), o));
     let engine = Engine::new(store.clone(), config.engine.clone());
     let dir = dir.unwrap_or_else(|| PathBuf::from("."));
     let state = engine.drive(run_id, dir, Some(progress())).await?;
@@ -108,8 +108,9 @@ async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunStat
             if published > seen {
                 (seen, progressed_at) = (published, Instant::now());
             } else if progressed_at.elapsed() > Duration::from_secs(2) {
+                let why = relay.last_error().map(|e| format!(" ({e})")).unwrap_or_default();
                 eprintln!(
-                    "warning: NATS has not acknowledged every event of this run; they are safe in the log \
+                    "warning: NATS has not acknowledged every event of this run{why}; they are safe in the log \
                      and `ltmc relay` publishes them when NATS is reachable"
                 );
                 break;

@@ -18,6 +18,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use ltmc_core::RecordedEvent;
 use ltmc_core::names::category;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -90,6 +91,7 @@ fn nats<E: std::fmt::Display>(e: E) -> Error {
 /// A running relay.
 pub struct RelayHandle {
     published: watch::Receiver<i64>,
+    last_error: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -104,6 +106,11 @@ impl RelayHandle {
         tokio::time::timeout(timeout, self.published.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
     }
 
+    /// Why the relay is not publishing, if it is currently failing.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
     /// Stops the relay.
     pub fn stop(self) {
         self.task.abort();
@@ -113,6 +120,8 @@ impl RelayHandle {
 /// Starts the relay on its own task. It keeps trying (lease, NATS, stream) until stopped.
 pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
     let (tx, rx) = watch::channel(0);
+    let last_error = Arc::new(Mutex::new(None));
+    let error_slot = last_error.clone();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0u32;
@@ -122,6 +131,9 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
                 Err(e) => {
                     // Say it once; a long outage is not a stream of warnings.
                     failures += 1;
+                    if let Ok(mut slot) = error_slot.lock() {
+                        *slot = Some(e.to_string());
+                    }
                     if failures == 1 {
                         tracing::warn!(error = %e, "relay interrupted; retrying until it succeeds");
                     } else {
@@ -133,7 +145,7 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
             }
         }
     });
-    RelayHandle { published: rx, task }
+    RelayHandle { published: rx, last_error, task }
 }
 
 enum Lease {
@@ -183,6 +195,7 @@ pub async fn ensure_stream(js: &jetstream::Context, opts: &RelayOptions) -> Resu
 
 /// The position and event id of the last message in the stream (`(0, None)` when empty).
 pub async fn stream_tail(stream: &mut stream::Stream) -> Result<(i64, Option<String>), Error> {
+    let name = stream.cached_info().config.name.clone();
     let last = stream.info().await.map_err(nats)?.state.last_sequence;
     if last == 0 {
         return Ok((0, None));
@@ -190,7 +203,7 @@ pub async fn stream_tail(stream: &mut stream::Stream) -> Result<(i64, Option<Str
     let msg = stream.get_raw_message(last).await.map_err(nats)?;
     let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
     let position = header("Ltmc-Position").and_then(|p| p.parse::<i64>().ok()).ok_or_else(|| Error::Mismatch {
-        stream: String::new(),
+        stream: name,
         reason: format!("message {last} has no Ltmc-Position header; another program writes to this stream"),
     })?;
     Ok((position, header("Nats-Msg-Id")))
@@ -214,7 +227,10 @@ async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<
         if !matches {
             return Err(Error::Mismatch {
                 stream: opts.stream_name.clone(),
-                reason: format!("its last message (position {tail}) is not the log's event at that position"),
+                reason: format!(
+                    "its last message (position {tail}) is not this log's event at that position; another database \
+                     relays into it: give each database its own stream (LTMC_NATS_STREAM, LTMC_NATS_SUBJECT_PREFIX)"
+                ),
             });
         }
     }

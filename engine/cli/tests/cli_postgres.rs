@@ -1,0 +1,145 @@
+//! `ltmc` against Postgres + NATS JetStream: a run lands in both, and `events --follow` streams
+//! it live. Uses its own schema and its own JetStream stream.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn pg_url() -> String {
+    std::env::var("LTMC_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn nats_url() -> String {
+    std::env::var("LTMC_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    vars: Vec<(&'static str, String)>,
+    schema: String,
+    stream: String,
+}
+
+impl Env {
+    fn ltmc(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ltmc"));
+        c.args(args).current_dir(self.dir.path()).env_remove("LTMC_NATS_URL");
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c
+    }
+}
+
+async fn admin() -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn setup() -> anyhow::Result<Env> {
+    let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let schema = format!("ltmct_{secs}_{id}");
+    admin().await?.batch_execute(&format!("CREATE SCHEMA \"{schema}\"")).await?;
+    let stream = format!("LTMCT_CLI_{id}");
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("wf.yaml"),
+        "pattern: sequential\ninput: {n: 7}\nagents:\n  dev: {builtin: echo}\n  test: {run: [sh, -c, 'cat >/dev/null; echo tested']}\n",
+    )?;
+    Ok(Env {
+        vars: vec![
+            ("LTMC_DATABASE_URL", ltmc_engine::store::postgres::url_with_schema(&pg_url(), &schema)),
+            ("LTMC_NATS_URL", nats_url()),
+            ("LTMC_NATS_STREAM", stream.clone()),
+            ("LTMC_NATS_SUBJECT_PREFIX", format!("ltmct{id}.events")),
+        ],
+        dir,
+        schema,
+        stream,
+    })
+}
+
+async fn teardown(env: Env) -> anyhow::Result<()> {
+    if let Ok(js) = ltmc_engine::relay::jetstream(&nats_url()).await {
+        let _ = js.delete_stream(&env.stream).await;
+    }
+    admin().await?.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", env.schema)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_lands_in_postgres_and_in_jetstream() -> anyhow::Result<()> {
+    let env = setup().await?;
+    let out = env.ltmc(&["run", "wf.yaml"]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tested");
+
+    let events = env.ltmc(&["events", "--json"]).output()?;
+    assert!(events.status.success());
+    let ids: Vec<String> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["event_id"].as_str().unwrap_or("").to_owned()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(ids.len(), 8, "RunStarted, 2 x (ready, dispatched, completed), RunCompleted");
+
+    // `ltmc run` waited for the relay: JetStream already holds every event, in order.
+    let js = ltmc_engine::relay::jetstream(&nats_url()).await?;
+    let stream = js.get_stream(&env.stream).await?;
+    for (i, id) in ids.iter().enumerate() {
+        let msg = stream.get_raw_message(i as u64 + 1).await?;
+        assert_eq!(msg.headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some(id.as_str()));
+    }
+    assert!(stream.get_raw_message(ids.len() as u64 + 1).await.is_err(), "nothing more than the log");
+
+    let audit = env.ltmc(&["audit", "--verify"]).output()?;
+    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stdout));
+    teardown(env).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_streams_a_run_live() -> anyhow::Result<()> {
+    let env = setup().await?;
+    // Migrate first so the follower does not race the runner to create the tables.
+    assert!(env.ltmc(&["migrate"]).output()?.status.success());
+    let mut follower =
+        env.ltmc(&["events", "--follow", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let stdout = follower.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let run = env.ltmc(&["run", "wf.yaml"]).env_remove("LTMC_NATS_URL").output()?;
+    assert!(run.status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut types = Vec::new();
+    while !types.iter().any(|t| t == "RunCompleted") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).map_err(|_| anyhow::anyhow!("follower saw only {types:?}"))?;
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        types.push(v["event_type"].as_str().unwrap_or("").to_owned());
+    }
+    follower.kill()?;
+    follower.wait()?;
+    assert_eq!(types.first().map(String::as_str), Some("RunStarted"));
+    assert_eq!(types.len(), 8);
+    teardown(env).await
+}
+
+#[test]
+fn an_invalid_stream_setting_is_bad_input() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ltmc"))
+        .args(["runs"])
+        .env("LTMC_NATS_STREAM", "bad.name")
+        .env("LTMC_DATABASE_URL", "sqlite://unused.db")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LTMC_NATS_STREAM"));
+}
