@@ -34,6 +34,21 @@ pub struct Link<'a> {
     pub data: &'a Value,
 }
 
+impl<'a> From<&'a RecordedEvent> for Link<'a> {
+    fn from(e: &'a RecordedEvent) -> Self {
+        Link {
+            stream_id: &e.stream_id,
+            stream_version: e.stream_version,
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            recorded_at: e.recorded_at,
+            metadata: &e.metadata,
+            data: &e.data,
+        }
+    }
+}
+
 /// Computes the chain hash of `link` following `prev_hash` (`""` for a stream's first event).
 pub fn chain(prev_hash: &str, link: Link<'_>) -> String {
     let mut buf = Vec::with_capacity(256);
@@ -102,19 +117,7 @@ pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
 pub fn first_broken_link(events: &[RecordedEvent]) -> Option<i64> {
     let mut prev = String::new();
     for e in events {
-        let expected = chain(
-            &prev,
-            Link {
-                stream_id: &e.stream_id,
-                stream_version: e.stream_version,
-                event_id: e.event_id,
-                event_type: &e.event_type,
-                schema_version: e.schema_version,
-                recorded_at: e.recorded_at,
-                metadata: &e.metadata,
-                data: &e.data,
-            },
-        );
+        let expected = chain(&prev, Link::from(e));
         if expected != e.hash {
             return Some(e.stream_version);
         }
@@ -156,19 +159,7 @@ mod tests {
             recorded_at: DateTime::from_timestamp_micros(1_700_000_000_000_001).unwrap_or_default(),
             hash: String::new(),
         };
-        e.hash = chain(
-            prev,
-            Link {
-                stream_id: &e.stream_id,
-                stream_version: e.stream_version,
-                event_id: e.event_id,
-                event_type: &e.event_type,
-                schema_version: e.schema_version,
-                recorded_at: e.recorded_at,
-                metadata: &e.metadata,
-                data: &e.data,
-            },
-        );
+        e.hash = chain(prev, Link::from(&e));
         e
     }
 

@@ -16,9 +16,12 @@ use uuid::Uuid;
 use super::head_cache::HeadCache;
 use super::{Appended, Error, EventStore, ExpectedVersion, Result, StreamInfo, chain_hashes, check_batch};
 
-mod embedded {
-    refinery::embed_migrations!("../../migrations/postgres");
-}
+mod lease;
+mod migrate;
+
+pub use lease::PgLease;
+use migrate::migrate;
+pub use migrate::migrate_url;
 
 const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, event_type, \
                              schema_version, data, metadata, recorded_at, hash";
@@ -148,40 +151,6 @@ impl PgStore {
             },
         }
     }
-}
-
-async fn migrate(config: &tokio_postgres::Config) -> Result<()> {
-    let (mut client, conn) = config.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    // One migrator at a time per schema; others wait and then find nothing to do.
-    client
-        .batch_execute("SELECT pg_advisory_lock(hashtext('ltmc.migrate.' || current_schema()))")
-        .await
-        .map_err(db_err)?;
-    let result = embedded::migrations::runner().run_async(&mut client).await;
-    let _ = client.batch_execute("SELECT pg_advisory_unlock(hashtext('ltmc.migrate.' || current_schema()))").await;
-    drop(client);
-    let _ = task.await;
-    result.map(|_| ()).map_err(|e| Error::Migration(e.to_string()))
-}
-
-/// Applies pending migrations and reports how many were applied.
-pub async fn migrate_url(url: &str) -> Result<usize> {
-    let config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| Error::Invalid(format!("database URL is not a valid postgres URL: {e}")))?;
-    let (mut client, conn) = config.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-        .batch_execute("SELECT pg_advisory_lock(hashtext('ltmc.migrate.' || current_schema()))")
-        .await
-        .map_err(db_err)?;
-    let report =
-        embedded::migrations::runner().run_async(&mut client).await.map_err(|e| Error::Migration(e.to_string()))?;
-    Ok(report.applied_migrations().len())
 }
 
 /// If every id of the batch is already in `stream`, in order, at consecutive versions, the
@@ -381,55 +350,6 @@ impl EventStore for PgStore {
             })
             .await?;
         Ok(listener.tx.subscribe())
-    }
-}
-
-/// A held relay lease: a session-level advisory lock on a dedicated connection. It ends when
-/// the connection does (process exit, crash, network loss), so a successor never waits for a
-/// timeout. Checkpoints are written on the same connection: a relay that lost its lease cannot
-/// move the checkpoint.
-pub struct PgLease {
-    client: tokio_postgres::Client,
-}
-
-impl PgStore {
-    /// Tries to take the lease `name` for this schema; `None` when another process holds it.
-    pub async fn try_lease(&self, name: &str) -> Result<Option<PgLease>> {
-        let client = self.connect().await?;
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtext('ltmc.lease.' || $1 || '.' || current_schema()))",
-                &[&name],
-            )
-            .await
-            .map_err(db_err)?
-            .get(0);
-        if got {
-            // The relay checkpoint is a hint (the JetStream tail is authoritative); it need not
-            // wait for a WAL flush, which would double the fsyncs of a busy log.
-            client.batch_execute("SET synchronous_commit = off").await.map_err(db_err)?;
-        }
-        Ok(got.then_some(PgLease { client }))
-    }
-}
-
-impl PgLease {
-    /// Stores a checkpoint while holding the lease.
-    pub async fn save_checkpoint(&self, name: &str, position: i64) -> Result<()> {
-        self.client
-            .execute(
-                "INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, now()) \
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()",
-                &[&name, &position],
-            )
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    /// Whether the lease's connection is still up.
-    pub fn is_alive(&self) -> bool {
-        !self.client.is_closed()
     }
 }
 
