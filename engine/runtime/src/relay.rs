@@ -41,6 +41,10 @@ pub struct RelayOptions {
     pub batch: usize,
     /// Checkpoint and lease name.
     pub name: String,
+    /// After a short batch, wait this long before reading again so that events appended in the
+    /// meantime go out together: fewer reads and acks while the log is busy, at the price of at
+    /// most this much extra delay.
+    pub coalesce: Duration,
     /// JetStream's `Nats-Msg-Id` de-duplication window. The relay does not rely on it (it
     /// resumes past the stream's tail), it is a second line of defence.
     pub duplicate_window: Duration,
@@ -55,6 +59,7 @@ impl RelayOptions {
             subject_prefix: "ltmc.events".into(),
             batch: 256,
             name: "relay".into(),
+            coalesce: Duration::from_millis(5),
             duplicate_window: Duration::from_secs(120),
         }
     }
@@ -282,6 +287,9 @@ async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<
                 }
                 return Err(nats(e));
             }
+        }
+        if batch.len() < opts.batch && !opts.coalesce.is_zero() {
+            tokio::time::sleep(opts.coalesce).await;
         }
         if let Some(last) = last {
             published.send_replace(last);
