@@ -7,7 +7,7 @@ use ltmc_core::spec::{self, ParseOptions, Workflow};
 use ltmc_engine::store::read_stream_all;
 use ltmc_engine::{Engine, EngineOptions, Store};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn wf(yaml: &str) -> Workflow {
@@ -217,10 +217,10 @@ async fn a_crashed_run_resumes_without_repeating_finished_steps(store: Store, di
         gate = gate.display()
     ));
     let engine = Engine::new(store.clone(), EngineOptions::default());
-    let run_id = engine.start(w, None, None).await?;
+    let run_id = engine.start(w, None, Some(dir), None).await?;
     let driver = {
-        let (engine, run_id, dir) = (engine.clone(), run_id.clone(), dir.to_path_buf());
-        tokio::spawn(async move { engine.drive(&run_id, dir, None).await })
+        let (engine, run_id) = (engine.clone(), run_id.clone());
+        tokio::spawn(async move { engine.drive(&run_id, None, None).await })
     };
     // Crash the driver while `second` runs (its dispatch is recorded; its outcome is not).
     let seen_second = ltmc_tests::eventually(Duration::from_secs(10), || {
@@ -235,7 +235,8 @@ async fn a_crashed_run_resumes_without_repeating_finished_steps(store: Store, di
     // A new engine (as after a restart) folds the run and re-dispatches only `second`.
     std::fs::write(&gate, "")?;
     let engine = Engine::new(store.clone(), EngineOptions::default());
-    let state = engine.drive(&run_id, PathBuf::from(dir), None).await?;
+    // No folder given: the one recorded in RunStarted is used.
+    let state = engine.drive(&run_id, None, None).await?;
     assert_eq!(state.status, RunStatus::Completed);
     assert_eq!(state.output, Some(json!("done")));
     let calls = std::fs::read_to_string(&log)?;

@@ -88,7 +88,6 @@ pub(crate) async fn resume(run_id: &str, dir: Option<PathBuf>, json: bool) -> an
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
     let relay = config.relay_options().map(|o| relay::spawn(store.clone(), o));
     let engine = Engine::new(store.clone(), config.engine.clone());
-    let dir = dir.unwrap_or_else(|| PathBuf::from("."));
     let state = engine.drive(run_id, dir, Some(progress())).await?;
     finish(&store, relay, state, json).await
 }

@@ -43,7 +43,7 @@ enum Cmd {
     Resume {
         /// Run id.
         run: String,
-        /// Directory command agents run in (default: current directory).
+        /// Folder command agents run in (default: the one recorded when the run started).
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Print the run summary as JSON.

@@ -41,7 +41,7 @@ fn retrying(retries: u32) -> Workflow {
 }
 
 fn start(wf: &Workflow) -> Command {
-    Command::Start { run_id: RUN.into(), workflow: wf.clone(), input: None }
+    Command::Start { run_id: RUN.into(), workflow: wf.clone(), input: None, workdir: None }
 }
 
 fn completed(step: &str, attempt: u32, output: Value) -> Command {
@@ -102,6 +102,7 @@ fn run_started(wf: &Workflow, input: Value) -> RunEvent {
         definition,
         definition_hash,
         input,
+        workdir: None,
     })
 }
 
@@ -127,7 +128,7 @@ fn start_emits_run_started_then_ready_and_dispatched_for_roots_only() {
 #[test]
 fn start_input_overrides_the_file_input() {
     let wf = sequential();
-    let cmd = Command::Start { run_id: RUN.into(), workflow: wf.clone(), input: Some(json!([1, 2])) };
+    let cmd = Command::Start { run_id: RUN.into(), workflow: wf.clone(), input: Some(json!([1, 2])), workdir: None };
     let events = decide(&RunState::default(), cmd).expect("start");
     assert_eq!(events[0], run_started(&wf, json!([1, 2])));
 }
@@ -417,6 +418,7 @@ fn run_started_with_an_unreadable_definition_is_illegal() {
         definition: json!({"not": "a workflow"}),
         definition_hash: "sha256:00".into(),
         input: Value::Null,
+        workdir: None,
     });
     assert!(evolve(RunState::default(), &bad).is_err());
 }

@@ -11,7 +11,7 @@ use ltmc_core::spec::Workflow;
 use ltmc_core::{Metadata, NewEvent};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
@@ -82,14 +82,20 @@ impl Engine {
     }
 
     /// Starts a run (appends `RunStarted` and the first dispatches) and returns its id.
+    ///
+    /// `workdir` is where command agents run (the workflow file's folder); it is recorded so a
+    /// resumed run finds its agents from anywhere.
     pub async fn start(
         &self,
         workflow: Workflow,
         input: Option<Value>,
+        workdir: Option<&Path>,
         progress: Option<&Progress>,
     ) -> Result<String, Error> {
         let run_id = uuid::Uuid::now_v7().to_string();
-        let events = run::decide(&RunState::default(), Command::Start { run_id: run_id.clone(), workflow, input })?;
+        let workdir = workdir.map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()).display().to_string());
+        let start = Command::Start { run_id: run_id.clone(), workflow, input, workdir };
+        let events = run::decide(&RunState::default(), start)?;
         let stream = run::stream_id(&run_id);
         self.append_retrying(&stream, ExpectedVersion::NoStream, &to_new(&run_id, &events)).await?;
         if let Some(p) = progress {
@@ -119,14 +125,22 @@ impl Engine {
         base_dir: PathBuf,
         progress: Option<Progress>,
     ) -> Result<RunState, Error> {
-        let run_id = self.start(workflow, input, progress.as_ref()).await?;
-        self.drive(&run_id, base_dir, progress).await
+        let run_id = self.start(workflow, input, Some(&base_dir), progress.as_ref()).await?;
+        self.drive(&run_id, Some(base_dir), progress).await
     }
 
-    /// Drives an existing run until it completes or fails; resumes an interrupted one.
-    pub async fn drive(&self, run_id: &str, base_dir: PathBuf, progress: Option<Progress>) -> Result<RunState, Error> {
+    /// Drives an existing run until it completes or fails; resumes an interrupted one. Command
+    /// agents run in `base_dir`, else the folder recorded when the run started, else `.`.
+    pub async fn drive(
+        &self,
+        run_id: &str,
+        base_dir: Option<PathBuf>,
+        progress: Option<Progress>,
+    ) -> Result<RunState, Error> {
         let stream = run::stream_id(run_id);
         let mut state = self.load(run_id).await?;
+        let base_dir =
+            base_dir.or_else(|| state.workdir.clone().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("."));
         let deadline = state
             .workflow
             .as_ref()

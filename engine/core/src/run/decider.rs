@@ -18,6 +18,9 @@ pub enum Command {
         workflow: Workflow,
         /// Input for the first steps (overrides the file's `input`).
         input: Option<Value>,
+        /// Folder command agents run in (the workflow file's folder), kept so a resumed run
+        /// finds its agents wherever it is resumed from.
+        workdir: Option<String>,
     },
     /// An agent attempt finished.
     RecordOutcome {
@@ -85,7 +88,7 @@ pub enum Rejection {
 /// Decides the events for `cmd` given the run's current state.
 pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
     match cmd {
-        Command::Start { run_id, workflow, input } => {
+        Command::Start { run_id, workflow, input, workdir } => {
             if s.status != RunStatus::NotStarted {
                 return Err(Rejection::AlreadyStarted(s.run_id.clone()));
             }
@@ -96,6 +99,7 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
                 definition,
                 definition_hash,
                 input: input.unwrap_or_else(|| workflow.input.clone()),
+                workdir,
             });
             let next = evolve(s.clone(), &started).map_err(|e| Rejection::InvalidWorkflow(e.to_string()))?;
             let mut out = vec![started];

@@ -17,6 +17,9 @@ pub struct RunStarted {
     pub definition_hash: String,
     /// Input given to the first steps.
     pub input: Value,
+    /// Folder command agents run in (absolute), if the run has command agents' paths to resolve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
 }
 
 /// Every step a step needs has completed.

@@ -84,6 +84,8 @@ pub struct RunState {
     pub definition_hash: String,
     /// Run input.
     pub input: Value,
+    /// Folder command agents run in, from `RunStarted`.
+    pub workdir: Option<String>,
     /// One entry per plan step.
     pub steps: Vec<StepState>,
     /// Step name → index.
@@ -173,6 +175,7 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
             s.run_id = ev.run_id.clone();
             s.definition_hash = ev.definition_hash.clone();
             s.input = ev.input.clone();
+            s.workdir = ev.workdir.clone();
             s.workflow = Some(Arc::new(wf));
             s.plan = Some(Arc::new(plan));
             s.status = RunStatus::Running;

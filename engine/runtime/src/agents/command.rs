@@ -44,6 +44,14 @@ async fn read_capped(mut r: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, boo
     }
 }
 
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0, Signal::SIGKILL);
+    }
+}
+
 fn kill_group(pid: Option<u32>, signal: Signal) {
     if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         let _ = killpg(Pid::from_raw(pid), signal);
@@ -94,6 +102,9 @@ pub(super) async fn perform(
         }
     };
     let pid = child.id();
+    // If this attempt is abandoned (the run failed or timed out elsewhere, the driver stopped),
+    // dropping the future kills the whole group, not only the direct child.
+    let _group = GroupGuard(pid);
     let stdin = child.stdin.take();
     let task_json = serde_json::to_vec(task).unwrap_or_default();
     let writer = tokio::spawn(async move {
