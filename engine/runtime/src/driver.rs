@@ -154,6 +154,8 @@ impl Engine {
                 agents_running.abort_all();
                 return Ok(state);
             }
+            // Reap finished agent tasks so a long run does not keep them all.
+            while agents_running.try_join_next().is_some() {}
             for Effect::RunAgent { step, attempt } in run::pending_work(&state) {
                 if in_flight.insert((step, attempt)) {
                     let task = self.task(&state, step, attempt);
