@@ -61,6 +61,8 @@ on_both_backends!(
     command_agents_speak_the_protocol,
     timeouts_kill_the_whole_process_group,
     a_crashed_run_resumes_without_repeating_finished_steps,
+    hostile_or_huge_outputs_are_recorded_safely,
+    builtin_agents_honour_their_timeout,
 );
 
 async fn sequential_hands_each_output_to_the_next(store: Store, dir: &Path) -> anyhow::Result<()> {
@@ -250,5 +252,41 @@ async fn a_crashed_run_resumes_without_repeating_finished_steps(store: Store, di
     );
     let evs = events(&store, &run_id).await;
     assert_eq!(evs.iter().filter(|e| e.event_type == "StepCompleted").count(), 2);
+    Ok(())
+}
+
+async fn hostile_or_huge_outputs_are_recorded_safely(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    // A NUL inside a JSON string (Postgres jsonb cannot store U+0000), and five parallel agents
+    // whose outputs together exceed an event: the run completes and records what fits.
+    std::fs::write(dir.join("nul.py"), "import json\nprint(json.dumps({'output': 'a' + chr(0) + 'b'}))\n")?;
+    std::fs::write(dir.join("big.py"), "import json\nprint(json.dumps({'output': 'x' * 200000}))\n")?;
+    let mut yaml = String::from("pattern: parallel\nagents:\n  nul: {run: [python3, nul.py]}\n");
+    for i in 1..=5 {
+        yaml.push_str(&format!("  b{i}: {{run: [python3, big.py]}}\n"));
+    }
+    let w = wf(&yaml);
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.failure);
+    let evs = events(&store, &state.run_id).await;
+    let nul = evs
+        .iter()
+        .find(|e| e.event_type == "StepCompleted" && e.data["step"] == json!("nul"))
+        .map(|e| &e.data["output"]);
+    assert_eq!(nul, Some(&json!("a\u{fffd}b")));
+    let done = evs.last().map(|e| e.data["output"].clone()).unwrap_or_default();
+    assert_eq!(done["truncated"], json!(true), "the map of final outputs is too large for one event");
+    assert_eq!(done["outputs_in_steps"].as_array().map(Vec::len), Some(6));
+    Ok(())
+}
+
+async fn builtin_agents_honour_their_timeout(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let w = wf("pattern: sequential\nagents:\n  slow: {builtin: sleep, params: {ms: 5000}, timeout: 0.1}\n");
+    let started = Instant::now();
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Failed);
+    assert!(state.failure.as_deref().is_some_and(|f| f.contains("timed out")), "{:?}", state.failure);
+    assert!(started.elapsed() < Duration::from_secs(4));
     Ok(())
 }

@@ -140,3 +140,11 @@ async fn unreachable_postgres_is_unavailable() {
     let err = Store::open("postgres://nobody@127.0.0.1:1/none").await.err().expect("must fail");
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_missing_postgres_schema_is_named() {
+    let url = ltmc_engine::store::postgres::url_with_schema(&ltmc_tests::pg_url(), "ltmct_0_does_not_exist");
+    let err = Store::open(&url).await.err().expect("must fail");
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("no existing schema"), "{err}");
+}

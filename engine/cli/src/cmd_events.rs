@@ -48,8 +48,14 @@ pub(crate) async fn events(
             }
         }
     }
-    let events = match stream {
-        Some(s) => store.read_stream(s, after, limit).await?,
+    // `--after` is a global position in both cases.
+    let events: Vec<RecordedEvent> = match stream {
+        Some(s) => ltmc_engine::store::read_stream_all(&store, s)
+            .await?
+            .into_iter()
+            .filter(|e| e.global_position > after)
+            .take(limit)
+            .collect(),
         None => store.read_all(after, limit).await?,
     };
     for e in &events {

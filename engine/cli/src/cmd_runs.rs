@@ -1,7 +1,7 @@
 //! `ltmc runs` and `ltmc status`.
 
 use anyhow::Context;
-use ltmc_core::run::{RunState, StepStatus};
+use ltmc_core::run::{RunState, RunStatus, StepStatus};
 use ltmc_engine::config::Config;
 use ltmc_engine::{Engine, EventStore, Store};
 use serde_json::{Value, json};
@@ -21,7 +21,7 @@ pub(crate) fn summary(s: &RunState) -> Value {
                     json!({
                         "step": def.name,
                         "agent": def.agent,
-                        "status": step_status(st.status),
+                        "status": step_status(st.status, s.status),
                         "attempts": st.attempts,
                         "error": st.error,
                     })
@@ -41,8 +41,10 @@ pub(crate) fn summary(s: &RunState) -> Value {
     })
 }
 
-fn step_status(s: StepStatus) -> &'static str {
+fn step_status(s: StepStatus, run: RunStatus) -> &'static str {
     match s {
+        // A step left waiting or running when the run ended will never finish.
+        StepStatus::Pending | StepStatus::Ready | StepStatus::Dispatched { .. } if run.is_terminal() => "abandoned",
         StepStatus::Pending => "pending",
         StepStatus::Ready => "ready",
         StepStatus::Dispatched { .. } => "running",

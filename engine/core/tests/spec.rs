@@ -712,3 +712,29 @@ fn a_file_that_is_not_a_map_is_refused() {
         assert!(err.to_string().contains("a workflow is a map"), "{src:?}: {err}");
     }
 }
+
+#[test]
+fn a_seed_role_map_runs_with_the_agents_file_definitions() {
+    use ltmc_core::spec::{AgentDef, Builtin, ParseOptions};
+    let mut opts = ParseOptions::default();
+    opts.agents.insert("dev".into(), AgentDef { builtin: Some(Builtin::Echo), ..Default::default() });
+    opts.agents.insert("test".into(), AgentDef { builtin: Some(Builtin::Noop), ..Default::default() });
+    let src =
+        "pattern: sequential\nagents:\n  dev: {role: implement code, duration: 2hours}\n  test: {role: run tests}\n";
+    let wf = ltmc_core::spec::parse_str(src, "seed.yaml", &opts).expect("runs with the agents file");
+    assert_eq!(wf.agents["dev"].builtin, Some(Builtin::Echo));
+    assert_eq!(wf.agents["dev"].role.as_deref(), Some("implement code"));
+    assert_eq!(wf.agents["dev"].duration.as_deref(), Some("2hours"));
+    assert_eq!(wf.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["dev", "test"]);
+    // Without an agents file the same map says nothing about how to run.
+    let err = ltmc_core::spec::parse_str(src, "seed.yaml", &ParseOptions::default()).expect_err("no way to run");
+    assert!(err.to_string().contains("neither how to run"), "{err}");
+}
+
+#[test]
+fn unused_inline_agents_are_checked_too() {
+    let src = "agents:\n  a: {builtin: noop}\n  spare: {worker: true}\nsteps:\n  - {name: one, agent: a}\n";
+    let err = ltmc_core::spec::parse_str(src, "w.yaml", &Default::default()).expect_err("spare is invalid");
+    assert!(err.to_string().contains("spare") && err.to_string().contains("worker"), "{err}");
+    assert_eq!(err.line, Some(3), "{err}");
+}

@@ -141,11 +141,15 @@ impl Engine {
         let mut state = self.load(run_id).await?;
         let base_dir =
             base_dir.or_else(|| state.workdir.clone().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("."));
-        let deadline = state
-            .workflow
-            .as_ref()
-            .and_then(|w| w.timeout)
-            .map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t));
+        // The run's timeout counts from RunStarted, so a resumed run keeps its original deadline.
+        let deadline = match state.workflow.as_ref().and_then(|w| w.timeout) {
+            Some(t) => {
+                let started = self.started_at(run_id).await?;
+                let elapsed = (chrono::Utc::now() - started).to_std().unwrap_or_default();
+                Some(tokio::time::Instant::now() + Duration::from_secs_f64(t).saturating_sub(elapsed))
+            }
+            None => None,
+        };
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32, Outcome)>();
         let mut in_flight: HashSet<(usize, u32)> = HashSet::new();
         let mut agents_running = JoinSet::new();
@@ -214,12 +218,36 @@ impl Engine {
                 continue;
             }
             let batch = to_new(run_id, &events);
-            self.append_retrying(&stream, ExpectedVersion::Exact(state.version), &batch).await?;
+            match self.append_retrying(&stream, ExpectedVersion::Exact(state.version), &batch).await {
+                Ok(()) => {}
+                // The outcome cannot be recorded as it is (too large, not storable): fail the
+                // run with the reason rather than leave it running forever.
+                Err(Error::Store(e @ (store::Error::PayloadTooLarge { .. } | store::Error::Invalid(_)))) => {
+                    let abort =
+                        run::decide(&state, Command::Abort { reason: format!("could not record an outcome: {e}") })?;
+                    self.append_retrying(&stream, ExpectedVersion::Exact(state.version), &to_new(run_id, &abort))
+                        .await?;
+                    for ev in &abort {
+                        state = evolve(state, ev)?;
+                    }
+                    if let Some(p) = &progress {
+                        abort.iter().for_each(|e| p(e));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if let Some(p) = &progress {
                 events.iter().for_each(|e| p(e));
             }
             state = next;
         }
+    }
+
+    /// When the run started (the time of its first event).
+    async fn started_at(&self, run_id: &str) -> Result<chrono::DateTime<chrono::Utc>, Error> {
+        let first = self.store.read_stream(&run::stream_id(run_id), 0, 1).await?;
+        first.first().map(|e| e.recorded_at).ok_or_else(|| Error::NotFound(run_id.to_owned()))
     }
 
     /// Appends, retrying while the store is unavailable. The batch keeps its event ids, so a

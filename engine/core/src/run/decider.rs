@@ -196,6 +196,10 @@ fn release_ready(s: &RunState) -> Vec<RunEvent> {
     out
 }
 
+/// Largest run output recorded in `RunCompleted`, as JSON; a larger map of final outputs is
+/// replaced by a pointer to the steps that hold them.
+pub const MAX_RUN_OUTPUT_BYTES: usize = 512 * 1024;
+
 /// The run's result: the output of its one final step, or a map of final step → output.
 fn run_output(s: &RunState) -> Value {
     let Some(plan) = &s.plan else { return Value::Null };
@@ -204,10 +208,17 @@ fn run_output(s: &RunState) -> Value {
         return s.steps[*one].output.clone().unwrap_or(Value::Null);
     }
     let mut m = Map::new();
-    for i in leaves {
+    for &i in &leaves {
         m.insert(plan.steps[i].name.clone(), s.steps[i].output.clone().unwrap_or(Value::Null));
     }
-    Value::Object(m)
+    let output = Value::Object(m);
+    if serde_json::to_vec(&output).map_or(0, |v| v.len()) > MAX_RUN_OUTPUT_BYTES {
+        let names: Vec<&str> = leaves.iter().map(|&i| plan.steps[i].name.as_str()).collect();
+        return serde_json::json!({
+            "truncated": true,
+            "limit_bytes": MAX_RUN_OUTPUT_BYTES,
+            "outputs_in_steps": names,
+        });
+    }
+    output
 }
-
-pub use super::state::pending_work;

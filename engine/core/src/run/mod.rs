@@ -9,11 +9,11 @@ mod decider;
 mod events;
 mod state;
 
-pub use decider::{Command, Outcome, Rejection, decide, pending_work};
+pub use decider::{Command, MAX_RUN_OUTPUT_BYTES, Outcome, Rejection, decide};
 pub use events::{
     RunCompleted, RunEvent, RunFailed, RunStarted, StepCompleted, StepDispatched, StepFailed, StepReady, UnknownEvent,
 };
-pub use state::{Effect, IllegalTransition, RunState, RunStatus, StepState, StepStatus, evolve};
+pub use state::{Effect, IllegalTransition, RunState, RunStatus, StepState, StepStatus, evolve, pending_work};
 
 /// Stream id of a run.
 pub fn stream_id(run_id: &str) -> String {

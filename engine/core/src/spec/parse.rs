@@ -11,7 +11,8 @@ use crate::names;
 /// Context for parsing a workflow file.
 #[derive(Debug, Clone, Default)]
 pub struct ParseOptions {
-    /// Agent definitions from an agents file; inline `agents:` definitions take precedence.
+    /// Agent definitions from an agents file. An inline `agents:` definition that says how to
+    /// run replaces the file's; one with only `role`, `duration` or `description` adds them to it.
     pub agents: BTreeMap<String, AgentDef>,
     /// Name to use when the file has no `name:` (usually the file stem).
     pub default_name: Option<String>,
@@ -381,7 +382,24 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         Some(AgentsField::Defs(OrderedAgents(map))) => {
             for (k, v) in map {
                 listed.push(k.clone());
-                defs.insert(k.clone(), v.clone());
+                let says_how = v.run.is_some() || v.builtin.is_some() || v.worker.is_some();
+                match defs.get_mut(k) {
+                    // The seed's `{role, duration}` maps describe agents an agents file runs:
+                    // keep the file's definition and add the description.
+                    Some(from_file) if !says_how => {
+                        from_file.role = v.role.clone().or(from_file.role.take());
+                        from_file.duration = v.duration.clone().or(from_file.duration.take());
+                        from_file.description = v.description.clone().or(from_file.description.take());
+                    }
+                    _ => {
+                        defs.insert(k.clone(), v.clone());
+                    }
+                }
+                // Every inline definition is checked, used by a step or not.
+                names::validate("agent", k).map_err(|e| cx.err(format!("agents.{k}"), &[k], e.to_string()))?;
+                if let Some(def) = defs.get(k) {
+                    def.kind().map_err(|m| cx.err(format!("agents.{k}"), &[k], format!("agent `{k}` {m}")))?;
+                }
             }
         }
         None => {}

@@ -22,10 +22,26 @@ use super::Task;
 
 /// Most stdout kept from one attempt; the rest is read and dropped.
 pub const MAX_OUTPUT_BYTES: usize = 256 * 1024;
-/// Most stderr kept (for error messages).
+/// Most stderr kept (its end, for error messages).
 pub const MAX_STDERR_BYTES: usize = 16 * 1024;
 /// Time between SIGTERM and SIGKILL on timeout.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// Reads everything, keeping the last `cap` bytes (the end of stderr explains a failure).
+async fn read_tail(mut r: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+    let mut kept: std::collections::VecDeque<u8> = std::collections::VecDeque::with_capacity(cap.min(64 * 1024));
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept.into_iter().collect(),
+            Ok(n) => {
+                kept.extend(&buf[..n]);
+                let excess = kept.len().saturating_sub(cap);
+                kept.drain(..excess);
+            }
+        }
+    }
+}
 
 /// Reads everything, keeping the first `cap` bytes; reports whether anything was dropped.
 async fn read_capped(mut r: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
@@ -124,8 +140,8 @@ pub(super) async fn perform(
     });
     let err_reader = tokio::spawn(async move {
         match stderr {
-            Some(s) => read_capped(s, MAX_STDERR_BYTES).await,
-            None => (Vec::new(), false),
+            Some(s) => read_tail(s, MAX_STDERR_BYTES).await,
+            None => Vec::new(),
         }
     });
 
@@ -147,7 +163,7 @@ pub(super) async fn perform(
     kill_group(pid, Signal::SIGKILL);
     writer.abort();
     let (stdout, out_truncated) = out_reader.await.unwrap_or_default();
-    let (stderr, _) = err_reader.await.unwrap_or_default();
+    let stderr = err_reader.await.unwrap_or_default();
     let stderr_tail = tail(&String::from_utf8_lossy(&stderr), 2000);
 
     let Some(status) = status else {

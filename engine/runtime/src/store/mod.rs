@@ -99,8 +99,8 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// Bad input: empty batch, invalid stream id.
-    #[error("invalid append: {0}")]
+    /// Bad input: an empty batch, an invalid stream id, a database URL that cannot be used.
+    #[error("{0}")]
     Invalid(String),
     /// The database cannot be reached.
     #[error("the event store is unavailable: {0}")]
@@ -157,17 +157,27 @@ pub trait EventStore: Send + Sync {
 
 /// Checks a batch before any IO: valid stream id, non-empty, each event within the size limit.
 pub(crate) fn check_batch(stream: &str, events: &[NewEvent]) -> Result<()> {
-    names::validate_stream_id(stream).map_err(|e| Error::Invalid(e.to_string()))?;
+    names::validate_stream_id(stream).map_err(|e| Error::Invalid(format!("cannot append: {e}")))?;
     if events.is_empty() {
-        return Err(Error::Invalid(format!("no events to append to {stream}")));
+        return Err(Error::Invalid(format!("cannot append to {stream}: no events given")));
     }
     let mut ids = std::collections::HashSet::with_capacity(events.len());
     for e in events {
         if !ids.insert(e.event_id) {
-            return Err(Error::Invalid(format!("event id {} appears twice in one append", e.event_id)));
+            return Err(Error::Invalid(format!("cannot append to {stream}: event id {} appears twice", e.event_id)));
         }
         if e.event_type.is_empty() || !e.event_type.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(Error::Invalid(format!("event type {:?} must be PascalCase letters and digits", e.event_type)));
+            return Err(Error::Invalid(format!(
+                "cannot append to {stream}: event type {:?} must be PascalCase letters and digits",
+                e.event_type
+            )));
+        }
+        if has_nul(&e.data) {
+            return Err(Error::Invalid(format!(
+                "cannot append to {stream}: event {} holds the character U+0000, which the log does not store \
+                 (Postgres jsonb refuses it); replace it before appending",
+                e.event_type
+            )));
         }
         let size = json_len(&e.data) + json_len(&e.metadata);
         if size > MAX_EVENT_BYTES {
@@ -182,8 +192,19 @@ pub(crate) fn check_batch(stream: &str, events: &[NewEvent]) -> Result<()> {
     Ok(())
 }
 
+/// Whether any string or key in `v` holds U+0000.
+pub fn has_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 /// Length of the compact JSON of `v`, without building the string.
-fn json_len<T: serde::Serialize>(v: &T) -> usize {
+pub fn json_len<T: serde::Serialize>(v: &T) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -49,7 +49,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)
         .map_err(|e| Error::Unavailable(format!("cannot open SQLite file {}: {e}", path.display())))?;
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )
     .map_err(sql_err)?;
     Ok(conn)
@@ -73,8 +73,21 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
             }
+            // Processes opening a fresh file at once would both create the tables: one migrates
+            // at a time (an OS lock, released even if the holder dies); the others then find
+            // nothing to do.
+            let lock_path = PathBuf::from(format!("{}.migrate.lock", p.display()));
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", lock_path.display())))?;
+            lock.lock().map_err(|e| Error::Unavailable(format!("cannot lock {}: {e}", lock_path.display())))?;
             let mut writer = open_connection(&p)?;
-            embedded::migrations::runner().run(&mut writer).map_err(|e| Error::Migration(e.to_string()))?;
+            let migrated = embedded::migrations::runner().run(&mut writer).map_err(|e| Error::Migration(e.to_string()));
+            drop(lock);
+            migrated?;
             let reader = open_connection(&p)?;
             Ok((writer, reader))
         })

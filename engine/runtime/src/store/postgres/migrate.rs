@@ -17,6 +17,14 @@ pub(super) async fn migrate(config: &tokio_postgres::Config) -> Result<usize> {
     let task = tokio::spawn(async move {
         let _ = conn.await;
     });
+    let schema: Option<String> = client.query_one("SELECT current_schema()", &[]).await.map_err(db_err)?.get(0);
+    if schema.is_none() {
+        return Err(Error::Invalid(
+            "the database URL's search_path names no existing schema; create it first (CREATE SCHEMA name) \
+             or drop the search_path option to use public"
+                .into(),
+        ));
+    }
     // One migrator at a time per schema; the others wait, then find nothing to do.
     client
         .batch_execute("SELECT pg_advisory_lock(hashtext('ltmc.migrate.' || current_schema()))")
