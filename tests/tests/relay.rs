@@ -223,6 +223,57 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+fn nats_server_binary() -> String {
+    std::env::var("LTMC_TEST_NATS_SERVER").unwrap_or_else(|_| {
+        if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server".into()
+        } else {
+            "nats-server".into()
+        }
+    })
+}
+
+fn start_nats(port: u16, dir: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(nats_server_binary())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// A restarted server forgets its last message id once the dedup window has passed, but keeps
+/// its sequence: the relay resumes on the same stream without a gap or a duplicate.
+#[tokio::test]
+async fn relay_resumes_after_a_nats_restart_past_the_dedup_window() -> anyhow::Result<()> {
+    let port = free_port()?;
+    let mut opts = relay_options(&format!("nats://127.0.0.1:{port}"));
+    opts.duplicate_window = Duration::from_secs(1);
+    let nats_dir = tempfile::tempdir()?;
+    let (store, _dir) = sqlite_store().await?;
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+
+    let mut nats = start_nats(port, nats_dir.path())?;
+    engine.run(sequential(), None, PathBuf::from("."), None).await?;
+    let mut r = relay::spawn(store.clone(), opts.clone());
+    assert!(r.wait_for(store.head_position().await?, Duration::from_secs(20)).await);
+    r.stop();
+    nats.start_kill()?;
+    nats.wait().await?;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let the dedup window pass
+    engine.run(parallel(), None, PathBuf::from("."), None).await?;
+    let mut nats = start_nats(port, nats_dir.path())?;
+    let mut r = relay::spawn(store.clone(), opts.clone());
+    assert!(r.wait_for(store.head_position().await?, Duration::from_secs(20)).await, "{:?}", r.last_error());
+    r.stop();
+    assert_stream_equals_log(&store, &opts).await?;
+    nats.start_kill()?;
+    nats.wait().await?;
+    Ok(())
+}
+
 /// NATS down never fails an append; the relay catches up when NATS comes back. Uses a private
 /// nats-server (Debian's, on PATH or /usr/sbin) on a free port so it can be stopped and started.
 #[tokio::test]
@@ -250,20 +301,7 @@ async fn nats_outage_never_fails_appends_and_the_relay_catches_up() -> anyhow::R
         assert_eq!(r.published(), 0, "nothing can be published while NATS is down");
 
         let dir = tempfile::tempdir()?;
-        let server = std::env::var("LTMC_TEST_NATS_SERVER").unwrap_or_else(|_| {
-            if std::path::Path::new("/usr/sbin/nats-server").exists() {
-                "/usr/sbin/nats-server".into()
-            } else {
-                "nats-server".into()
-            }
-        });
-        let mut nats = tokio::process::Command::new(server)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+        let mut nats = start_nats(port, dir.path())?;
         let head = store.head_position().await?;
         assert!(
             r.wait_for(head, Duration::from_secs(30)).await,

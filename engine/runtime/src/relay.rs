@@ -4,10 +4,13 @@
 //! - holds a lease so one relay publishes per database (an advisory lock on Postgres, a file
 //!   lock on SQLite; both end with the holder's process);
 //! - publishes each event to `ltmc.events.<category>.<stream>.<EventType>` with
-//!   `Nats-Msg-Id` = event id, `Nats-Expected-Last-Msg-Id` = the previous event's id, and the
-//!   position, stream and version in headers, then awaits every ack before it checkpoints;
-//! - keeps the JetStream stream an exact prefix of the log: the expected-last-id header makes
-//!   the server refuse an event whose predecessor is missing, so the stream never has holes;
+//!   `Nats-Msg-Id` = event id, `Nats-Expected-Last-Sequence` = the stream sequence its
+//!   predecessor got, and the position, stream and version in headers, then awaits every ack
+//!   before it checkpoints;
+//! - keeps the JetStream stream an exact prefix of the log: the expected-last-sequence header
+//!   makes the server refuse an event whose predecessor is missing, so the stream never has
+//!   holes (the stream's sequence is persistent server state, unlike its last message id, which
+//!   a restarted server forgets once the dedup window has passed);
 //! - on start resumes from the lower of its checkpoint and the stream's tail, publishing only
 //!   what lies beyond the tail, so neither a crash after publishing nor a lost tail duplicates
 //!   or drops an event, however long the outage.
@@ -198,12 +201,23 @@ pub async fn ensure_stream(js: &jetstream::Context, opts: &RelayOptions) -> Resu
     js.get_stream(&opts.stream_name).await.map_err(nats)
 }
 
-/// The position and event id of the last message in the stream (`(0, None)` when empty).
-pub async fn stream_tail(stream: &mut stream::Stream) -> Result<(i64, Option<String>), Error> {
+/// The last message of the stream: its log position, event id and stream sequence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tail {
+    /// Global position of the event in the last message (0 when the stream is empty).
+    pub position: i64,
+    /// Its event id (`Nats-Msg-Id`).
+    pub event_id: Option<String>,
+    /// Its JetStream sequence (0 when the stream is empty).
+    pub sequence: u64,
+}
+
+/// Reads the stream's tail.
+pub async fn stream_tail(stream: &mut stream::Stream) -> Result<Tail, Error> {
     let name = stream.cached_info().config.name.clone();
     let last = stream.info().await.map_err(nats)?.state.last_sequence;
     if last == 0 {
-        return Ok((0, None));
+        return Ok(Tail::default());
     }
     let msg = stream.get_raw_message(last).await.map_err(nats)?;
     let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
@@ -211,24 +225,20 @@ pub async fn stream_tail(stream: &mut stream::Stream) -> Result<(i64, Option<Str
         stream: name,
         reason: format!("message {last} has no Ltmc-Position header; another program writes to this stream"),
     })?;
-    Ok((position, header("Nats-Msg-Id")))
+    Ok(Tail { position, event_id: header("Nats-Msg-Id"), sequence: last })
 }
 
 async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<i64>) -> Result<(), Error> {
     let lease = take_lease(store, &opts.name).await?;
-    let client = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(&opts.nats_url))
-        .await
-        .map_err(|_| Error::Nats(format!("connecting to {} timed out", opts.nats_url)))?
-        .map_err(nats)?;
-    let js = jetstream::new(client);
+    let js = jetstream(&opts.nats_url).await?;
     let mut stream = ensure_stream(&js, opts).await?;
-    let (tail, mut prev_id) = stream_tail(&mut stream).await?;
+    let Tail { position: tail, event_id: tail_id, sequence: mut last_sequence } = stream_tail(&mut stream).await?;
     let checkpoint = store.checkpoint(&opts.name).await?;
     let start = checkpoint.min(tail);
     if tail > 0 {
         // The tail must be our event: the log's event at that position, same id.
         let at = store.read_all(tail - 1, 1).await?;
-        let matches = at.first().is_some_and(|e| e.global_position == tail && Some(e.event_id.to_string()) == prev_id);
+        let matches = at.first().is_some_and(|e| e.global_position == tail && Some(e.event_id.to_string()) == tail_id);
         if !matches {
             return Err(Error::Mismatch {
                 stream: opts.stream_name.clone(),
@@ -269,27 +279,27 @@ async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<
             headers.insert("Ltmc-Stream", e.stream_id.as_str());
             headers.insert("Ltmc-Stream-Version", e.stream_version.to_string().as_str());
             headers.insert("Ltmc-Event-Type", e.event_type.as_str());
-            let mut msg = jetstream::message::PublishMessage::build()
+            let msg = jetstream::message::PublishMessage::build()
                 .payload(serde_json::to_vec(e).unwrap_or_default().into())
                 .headers(headers)
-                .message_id(e.event_id.to_string());
-            if let Some(prev) = &prev_id {
-                msg = msg.expected_last_message_id(prev);
-            }
+                .message_id(e.event_id.to_string())
+                .expected_last_sequence(last_sequence);
             acks.push(js.send_publish(opts.subject(e), msg).await.map_err(nats)?);
-            prev_id = Some(e.event_id.to_string());
+            // Messages of one connection are stored in order, so each one's predecessor is known.
+            last_sequence += 1;
             last = Some(e.global_position);
         }
         for ack in acks {
-            if let Err(e) = ack.await {
-                if e.kind() == PublishErrorKind::WrongLastMessageId {
-                    return Err(Error::Nats(format!("stream tail moved unexpectedly ({e}); resynchronising")));
+            match ack.await {
+                Ok(a) if a.duplicate => {
+                    return Err(Error::Nats(format!("JetStream already had message {}; resynchronising", a.sequence)));
                 }
-                return Err(nats(e));
+                Ok(_) => {}
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    return Err(Error::Nats(format!("the stream's tail moved ({e}); resynchronising")));
+                }
+                Err(e) => return Err(nats(e)),
             }
-        }
-        if batch.len() < opts.batch && !opts.coalesce.is_zero() {
-            tokio::time::sleep(opts.coalesce).await;
         }
         if let Some(last) = last {
             published.send_replace(last);
@@ -298,6 +308,9 @@ async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<
                 lease.save(&opts.name, last).await?;
                 (unsaved, saved_at) = (None, Instant::now());
             }
+        }
+        if batch.len() < opts.batch && !opts.coalesce.is_zero() {
+            tokio::time::sleep(opts.coalesce).await;
         }
     }
 }
