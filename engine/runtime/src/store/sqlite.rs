@@ -55,6 +55,18 @@ fn open_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Opens (creating) `<db>.<name>.lock`, the file OS locks are taken on.
+fn lock_file(db: &Path, name: &str) -> Result<(std::fs::File, PathBuf)> {
+    let path = PathBuf::from(format!("{}.{name}.lock", db.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    Ok((file, path))
+}
+
 /// Runs blocking SQLite work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Backend(format!("store task failed: {e}")))?
@@ -76,13 +88,7 @@ impl SqliteStore {
             // Processes opening a fresh file at once would both create the tables: one migrates
             // at a time (an OS lock, released even if the holder dies); the others then find
             // nothing to do.
-            let lock_path = PathBuf::from(format!("{}.migrate.lock", p.display()));
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", lock_path.display())))?;
+            let (lock, lock_path) = lock_file(&p, "migrate")?;
             lock.lock().map_err(|e| Error::Unavailable(format!("cannot lock {}: {e}", lock_path.display())))?;
             let mut writer = open_connection(&p)?;
             let migrated = embedded::migrations::runner().run(&mut writer).map_err(|e| Error::Migration(e.to_string()));
@@ -143,13 +149,7 @@ impl SqliteStore {
     /// Tries to take the lease `name`: an exclusive lock on `<db>.<name>.lock`, released by the
     /// OS when the holder exits or crashes. `None` when another process holds it.
     pub async fn try_lease(&self, name: &str) -> Result<Option<SqliteLease>> {
-        let lock_path = PathBuf::from(format!("{}.{name}.lock", self.inner.path.display()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", lock_path.display())))?;
+        let (file, lock_path) = lock_file(&self.inner.path, name)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(SqliteLease { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
