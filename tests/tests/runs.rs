@@ -143,10 +143,20 @@ async fn failures_retry_then_fail_the_run(store: Store, dir: &Path) -> anyhow::R
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].data["will_retry"], json!(true));
     assert!(failed[0].data["error"].as_str().is_some_and(|e| e.contains("status 7") && e.contains("boom")));
-    assert!(evs.iter().any(|e| e.event_type == "StepDispatched" && e.data["attempt"] == json!(2)));
+    // The retry waited its backoff (the engine's default: 1 s, doubling, with jitter: 0.5-1 s
+    // before the second attempt), measured between the two recorded events.
+    let wait = failed[0].data["retry_in_ms"].as_u64().unwrap_or(0);
+    assert!((500..=1000).contains(&wait), "{wait}");
+    let retried = evs.iter().find(|e| e.event_type == "StepDispatched" && e.data["attempt"] == json!(2));
+    let retried = retried.ok_or_else(|| anyhow::anyhow!("no second attempt"))?;
+    let waited = (retried.recorded_at - failed[0].recorded_at).num_milliseconds();
+    assert!(waited >= wait as i64, "dispatched {waited} ms after the failure, backoff {wait} ms");
+    // The engine's defaults were pinned with the run.
+    assert_eq!(evs[0].data["definition"]["agents"]["flaky"]["backoff"], json!(1.0));
+    assert_eq!(evs[0].data["definition"]["agents"]["flaky"]["timeout"], json!(300.0));
 
     let broken = wf(
-        "pattern: sequential\nagents:\n  a: {builtin: noop}\n  b: {builtin: fail, params: {message: nope}, retries: 1}\n  c: {builtin: noop}\n",
+        "pattern: sequential\nagents:\n  a: {builtin: noop}\n  b: {builtin: fail, params: {message: nope}, retries: 1, backoff: 0.01}\n  c: {builtin: noop}\n",
     );
     let state = engine.run(broken, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Failed);
@@ -197,7 +207,7 @@ async fn timeouts_kill_the_whole_process_group(store: Store, dir: &Path) -> anyh
     let marker = format!("{}.{}", 70 + fastrand::u32(0..20), fastrand::u32(100_000..999_999));
     // A grandchild in the background, and a shell that ignores SIGTERM.
     let w = wf(&format!(
-        "pattern: sequential\nagents:\n  hang:\n    run: [sh, -c, 'trap \"\" TERM; sleep {marker} & sleep {marker}']\n    timeout: 0.3\n"
+        "pattern: sequential\nagents:\n  hang:\n    run: [sh, -c, 'trap \"\" TERM; sleep {marker} & sleep {marker}']\n    timeout: 0.3\n    retries: 0\n"
     ));
     let started = Instant::now();
     let state = engine.run(w, None, dir.to_path_buf(), None).await?;
@@ -282,7 +292,8 @@ async fn hostile_or_huge_outputs_are_recorded_safely(store: Store, dir: &Path) -
 
 async fn builtin_agents_honour_their_timeout(store: Store, dir: &Path) -> anyhow::Result<()> {
     let engine = Engine::new(store.clone(), EngineOptions::default());
-    let w = wf("pattern: sequential\nagents:\n  slow: {builtin: sleep, params: {ms: 5000}, timeout: 0.1}\n");
+    let w =
+        wf("pattern: sequential\nagents:\n  slow: {builtin: sleep, params: {ms: 5000}, timeout: 0.1, retries: 0}\n");
     let started = Instant::now();
     let state = engine.run(w, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Failed);

@@ -177,7 +177,7 @@ fn failing_step_exits_1() {
     let sb = Sandbox::new();
     sb.write(
         "fails.yaml",
-        "pattern: sequential\nagents:\n  ok: {builtin: noop}\n  bad: {builtin: fail, params: {message: deliberately broken}}\n  never: {builtin: noop}\n",
+        "pattern: sequential\nagents:\n  ok: {builtin: noop}\n  bad: {builtin: fail, params: {message: deliberately broken}, retries: 0}\n  never: {builtin: noop}\n",
     );
     let out = sb.run(&["run", "fails.yaml"]);
     assert_exit(&out, 1);
@@ -196,7 +196,10 @@ fn failing_step_exits_1() {
 #[test]
 fn retries_are_attempted_then_the_run_fails() {
     let sb = Sandbox::new();
-    sb.write("retry.yaml", "pattern: sequential\nagents:\n  flaky:\n    builtin: fail\n    retries: 2\n");
+    sb.write(
+        "retry.yaml",
+        "pattern: sequential\nagents:\n  flaky:\n    builtin: fail\n    retries: 2\n    backoff: 0.01\n",
+    );
     let out = sb.run(&["run", "retry.yaml", "--json"]);
     assert_exit(&out, 1);
     let s = json_of(&out);
@@ -378,7 +381,7 @@ fn command_agent_timeout_kills_the_whole_process_group() {
     sb.write(
         "slow.yaml",
         &format!(
-            "pattern: sequential\nagents:\n  slow:\n    run: [\"sh\", \"-c\", \"sleep {marker} & sleep {marker}\"]\n    timeout: 0.5\n"
+            "pattern: sequential\nagents:\n  slow:\n    run: [\"sh\", \"-c\", \"sleep {marker} & sleep {marker}\"]\n    timeout: 0.5\n    retries: 0\n"
         ),
     );
     // Control: the search below does see a live process with the marker.
@@ -427,7 +430,7 @@ fn command_agent_that_ignores_sigterm_is_killed_after_the_grace_period() {
     sb.write(
         "stubborn.yaml",
         &format!(
-            "pattern: sequential\nagents:\n  stubborn:\n    run: [\"sh\", \"-c\", \"trap '' TERM; sleep {marker} & sleep {marker}; wait\"]\n    timeout: 0.3\n"
+            "pattern: sequential\nagents:\n  stubborn:\n    run: [\"sh\", \"-c\", \"trap '' TERM; sleep {marker} & sleep {marker}; wait\"]\n    timeout: 0.3\n    retries: 0\n"
         ),
     );
     let started = Instant::now();

@@ -56,6 +56,10 @@ fn failed(step: &str, attempt: u32) -> Command {
     }
 }
 
+fn retry(step: &str, attempt: u32) -> Command {
+    Command::Retry { step: step.into(), attempt }
+}
+
 /// Folds `events` from the empty state; panics on an illegal transition.
 fn given(events: &[RunEvent]) -> RunState {
     events.iter().fold(RunState::default(), |s, e| {
@@ -259,6 +263,7 @@ fn failure_without_retries_fails_the_run() {
                 error: "boom".into(),
                 duration_ms: 7,
                 will_retry: false,
+                retry_in_ms: None,
             }),
             RunEvent::RunFailed(RunFailed {
                 reason: "step b failed after 1 attempt(s): boom".into(),
@@ -274,42 +279,69 @@ fn failure_without_retries_fails_the_run() {
 }
 
 #[test]
-fn retries_dispatch_the_next_attempt_until_they_run_out() {
+fn retries_wait_their_backoff_then_dispatch_the_next_attempt_until_they_run_out() {
     let wf = retrying(2);
     let mut s = given(&history(vec![start(&wf)]));
     for attempt in 1..=2 {
+        // When the attempt fails: only StepFailed, with the wait before the next attempt.
         let events = decide(&s, failed("a", attempt)).expect("fail");
+        let delay = ltmc_core::run::retry_delay_ms(1.0, attempt, &format!("{RUN}/a/{attempt}"));
         assert_eq!(
             events,
-            vec![
-                RunEvent::StepFailed(StepFailed {
-                    step: "a".into(),
-                    attempt,
-                    error: "boom".into(),
-                    duration_ms: 7,
-                    will_retry: true,
-                }),
-                dispatched("a", "a", attempt + 1),
-            ],
+            vec![RunEvent::StepFailed(StepFailed {
+                step: "a".into(),
+                attempt,
+                error: "boom".into(),
+                duration_ms: 7,
+                will_retry: true,
+                retry_in_ms: Some(delay),
+            })],
             "attempt {attempt}"
         );
         s = then_fold(s, &events);
         assert_eq!(s.status, RunStatus::Running);
+        assert_eq!(pending_work(&s), vec![Effect::RetryAfter { step: 0, attempt: attempt + 1, delay_ms: delay }]);
+        // An outcome while waiting is refused; so is a retry of another attempt.
+        assert_eq!(decide(&s, failed("a", attempt)), Err(Rejection::NotRunning { step: "a".into(), attempt }));
+        assert_eq!(
+            decide(&s, retry("a", attempt + 2)),
+            Err(Rejection::NotRunning { step: "a".into(), attempt: attempt + 2 })
+        );
+        // When the wait is over: the next attempt is dispatched.
+        let events = decide(&s, retry("a", attempt + 1)).expect("retry");
+        assert_eq!(events, vec![dispatched("a", "a", attempt + 1)]);
+        s = then_fold(s, &events);
         assert_eq!(pending_work(&s), vec![Effect::RunAgent { step: 0, attempt: attempt + 1 }]);
         assert_eq!(s.steps[0].attempts, attempt + 1);
     }
     let events = decide(&s, failed("a", 3)).expect("last failure");
     assert!(
-        matches!(&events[..], [RunEvent::StepFailed(StepFailed { will_retry: false, attempt: 3, .. }), RunEvent::RunFailed(RunFailed { step: Some(st), .. })] if st == "a"),
+        matches!(&events[..], [RunEvent::StepFailed(StepFailed { will_retry: false, attempt: 3, retry_in_ms: None, .. }), RunEvent::RunFailed(RunFailed { step: Some(st), .. })] if st == "a"),
         "{events:?}"
     );
     assert_eq!(then_fold(s, &events).status, RunStatus::Failed);
 }
 
 #[test]
+fn backoff_doubles_with_jitter_and_is_capped() {
+    use ltmc_core::run::{MAX_BACKOFF_MS, retry_delay_ms};
+    for attempt in 1..=10u32 {
+        let exp = (1000u64 << (attempt - 1)).min(MAX_BACKOFF_MS);
+        let d = retry_delay_ms(1.0, attempt, &format!("k/{attempt}"));
+        assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d} not in [{}, {exp}]", exp / 2);
+        assert_eq!(d, retry_delay_ms(1.0, attempt, &format!("k/{attempt}")), "deterministic");
+    }
+    // Different steps failing together spread out.
+    let spread: std::collections::BTreeSet<u64> =
+        (0..20).map(|i| retry_delay_ms(1.0, 1, &format!("r/s{i}/1"))).collect();
+    assert!(spread.len() > 10, "{spread:?}");
+    assert_eq!(retry_delay_ms(0.0, 3, "k"), 0);
+}
+
+#[test]
 fn a_retry_that_succeeds_continues_the_run() {
     let wf = retrying(1);
-    let s = given(&history(vec![start(&wf), failed("a", 1)]));
+    let s = given(&history(vec![start(&wf), failed("a", 1), retry("a", 2)]));
     let events = decide(&s, completed("a", 2, json!("second time"))).expect("complete attempt 2");
     assert_eq!(events, vec![step_completed("a", 2, json!("second time")), ready("b"), dispatched("b", "b", 1)]);
 }
@@ -327,7 +359,7 @@ fn duplicate_outcome_for_the_same_attempt_is_not_running() {
 #[test]
 fn stale_or_future_attempts_are_not_running() {
     let wf = retrying(3);
-    let s = given(&history(vec![start(&wf), failed("a", 1)]));
+    let s = given(&history(vec![start(&wf), failed("a", 1), retry("a", 2)]));
     // Attempt 2 is running; a late result of attempt 1 and a made-up attempt 3 are refused.
     assert_eq!(decide(&s, failed("a", 1)), Err(Rejection::NotRunning { step: "a".into(), attempt: 1 }));
     assert_eq!(decide(&s, completed("a", 3, json!(null))), Err(Rejection::NotRunning { step: "a".into(), attempt: 3 }));
@@ -426,7 +458,7 @@ fn run_started_with_an_unreadable_definition_is_illegal() {
 #[test]
 fn events_round_trip_through_their_stored_form() {
     let wf = retrying(1);
-    for e in history(vec![start(&wf), failed("a", 1), completed("a", 2, json!({"x": [1]}))]) {
+    for e in history(vec![start(&wf), failed("a", 1), retry("a", 2), completed("a", 2, json!({"x": [1]}))]) {
         let back = RunEvent::from_parts(e.event_type(), &e.data()).expect("read back");
         assert_eq!(back, e);
     }
@@ -441,9 +473,11 @@ fn pending_work_after_a_crash_re_derives_the_dispatched_agent() {
     let s = given(&[run_started(&wf, Value::Null), ready("a"), dispatched("a", "a", 1)]);
     assert_eq!(pending_work(&s), vec![Effect::RunAgent { step: 0, attempt: 1 }]);
 
-    // After a failed attempt and its retry's dispatch, the retry is the work.
+    // After a failed attempt, its retry's wait is the work; after the retry's dispatch, the agent.
     let wf = retrying(1);
     let s = given(&history(vec![start(&wf), failed("a", 1)]));
+    assert!(matches!(pending_work(&s)[..], [Effect::RetryAfter { step: 0, attempt: 2, .. }]));
+    let s = given(&history(vec![start(&wf), failed("a", 1), retry("a", 2)]));
     assert_eq!(pending_work(&s), vec![Effect::RunAgent { step: 0, attempt: 2 }]);
 
     // Ready but not dispatched (cannot be written by this decider, but must not start twice).
@@ -528,7 +562,7 @@ fn random_dags_always_fold_and_complete() {
             let work = pending_work(&s);
             assert!(!work.is_empty(), "case {case}: a running run with no pending work is stuck");
             for w in &work {
-                let Effect::RunAgent { step, .. } = w;
+                let (Effect::RunAgent { step, .. } | Effect::RetryAfter { step, .. }) = w;
                 let st = &plan.steps[*step];
                 assert!(
                     st.needs.iter().all(|&n| s.steps[n].status == StepStatus::Completed),
@@ -542,18 +576,28 @@ fn random_dags_always_fold_and_complete() {
                 let r = decide(&s, completed(&step, attempt, json!("dup")));
                 assert_eq!(r, Err(Rejection::NotRunning { step, attempt }), "case {case}");
             }
-            let Effect::RunAgent { step, attempt } = work[rng.below(work.len())].clone();
-            let name = plan.steps[step].name.clone();
-            // Fail only while a retry remains, so every run must complete.
-            let cmd = if attempt <= retries && rng.below(3) == 0 {
-                failed(&name, attempt)
-            } else {
-                let input = s.step_input(step);
-                completed(&name, attempt, json!({"step": name, "input": input}))
+            let (step, attempt, cmd) = match work[rng.below(work.len())].clone() {
+                // A retry's wait is over.
+                Effect::RetryAfter { step, attempt, .. } => (step, attempt, retry(&plan.steps[step].name, attempt)),
+                Effect::RunAgent { step, attempt } => {
+                    let name = plan.steps[step].name.clone();
+                    // Fail only while a retry remains, so every run must complete.
+                    let cmd = if attempt <= retries && rng.below(3) == 0 {
+                        failed(&name, attempt)
+                    } else {
+                        let input = s.step_input(step);
+                        completed(&name, attempt, json!({"step": name, "input": input}))
+                    };
+                    (step, attempt, cmd)
+                }
             };
+            let name = plan.steps[step].name.clone();
+            let is_outcome = matches!(cmd, Command::RecordOutcome { .. });
             let events = decide(&s, cmd).unwrap_or_else(|r| panic!("case {case}: rejected {r}"));
             s = apply(s, events, &mut log);
-            done_outcomes.push((name, attempt));
+            if is_outcome {
+                done_outcomes.push((name, attempt));
+            }
         }
         assert_eq!(s.status, RunStatus::Completed, "case {case}: {:?}", s.failure);
         assert!(s.steps.iter().all(|st| st.status == StepStatus::Completed), "case {case}");

@@ -1,40 +1,151 @@
-//! Configuration from the environment.
+//! Configuration: built-in defaults (the seed's `COORDINATION_CONFIG`), then `ltmc.toml`, then
+//! `LTMC_*` environment variables; a workflow file's own values (agent `timeout`, `retries`,
+//! `backoff`, run `timeout`) win over all of them.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::driver::EngineOptions;
 use crate::store::DEFAULT_DATABASE_URL;
 
-/// Settings read from `LTMC_*` variables.
+/// The settings, once resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `LTMC_DATABASE_URL`: `postgres://…` or `sqlite://PATH` (default `sqlite://.ltmc/ltmc.db`).
+    /// `database_url` / `LTMC_DATABASE_URL`: `postgres://…` or `sqlite://PATH`.
     pub database_url: String,
-    /// `LTMC_NATS_URL`: when set, committed events are relayed to JetStream.
+    /// `nats_url` / `LTMC_NATS_URL`: when set, committed events are relayed to JetStream.
     pub nats_url: Option<String>,
-    /// `LTMC_NATS_STREAM`: the JetStream stream the log is relayed to (default `LTMC_EVENTS`).
+    /// `nats_stream` / `LTMC_NATS_STREAM`: the JetStream stream (default `LTMC_EVENTS`).
     pub nats_stream: String,
-    /// `LTMC_NATS_SUBJECT_PREFIX`: subject prefix (default `ltmc.events`). One database per
-    /// stream: two logs relayed into one stream would interleave, and the relay refuses that.
+    /// `nats_subject_prefix` / `LTMC_NATS_SUBJECT_PREFIX` (default `ltmc.events`). One database
+    /// per stream: two logs relayed into one stream would interleave, and the relay refuses that.
     pub nats_subject_prefix: String,
-    /// Engine options (`LTMC_DEFAULT_TIMEOUT` seconds, `LTMC_MAX_CONCURRENT_AGENTS`).
+    /// Engine options: `default_timeout`, `retry_attempts`, `retry_backoff`, `max_concurrent_agents`.
     pub engine: EngineOptions,
+    /// The configuration file that was read, if any.
+    pub file: Option<PathBuf>,
 }
 
-/// A variable that is set but unusable.
+/// A setting that is present but unusable, or a configuration file that cannot be read.
 #[derive(Debug, thiserror::Error)]
-#[error("environment variable {name}={value:?} is invalid: {why}")]
-pub struct Error {
-    /// Variable.
-    pub name: &'static str,
-    /// Its value.
-    pub value: String,
-    /// What is expected.
-    pub why: &'static str,
+pub enum Error {
+    /// A value is invalid.
+    #[error("{origin}: {key} = {value} is invalid: {why}")]
+    Invalid {
+        /// Where it came from: `environment variable LTMC_X` or `ltmc.toml:LINE`.
+        origin: String,
+        /// The setting.
+        key: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is expected.
+        why: &'static str,
+    },
+    /// The configuration file cannot be read or parsed, or names an unknown key.
+    #[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    File {
+        /// The file.
+        file: String,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+/// Every setting: its key in `ltmc.toml` and its environment variable.
+const SETTINGS: [(&str, &str); 8] = [
+    ("database_url", "LTMC_DATABASE_URL"),
+    ("nats_url", "LTMC_NATS_URL"),
+    ("nats_stream", "LTMC_NATS_STREAM"),
+    ("nats_subject_prefix", "LTMC_NATS_SUBJECT_PREFIX"),
+    ("max_concurrent_agents", "LTMC_MAX_CONCURRENT_AGENTS"),
+    ("default_timeout", "LTMC_DEFAULT_TIMEOUT"),
+    ("retry_attempts", "LTMC_RETRY_ATTEMPTS"),
+    ("retry_backoff", "LTMC_RETRY_BACKOFF"),
+];
+
+/// Name of the configuration file looked for in the working directory.
+pub const FILE_NAME: &str = "ltmc.toml";
+
+struct FileSource {
+    path: PathBuf,
+    text: String,
+    table: toml::Table,
+}
+
+impl FileSource {
+    fn load(path: &Path) -> Result<FileSource, Error> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+            file: shown.clone(),
+            line: None,
+            message: format!("cannot read it: {e}"),
+        })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::File {
+            file: shown.clone(),
+            line: e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)),
+            message: e.message().to_owned(),
+        })?;
+        for key in table.keys() {
+            if !SETTINGS.iter().any(|(k, _)| k == key) {
+                let known: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
+                return Err(Error::File {
+                    file: shown,
+                    line: line_of(&text, key),
+                    message: format!("unknown setting `{key}`; known settings: {}", known.join(", ")),
+                });
+            }
+        }
+        Ok(FileSource { path: path.to_path_buf(), text, table })
+    }
+}
+
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| l.trim_start().starts_with(key)).map(|i| i + 1)
+}
+
+/// Where each setting's value comes from, in precedence order: environment, then file.
+struct Sources {
+    file: Option<FileSource>,
+}
+
+impl Sources {
+    /// The value of `key` as text, and where it came from.
+    fn get(&self, key: &'static str) -> Option<(String, String)> {
+        let env = SETTINGS.iter().find(|(k, _)| *k == key).map(|(_, e)| *e)?;
+        if let Some(v) = std::env::var(env).ok().filter(|v| !v.trim().is_empty()) {
+            return Some((v, format!("environment variable {env}")));
+        }
+        let f = self.file.as_ref()?;
+        let value = f.table.get(key)?;
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Datetime(_) => "a date".to_owned(),
+            toml::Value::Array(_) => "a list".to_owned(),
+            toml::Value::Table(_) => "a table".to_owned(),
+        };
+        let line = line_of(&f.text, key).map(|l| format!(":{l}")).unwrap_or_default();
+        Some((text, format!("{}{line}", f.path.display())))
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        key: &'static str,
+        why: &'static str,
+        ok: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some((text, origin)) => match text.trim().parse::<T>() {
+                Ok(v) if ok(&v) => Ok(Some(v)),
+                _ => Err(Error::Invalid { origin, key, value: text, why }),
+            },
+        }
+    }
 }
 
 fn valid_stream_name(s: &str) -> bool {
@@ -42,55 +153,66 @@ fn valid_stream_name(s: &str) -> bool {
 }
 
 impl Config {
-    /// Relay options for `LTMC_NATS_URL`, if it is set.
+    /// Reads `LTMC_CONFIG` (a file that must exist) or `./ltmc.toml` (if present), then the
+    /// environment.
+    pub fn from_env() -> Result<Config, Error> {
+        let file = match std::env::var("LTMC_CONFIG").ok().filter(|v| !v.trim().is_empty()) {
+            Some(path) => Some(FileSource::load(Path::new(&path))?),
+            None if Path::new(FILE_NAME).is_file() => Some(FileSource::load(Path::new(FILE_NAME))?),
+            None => None,
+        };
+        Config::resolve(Sources { file })
+    }
+
+    /// Reads the given configuration file, then the environment.
+    pub fn from_file(path: &Path) -> Result<Config, Error> {
+        Config::resolve(Sources { file: Some(FileSource::load(path)?) })
+    }
+
+    fn resolve(src: Sources) -> Result<Config, Error> {
+        let mut engine = EngineOptions::default();
+        if let Some(secs) =
+            src.parse::<f64>("default_timeout", "a positive number of seconds", |s| s.is_finite() && *s > 0.0)?
+        {
+            engine.default_timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(n) = src.parse::<u32>("retry_attempts", "an integer from 0 to 100", |n| *n <= 100)? {
+            engine.retry_attempts = n;
+        }
+        if let Some(secs) = src
+            .parse::<f64>("retry_backoff", "seconds from 0 to 3600", |s| s.is_finite() && (0.0..=3600.0).contains(s))?
+        {
+            engine.retry_backoff = Duration::from_secs_f64(secs);
+        }
+        if let Some(n) = src.parse::<usize>("max_concurrent_agents", "a positive integer", |n| *n > 0)? {
+            engine.max_concurrent_agents = n;
+        }
+        let nats_stream = src
+            .parse::<String>("nats_stream", "a stream name from [A-Za-z0-9_-]", |v| valid_stream_name(v))?
+            .unwrap_or_else(|| "LTMC_EVENTS".to_owned());
+        let nats_subject_prefix = src
+            .parse::<String>(
+                "nats_subject_prefix",
+                "dot-separated tokens from [A-Za-z0-9_-], without wildcards",
+                |v| v.split('.').all(valid_stream_name),
+            )?
+            .unwrap_or_else(|| "ltmc.events".to_owned());
+        Ok(Config {
+            database_url: src.get("database_url").map_or_else(|| DEFAULT_DATABASE_URL.to_owned(), |(v, _)| v),
+            nats_url: src.get("nats_url").map(|(v, _)| v),
+            nats_stream,
+            nats_subject_prefix,
+            engine,
+            file: src.file.map(|f| f.path),
+        })
+    }
+
+    /// Relay options when `nats_url` is set.
     pub fn relay_options(&self) -> Option<crate::relay::RelayOptions> {
         self.nats_url.as_deref().map(|url| crate::relay::RelayOptions {
             stream_name: self.nats_stream.clone(),
             subject_prefix: self.nats_subject_prefix.clone(),
             ..crate::relay::RelayOptions::new(url)
-        })
-    }
-
-    /// Reads the environment.
-    pub fn from_env() -> Result<Config, Error> {
-        let mut engine = EngineOptions::default();
-        if let Some(v) = var("LTMC_DEFAULT_TIMEOUT") {
-            let secs: f64 = v.parse().ok().filter(|s: &f64| s.is_finite() && *s > 0.0).ok_or(Error {
-                name: "LTMC_DEFAULT_TIMEOUT",
-                value: v.clone(),
-                why: "a positive number of seconds",
-            })?;
-            engine.default_timeout = Duration::from_secs_f64(secs);
-        }
-        if let Some(v) = var("LTMC_MAX_CONCURRENT_AGENTS") {
-            engine.max_concurrent_agents = v.parse().ok().filter(|n| *n > 0).ok_or(Error {
-                name: "LTMC_MAX_CONCURRENT_AGENTS",
-                value: v.clone(),
-                why: "a positive integer",
-            })?;
-        }
-        Ok(Config {
-            database_url: var("LTMC_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
-            nats_url: var("LTMC_NATS_URL"),
-            nats_stream: match var("LTMC_NATS_STREAM") {
-                Some(v) if valid_stream_name(&v) => v,
-                Some(v) => {
-                    return Err(Error { name: "LTMC_NATS_STREAM", value: v, why: "a stream name from [A-Za-z0-9_-]" });
-                }
-                None => "LTMC_EVENTS".to_owned(),
-            },
-            nats_subject_prefix: match var("LTMC_NATS_SUBJECT_PREFIX") {
-                Some(v) if v.split('.').all(valid_stream_name) => v,
-                Some(v) => {
-                    return Err(Error {
-                        name: "LTMC_NATS_SUBJECT_PREFIX",
-                        value: v,
-                        why: "dot-separated tokens from [A-Za-z0-9_-], without wildcards",
-                    });
-                }
-                None => "ltmc.events".to_owned(),
-            },
-            engine,
         })
     }
 }

@@ -20,12 +20,18 @@ use tokio::task::JoinSet;
 use crate::agents::{self, Task};
 use crate::store::{self, EventStore, ExpectedVersion, Store, new_event};
 
-/// Engine settings that shape how runs execute.
+/// Engine settings that shape how runs execute. The per-agent ones (`default_timeout`,
+/// `retry_attempts`, `retry_backoff`) fill what an agent's definition leaves out and are pinned
+/// with the run when it starts, so a resumed run keeps them whatever the configuration says later.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Agent timeout when the agent gives none.
+    /// Agent timeout when the agent gives none (seed: `default_timeout = 300`).
     pub default_timeout: Duration,
-    /// Most agents running at once in this engine, across runs.
+    /// Retries after a failed attempt when the agent gives none (seed: `retry_attempts = 3`).
+    pub retry_attempts: u32,
+    /// Wait before the first retry, doubling each time (at most 60 s), with jitter.
+    pub retry_backoff: Duration,
+    /// Most agents running at once in this engine, across runs (seed: `max_concurrent_agents = 10`).
     pub max_concurrent_agents: usize,
 }
 
@@ -33,6 +39,8 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             default_timeout: Duration::from_secs_f64(agents::DEFAULT_TIMEOUT_SECS),
+            retry_attempts: 3,
+            retry_backoff: Duration::from_secs_f64(run::DEFAULT_BACKOFF_SECS),
             max_concurrent_agents: 10,
         }
     }
@@ -87,12 +95,17 @@ impl Engine {
     /// resumed run finds its agents from anywhere.
     pub async fn start(
         &self,
-        workflow: Workflow,
+        mut workflow: Workflow,
         input: Option<Value>,
         workdir: Option<&Path>,
         progress: Option<&Progress>,
     ) -> Result<String, Error> {
         let run_id = uuid::Uuid::now_v7().to_string();
+        for def in workflow.agents.values_mut() {
+            def.timeout = def.timeout.or(Some(self.options.default_timeout.as_secs_f64()));
+            def.retries = def.retries.or(Some(self.options.retry_attempts));
+            def.backoff = def.backoff.or(Some(self.options.retry_backoff.as_secs_f64()));
+        }
         let workdir = workdir.map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()).display().to_string());
         let start = Command::Start { run_id: run_id.clone(), workflow, input, workdir };
         let events = run::decide(&RunState::default(), start)?;
@@ -150,7 +163,7 @@ impl Engine {
             }
             None => None,
         };
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32, Outcome)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Due>();
         let mut in_flight: HashSet<(usize, u32)> = HashSet::new();
         let mut agents_running = JoinSet::new();
         loop {
@@ -160,18 +173,34 @@ impl Engine {
             }
             // Reap finished agent tasks so a long run does not keep them all.
             while agents_running.try_join_next().is_some() {}
-            for Effect::RunAgent { step, attempt } in run::pending_work(&state) {
-                if in_flight.insert((step, attempt)) {
-                    let task = self.task(&state, step, attempt);
-                    let def =
-                        state.workflow.as_ref().and_then(|w| w.agents.get(&task.agent)).cloned().unwrap_or_default();
-                    let (tx, slots, base_dir, timeout) =
-                        (tx.clone(), self.slots.clone(), base_dir.clone(), self.options.default_timeout);
-                    agents_running.spawn(async move {
-                        let _permit = slots.acquire_owned().await;
-                        let outcome = agents::perform(&def, &task, &base_dir, timeout).await;
-                        let _ = tx.send((task.step, task.attempt, outcome));
-                    });
+            for effect in run::pending_work(&state) {
+                match effect {
+                    Effect::RunAgent { step, attempt } if in_flight.insert((step, attempt)) => {
+                        let task = self.task(&state, step, attempt);
+                        let def = state
+                            .workflow
+                            .as_ref()
+                            .and_then(|w| w.agents.get(&task.agent))
+                            .cloned()
+                            .unwrap_or_default();
+                        let (tx, slots, base_dir, timeout) =
+                            (tx.clone(), self.slots.clone(), base_dir.clone(), self.options.default_timeout);
+                        agents_running.spawn(async move {
+                            let _permit = slots.acquire_owned().await;
+                            let outcome = agents::perform(&def, &task, &base_dir, timeout).await;
+                            let _ = tx.send(Due::Outcome(task.step, task.attempt, outcome));
+                        });
+                    }
+                    // The backoff timer of a failed attempt; the retry is dispatched when it fires.
+                    Effect::RetryAfter { step, attempt, delay_ms } if in_flight.insert((step, attempt)) => {
+                        let name = state.plan.as_ref().map(|p| p.steps[step].name.clone()).unwrap_or_default();
+                        let tx = tx.clone();
+                        agents_running.spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                            let _ = tx.send(Due::Retry(name, attempt));
+                        });
+                    }
+                    _ => {}
                 }
             }
             // Wait for an outcome (or the run deadline), then take every outcome already waiting.
@@ -184,10 +213,10 @@ impl Engine {
                 None => rx.recv().await,
             };
             match first {
-                Some((step, attempt, outcome)) => {
-                    commands.push(Command::RecordOutcome { step, attempt, outcome });
-                    while let Ok((step, attempt, outcome)) = rx.try_recv() {
-                        commands.push(Command::RecordOutcome { step, attempt, outcome });
+                Some(due) => {
+                    commands.push(due.into_command());
+                    while let Ok(due) = rx.try_recv() {
+                        commands.push(due.into_command());
                     }
                 }
                 None => {
@@ -199,6 +228,12 @@ impl Engine {
             let mut events = Vec::new();
             for cmd in commands {
                 if let Command::RecordOutcome { step, attempt, .. } = &cmd
+                    && let Some((i, _)) = next.step(step)
+                {
+                    in_flight.remove(&(i, *attempt));
+                }
+                // The retry's timer is done; the attempt it dispatches is tracked as an agent.
+                if let Command::Retry { step, attempt } = &cmd
                     && let Some((i, _)) = next.step(step)
                 {
                     in_flight.remove(&(i, *attempt));
@@ -282,6 +317,23 @@ impl Engine {
             attempt,
             input: state.step_input(step),
             context: Value::Object(Default::default()),
+        }
+    }
+}
+
+/// Something that came due while driving a run.
+enum Due {
+    /// An agent attempt finished.
+    Outcome(String, u32, Outcome),
+    /// A retry's backoff is over.
+    Retry(String, u32),
+}
+
+impl Due {
+    fn into_command(self) -> Command {
+        match self {
+            Due::Outcome(step, attempt, outcome) => Command::RecordOutcome { step, attempt, outcome },
+            Due::Retry(step, attempt) => Command::Retry { step, attempt },
         }
     }
 }

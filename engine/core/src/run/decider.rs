@@ -31,6 +31,13 @@ pub enum Command {
         /// What happened.
         outcome: Outcome,
     },
+    /// A failed attempt's backoff is over: dispatch `attempt` (the next one).
+    Retry {
+        /// Step name.
+        step: String,
+        /// The attempt to dispatch.
+        attempt: u32,
+    },
     /// Stop the run as failed (run timeout, cancellation, an unrecoverable engine error).
     Abort {
         /// Why.
@@ -55,6 +62,24 @@ pub enum Outcome {
         /// Wall time in ms.
         duration_ms: u64,
     },
+}
+
+/// Backoff before the first retry when neither the agent nor the engine sets one, in seconds.
+pub const DEFAULT_BACKOFF_SECS: f64 = 1.0;
+/// Longest wait between two attempts, in milliseconds.
+pub const MAX_BACKOFF_MS: u64 = 60_000;
+
+/// The wait before retrying after failed attempt `attempt`: `base · 2^(attempt-1)`, at most
+/// [`MAX_BACKOFF_MS`], with "equal jitter" (half fixed, half spread) so that agents failing
+/// together do not retry together. The jitter is derived from the attempt's idempotency key,
+/// not from a random source, so deciding stays deterministic and a replay gives the same wait.
+pub fn retry_delay_ms(base_secs: f64, attempt: u32, key: &str) -> u64 {
+    let base_ms = if base_secs.is_finite() && base_secs > 0.0 { base_secs * 1000.0 } else { 0.0 };
+    let exp = (base_ms * 2f64.powi(attempt.saturating_sub(1).min(30) as i32)).min(MAX_BACKOFF_MS as f64) as u64;
+    let half = exp / 2;
+    // FNV-1a of the key.
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    half + h % (exp - half + 1)
 }
 
 /// A command that does not apply to the run as it is. Shown to the user; not a crash.
@@ -125,36 +150,45 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
                     Ok(out)
                 }
                 Outcome::Failed { error, duration_ms } => {
-                    let retries = s
-                        .workflow
-                        .as_ref()
-                        .and_then(|w| s.plan.as_ref().map(|p| (w, &p.steps[i].agent)))
-                        .and_then(|(w, a)| w.agents.get(a))
-                        .and_then(|d| d.retries)
-                        .unwrap_or(0);
+                    let agent =
+                        s.workflow.as_ref().and_then(|w| s.plan.as_ref().and_then(|p| w.agents.get(&p.steps[i].agent)));
+                    let retries = agent.and_then(|d| d.retries).unwrap_or(0);
                     let will_retry = attempt <= retries;
+                    let retry_in_ms = will_retry.then(|| {
+                        let base = agent.and_then(|d| d.backoff).unwrap_or(DEFAULT_BACKOFF_SECS);
+                        retry_delay_ms(base, attempt, &idempotency_key(&s.run_id, &step, attempt))
+                    });
                     let failed = RunEvent::StepFailed(StepFailed {
                         step: step.clone(),
                         attempt,
                         error: error.clone(),
                         duration_ms,
                         will_retry,
+                        retry_in_ms,
                     });
                     if will_retry {
-                        let agent = s.plan.as_ref().map(|p| p.steps[i].agent.clone()).unwrap_or_default();
-                        let again = RunEvent::StepDispatched(StepDispatched {
-                            idempotency_key: idempotency_key(&s.run_id, &step, attempt + 1),
-                            step,
-                            agent,
-                            attempt: attempt + 1,
-                        });
-                        Ok(vec![failed, again])
+                        Ok(vec![failed])
                     } else {
                         let reason = format!("step {step} failed after {attempt} attempt(s): {error}");
                         Ok(vec![failed, RunEvent::RunFailed(RunFailed { reason, step: Some(step) })])
                     }
                 }
             }
+        }
+        Command::Retry { step, attempt } => {
+            check_running(s)?;
+            let Some((i, st)) = s.step(&step) else { return Err(Rejection::UnknownStep(step)) };
+            if st.retry_in_ms.is_none() || st.status != (StepStatus::Dispatched { attempt: attempt.saturating_sub(1) })
+            {
+                return Err(Rejection::NotRunning { step, attempt });
+            }
+            let agent = s.plan.as_ref().map(|p| p.steps[i].agent.clone()).unwrap_or_default();
+            Ok(vec![RunEvent::StepDispatched(StepDispatched {
+                idempotency_key: idempotency_key(&s.run_id, &step, attempt),
+                step,
+                agent,
+                attempt,
+            })])
         }
         Command::Abort { reason } => {
             check_running(s)?;

@@ -68,6 +68,10 @@ pub struct StepFailed {
     pub duration_ms: u64,
     /// Whether another attempt follows.
     pub will_retry: bool,
+    /// When it does: the wait before the next attempt is dispatched, in milliseconds
+    /// (exponential backoff with jitter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
 }
 
 /// Every step completed.

@@ -9,7 +9,9 @@ mod decider;
 mod events;
 mod state;
 
-pub use decider::{Command, MAX_RUN_OUTPUT_BYTES, Outcome, Rejection, decide};
+pub use decider::{
+    Command, DEFAULT_BACKOFF_SECS, MAX_BACKOFF_MS, MAX_RUN_OUTPUT_BYTES, Outcome, Rejection, decide, retry_delay_ms,
+};
 pub use events::{
     RunCompleted, RunEvent, RunFailed, RunStarted, StepCompleted, StepDispatched, StepFailed, StepReady, UnknownEvent,
 };

@@ -67,6 +67,8 @@ pub struct StepState {
     pub output: Option<Value>,
     /// Last error.
     pub error: Option<String>,
+    /// Set while a failed attempt waits for its retry: the backoff in milliseconds.
+    pub retry_in_ms: Option<u64>,
 }
 
 /// A run folded from its stream.
@@ -121,6 +123,16 @@ pub enum Effect {
         /// Attempt number.
         attempt: u32,
     },
+    /// Wait `delay_ms`, then send `Command::Retry` for `attempt` of the step. After a crash the
+    /// wait starts again from the restart.
+    RetryAfter {
+        /// Step index in the plan.
+        step: usize,
+        /// The attempt to dispatch when the wait is over.
+        attempt: u32,
+        /// The backoff.
+        delay_ms: u64,
+    },
 }
 
 impl RunState {
@@ -168,7 +180,13 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
                 .map_err(|err| s.illegal(e, &format!("definition unreadable: {err}")))?;
             let plan = wf.plan().map_err(|err| s.illegal(e, &format!("definition invalid: {err}")))?;
             s.steps = vec![
-                StepState { status: StepStatus::Pending, attempts: 0, output: None, error: None };
+                StepState {
+                    status: StepStatus::Pending,
+                    attempts: 0,
+                    output: None,
+                    error: None,
+                    retry_in_ms: None
+                };
                 plan.steps.len()
             ];
             s.index = Arc::new(plan.steps.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect());
@@ -202,6 +220,7 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
             st.status = StepStatus::Dispatched { attempt: ev.attempt };
             st.attempts = ev.attempt;
             st.error = None;
+            st.retry_in_ms = None;
         }
         (RunStatus::Running, RunEvent::StepCompleted(ev)) => {
             let i = step_index(&s, e, &ev.step)?;
@@ -217,7 +236,9 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
                 return Err(s.illegal(e, &format!("step {} attempt {} is not running", ev.step, ev.attempt)));
             }
             s.steps[i].error = Some(ev.error.clone());
-            if !ev.will_retry {
+            if ev.will_retry {
+                s.steps[i].retry_in_ms = Some(ev.retry_in_ms.unwrap_or(0));
+            } else {
                 s.steps[i].status = StepStatus::Failed;
             }
         }
@@ -242,8 +263,9 @@ fn step_index(s: &RunState, e: &RunEvent, name: &str) -> Result<usize, IllegalTr
     s.index.get(name).copied().ok_or_else(|| s.illegal(e, &format!("unknown step {name}")))
 }
 
-/// The agents that should be running: every dispatched attempt without an outcome. After a
-/// crash this re-derives the interrupted work; the same idempotency keys are reused.
+/// The agents that should be running (every dispatched attempt without an outcome) and the
+/// retries that are waiting. After a crash this re-derives the interrupted work; the same
+/// idempotency keys are reused.
 pub fn pending_work(s: &RunState) -> Vec<Effect> {
     if s.status != RunStatus::Running {
         return vec![];
@@ -251,8 +273,13 @@ pub fn pending_work(s: &RunState) -> Vec<Effect> {
     s.steps
         .iter()
         .enumerate()
-        .filter_map(|(i, st)| match st.status {
-            StepStatus::Dispatched { attempt } if st.error.is_none() => Some(Effect::RunAgent { step: i, attempt }),
+        .filter_map(|(i, st)| match (st.status, st.retry_in_ms) {
+            (StepStatus::Dispatched { attempt }, None) if st.error.is_none() => {
+                Some(Effect::RunAgent { step: i, attempt })
+            }
+            (StepStatus::Dispatched { attempt }, Some(delay_ms)) => {
+                Some(Effect::RetryAfter { step: i, attempt: attempt + 1, delay_ms })
+            }
             _ => None,
         })
         .collect()

@@ -25,9 +25,13 @@ pub struct AgentDef {
     /// Seconds before the agent is stopped (its whole process group is killed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
-    /// Attempts after the first when it fails.
+    /// Attempts after the first when it fails (default: the engine's `retry_attempts`, 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Seconds before the first retry; each later retry waits twice as long (at most 60 s),
+    /// with jitter (default: the engine's `retry_backoff`, 1 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<f64>,
     /// Facts that must hold before a hand-over to this agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,

@@ -328,7 +328,7 @@ fn friendly(msg: &str) -> String {
     }
     if msg.contains("untagged enum AgentsFile") {
         return "an agents file is a map of agent name -> definition (optionally under `agents:`); \
-                each definition takes run, builtin, params, timeout, retries, requires, compensate, env, cwd, role, duration, description"
+                each definition takes run, builtin, params, timeout, retries, backoff, requires, compensate, env, cwd, role, duration, description"
             .into();
     }
     if msg.contains("untagged enum Command") {
@@ -504,6 +504,15 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
                 format!("agents.{}.timeout", s.agent),
                 &["timeout"],
                 "timeout must be a positive number of seconds",
+            ));
+        }
+        if let Some(t) = def.backoff
+            && !(t.is_finite() && (0.0..=3600.0).contains(&t))
+        {
+            return Err(cx.err(
+                format!("agents.{}.backoff", s.agent),
+                &["backoff"],
+                "backoff must be a number of seconds from 0 to 3600",
             ));
         }
         used.insert(s.agent.clone(), def.clone());
