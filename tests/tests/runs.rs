@@ -63,6 +63,7 @@ on_both_backends!(
     a_crashed_run_resumes_without_repeating_finished_steps,
     hostile_or_huge_outputs_are_recorded_safely,
     builtin_agents_honour_their_timeout,
+    facts_gate_hand_overs_and_decide_success,
 );
 
 async fn sequential_hands_each_output_to_the_next(store: Store, dir: &Path) -> anyhow::Result<()> {
@@ -299,5 +300,49 @@ async fn builtin_agents_honour_their_timeout(store: Store, dir: &Path) -> anyhow
     assert_eq!(state.status, RunStatus::Failed);
     assert!(state.failure.as_deref().is_some_and(|f| f.contains("timed out")), "{:?}", state.failure);
     assert!(started.elapsed() < Duration::from_secs(4));
+    Ok(())
+}
+
+async fn facts_gate_hand_overs_and_decide_success(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    std::fs::write(
+        dir.join("dev.py"),
+        "import json, sys\ntask = json.load(sys.stdin)\nfacts = task['input'] or []\nprint(json.dumps({'output': 'built', 'facts': facts}))\n",
+    )?;
+    std::fs::write(dir.join("review.py"), "import json\nprint(json.dumps({'facts': ['review_approved']}))\n")?;
+    std::fs::write(dir.join("bad.py"), "import json\nprint(json.dumps({'facts': ['not a name']}))\n")?;
+    let yaml = "pattern: sequential\nhandoff_validation: true\nsuccess_criteria: [review_approved]\nagents:\n  dev: {run: [python3, dev.py]}\n  test: {builtin: noop, requires: [code_review_passed]}\n  review: {run: [python3, review.py]}\n";
+    let w = wf(yaml);
+
+    // The prerequisite holds: the hand-over is accepted and recorded, the criteria are met.
+    let state = engine.run(w.clone(), Some(json!(["code_review_passed"])), dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.failure);
+    let order = types_and_steps(&events(&store, &state.run_id).await);
+    let at = |s: &str| order.iter().position(|x| x == s).unwrap_or(usize::MAX);
+    assert!(
+        at("StepReady:test") < at("HandoffAccepted:test") && at("HandoffAccepted:test") < at("StepDispatched:test"),
+        "{order:?}"
+    );
+
+    // It does not: the hand-over is refused with the unmet list and the run fails.
+    let state = engine.run(w, Some(json!([])), dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Failed);
+    let evs = events(&store, &state.run_id).await;
+    let refused = evs.iter().find(|e| e.event_type == "HandoffRefused").map(|e| e.data.clone()).unwrap_or_default();
+    assert_eq!(refused["unmet"], json!(["code_review_passed"]));
+    assert_eq!(refused["from"], json!(["dev"]));
+    assert!(!evs.iter().any(|e| e.event_type == "StepDispatched" && e.data["step"] == json!("test")));
+
+    // Criteria unmet at the end fail the run; an invalid fact fails the step.
+    let w = wf(
+        "pattern: sequential\nsuccess_criteria: [docs_updated]\nagents:\n  a: {builtin: noop, params: {facts: [other]}}\n",
+    );
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Failed);
+    assert!(state.failure.as_deref().is_some_and(|f| f.contains("docs_updated")), "{:?}", state.failure);
+    let w = wf("pattern: sequential\nagents:\n  a: {run: [python3, bad.py], retries: 0}\n");
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Failed);
+    assert!(state.failure.as_deref().is_some_and(|f| f.contains("invalid fact")), "{:?}", state.failure);
     Ok(())
 }

@@ -60,6 +60,8 @@ fn progress() -> ltmc_engine::driver::Progress {
         }
         RunEvent::RunCompleted(_) => eprintln!("run completed"),
         RunEvent::RunFailed(f) => eprintln!("run failed: {}", f.reason),
+        RunEvent::HandoffAccepted(h) => eprintln!("  ⇢ {} accepted: {} hold", h.step, h.requires.join(", ")),
+        RunEvent::HandoffRefused(h) => eprintln!("  ⇥ {} refused: unmet {}", h.step, h.unmet.join(", ")),
         RunEvent::StepReady(_) => {}
     })
 }

@@ -31,10 +31,15 @@ pub struct AgentTask {
 }
 
 /// What a command agent may print as the last JSON object on stdout. Any other stdout is taken
-/// as plain-text output. A JSON object without `output` is itself the output.
+/// as plain-text output. A JSON object with neither `output` nor `facts` is itself the output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentResult {
     /// The step's output, handed to the steps that need it.
     #[serde(default)]
     pub output: Value,
+    /// Named conditions that hold now (`code_review_passed`), each `[A-Za-z0-9_-]{1,64}`. They
+    /// are checked against the next agents' `requires` (with `handoff_validation`) and against
+    /// the workflow's `success_criteria`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub facts: Vec<String>,
 }

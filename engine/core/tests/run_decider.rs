@@ -45,7 +45,11 @@ fn start(wf: &Workflow) -> Command {
 }
 
 fn completed(step: &str, attempt: u32, output: Value) -> Command {
-    Command::RecordOutcome { step: step.into(), attempt, outcome: Outcome::Completed { output, duration_ms: 5 } }
+    Command::RecordOutcome {
+        step: step.into(),
+        attempt,
+        outcome: Outcome::Completed { output, facts: vec![], duration_ms: 5 },
+    }
 }
 
 fn failed(step: &str, attempt: u32) -> Command {
@@ -95,7 +99,7 @@ fn dispatched(step: &str, agent: &str, attempt: u32) -> RunEvent {
 }
 
 fn step_completed(step: &str, attempt: u32, output: Value) -> RunEvent {
-    RunEvent::StepCompleted(StepCompleted { step: step.into(), attempt, output, duration_ms: 5 })
+    RunEvent::StepCompleted(StepCompleted { step: step.into(), attempt, output, duration_ms: 5, facts: vec![] })
 }
 
 fn run_started(wf: &Workflow, input: Value) -> RunEvent {
@@ -268,6 +272,7 @@ fn failure_without_retries_fails_the_run() {
             RunEvent::RunFailed(RunFailed {
                 reason: "step b failed after 1 attempt(s): boom".into(),
                 step: Some("b".into()),
+                unmet: vec![],
             }),
         ]
     );
@@ -401,7 +406,10 @@ fn abort_fails_a_running_run_without_a_step() {
     let wf = parallel();
     let s = given(&history(vec![start(&wf)]));
     let events = decide(&s, Command::Abort { reason: "run timed out".into() }).expect("abort");
-    assert_eq!(events, vec![RunEvent::RunFailed(RunFailed { reason: "run timed out".into(), step: None })]);
+    assert_eq!(
+        events,
+        vec![RunEvent::RunFailed(RunFailed { reason: "run timed out".into(), step: None, unmet: vec![] })]
+    );
     let s = then_fold(s, &events);
     assert_eq!(s.failure.as_deref(), Some("run timed out"));
     assert!(pending_work(&s).is_empty(), "a failed run has no work left");
@@ -437,7 +445,7 @@ fn illegal_transitions_are_named_errors() {
     assert!(evolve(s.clone(), &step_completed("a", 2, json!(1))).is_err());
 
     // Nothing follows a finished run.
-    let failed_run = then_fold(s, &[RunEvent::RunFailed(RunFailed { reason: "x".into(), step: None })]);
+    let failed_run = then_fold(s, &[RunEvent::RunFailed(RunFailed { reason: "x".into(), step: None, unmet: vec![] })]);
     let err = evolve(failed_run, &ready("b")).expect_err("after the end");
     assert_eq!(err.version, 5);
 }
@@ -530,6 +538,7 @@ fn random_workflow(rng: &mut Lcg, retries: u32) -> Workflow {
         rollback_on_failure: false,
         coordination_points: vec![],
         aggregation: None,
+        success_criteria: vec![],
         timeout: None,
         input: json!("in"),
     }
@@ -613,4 +622,89 @@ fn random_dags_always_fold_and_complete() {
         );
         assert!(pending_work(&replayed).is_empty());
     }
+}
+
+// ------------------------------------------------------------------ facts, hand-overs, criteria
+
+fn completed_with_facts(step: &str, facts: &[&str]) -> Command {
+    Command::RecordOutcome {
+        step: step.into(),
+        attempt: 1,
+        outcome: Outcome::Completed {
+            output: json!(null),
+            facts: facts.iter().map(|f| (*f).to_owned()).collect(),
+            duration_ms: 1,
+        },
+    }
+}
+
+fn gated(validation: bool) -> Workflow {
+    workflow(&format!(
+        "name: gated\npattern: sequential\nhandoff_validation: {validation}\nsuccess_criteria: [review_approved]\nagents:\n  dev: {{builtin: noop}}\n  test:\n    builtin: noop\n    requires: [code_review_passed, documentation_updated]\n  review: {{builtin: noop}}\n"
+    ))
+}
+
+#[test]
+fn a_hand_over_whose_prerequisites_hold_is_accepted_before_the_dispatch() {
+    let wf = gated(true);
+    let s = given(&history(vec![start(&wf)]));
+    let events = decide(&s, completed_with_facts("dev", &["code_review_passed", "documentation_updated"])).expect("ok");
+    assert!(
+        matches!(&events[..], [RunEvent::StepCompleted(c), RunEvent::StepReady(_), RunEvent::HandoffAccepted(h), RunEvent::StepDispatched(d)]
+        if c.facts.len() == 2 && h.step == "test" && h.from == ["dev"] && h.requires.len() == 2 && d.step == "test"),
+        "{events:?}"
+    );
+    let s = then_fold(s, &events);
+    assert!(s.facts.contains("code_review_passed"));
+}
+
+#[test]
+fn a_hand_over_with_unmet_prerequisites_is_refused_and_fails_the_run() {
+    let wf = gated(true);
+    let s = given(&history(vec![start(&wf)]));
+    let events = decide(&s, completed_with_facts("dev", &["code_review_passed"])).expect("decided");
+    match &events[..] {
+        [RunEvent::StepCompleted(_), RunEvent::StepReady(r), RunEvent::HandoffRefused(h), RunEvent::RunFailed(f)] => {
+            assert_eq!(r.step, "test");
+            assert_eq!(h.unmet, ["documentation_updated"]);
+            assert_eq!(f.unmet, ["documentation_updated"]);
+            assert_eq!(f.step.as_deref(), Some("test"));
+            assert!(f.reason.contains("unmet prerequisites documentation_updated"), "{}", f.reason);
+        }
+        other => panic!("{other:?}"),
+    }
+    let s = then_fold(s, &events);
+    assert_eq!(s.status, RunStatus::Failed);
+    assert!(pending_work(&s).is_empty());
+}
+
+#[test]
+fn without_handoff_validation_requires_are_not_checked() {
+    let wf = gated(false);
+    let s = given(&history(vec![start(&wf)]));
+    let events = decide(&s, completed_with_facts("dev", &[])).expect("decided");
+    assert!(
+        matches!(&events[..], [RunEvent::StepCompleted(_), RunEvent::StepReady(_), RunEvent::StepDispatched(_)]),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn success_criteria_decide_between_completed_and_failed() {
+    let wf = gated(false);
+    let done_but_unapproved = given(&history(vec![
+        start(&wf),
+        completed_with_facts("dev", &[]),
+        completed_with_facts("test", &["all_tests_pass"]),
+    ]));
+    let events = decide(&done_but_unapproved, completed_with_facts("review", &[])).expect("decided");
+    match &events[..] {
+        [RunEvent::StepCompleted(_), RunEvent::RunFailed(f)] => {
+            assert_eq!(f.unmet, ["review_approved"]);
+            assert!(f.reason.contains("success criteria are not met: review_approved"), "{}", f.reason);
+        }
+        other => panic!("{other:?}"),
+    }
+    let events = decide(&done_but_unapproved, completed_with_facts("review", &["review_approved"])).expect("decided");
+    assert!(matches!(&events[..], [RunEvent::StepCompleted(_), RunEvent::RunCompleted(_)]), "{events:?}");
 }

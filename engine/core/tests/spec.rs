@@ -738,3 +738,16 @@ fn unused_inline_agents_are_checked_too() {
     assert!(err.to_string().contains("spare") && err.to_string().contains("worker"), "{err}");
     assert_eq!(err.line, Some(3), "{err}");
 }
+
+#[test]
+fn success_criteria_and_requires_are_fact_names() {
+    let ok = "pattern: sequential\nsuccess_criteria: [all_tests_pass, review_approved]\nagents:\n  a: {builtin: noop, requires: [code_review_passed]}\n";
+    let wf = ltmc_core::spec::parse_str(ok, "w.yaml", &Default::default()).expect("valid");
+    assert_eq!(wf.success_criteria, ["all_tests_pass", "review_approved"]);
+    let bad = "pattern: sequential\nsuccess_criteria: [all tests pass]\nagents:\n  a: {builtin: noop}\n";
+    let err = ltmc_core::spec::parse_str(bad, "w.yaml", &Default::default()).expect_err("not a name");
+    assert!(err.to_string().contains("success_criteria") && err.line == Some(2), "{err}");
+    let bad = "pattern: sequential\nagents:\n  a: {builtin: noop, requires: [\"x.y\"]}\n";
+    let err = ltmc_core::spec::parse_str(bad, "w.yaml", &Default::default()).expect_err("not a name");
+    assert!(err.to_string().contains("requires"), "{err}");
+}

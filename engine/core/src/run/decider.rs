@@ -52,6 +52,8 @@ pub enum Outcome {
     Completed {
         /// Its output.
         output: Value,
+        /// Facts it reported (valid names).
+        facts: Vec<String>,
         /// Wall time in ms.
         duration_ms: u64,
     },
@@ -138,12 +140,12 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
                 return Err(Rejection::NotRunning { step, attempt });
             }
             match outcome {
-                Outcome::Completed { output, duration_ms } => {
-                    let done = RunEvent::StepCompleted(StepCompleted { step, attempt, output, duration_ms });
+                Outcome::Completed { output, facts, duration_ms } => {
+                    let done = RunEvent::StepCompleted(StepCompleted { step, attempt, output, duration_ms, facts });
                     let next = fold(s, &done)?;
                     let mut out = vec![done];
                     if next.steps.iter().all(|st| st.status == StepStatus::Completed) {
-                        out.push(RunEvent::RunCompleted(RunCompleted { output: run_output(&next) }));
+                        out.push(finish(&next));
                     } else {
                         out.extend(release_ready(&next));
                     }
@@ -170,7 +172,7 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
                         Ok(vec![failed])
                     } else {
                         let reason = format!("step {step} failed after {attempt} attempt(s): {error}");
-                        Ok(vec![failed, RunEvent::RunFailed(RunFailed { reason, step: Some(step) })])
+                        Ok(vec![failed, RunEvent::RunFailed(RunFailed { reason, step: Some(step), unmet: vec![] })])
                     }
                 }
             }
@@ -192,7 +194,7 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
         }
         Command::Abort { reason } => {
             check_running(s)?;
-            Ok(vec![RunEvent::RunFailed(RunFailed { reason, step: None })])
+            Ok(vec![RunEvent::RunFailed(RunFailed { reason, step: None, unmet: vec![] })])
         }
     }
 }
@@ -211,23 +213,73 @@ fn fold(s: &RunState, e: &RunEvent) -> Result<RunState, Rejection> {
 
 /// `StepReady` + `StepDispatched` for every pending step whose needs have all completed.
 /// Dispatch is recorded in the same append as readiness: intent before effect, one commit.
+/// With `handoff_validation`, a step whose agent `requires` facts is handed over only if they
+/// all hold (`HandoffAccepted`); otherwise the hand-over is refused and the run fails.
 fn release_ready(s: &RunState) -> Vec<RunEvent> {
-    let Some(plan) = &s.plan else { return vec![] };
+    let (Some(plan), Some(wf)) = (&s.plan, &s.workflow) else { return vec![] };
+    let ready: Vec<usize> = (0..plan.steps.len())
+        .filter(|&i| {
+            s.steps[i].status == StepStatus::Pending
+                && plan.steps[i].needs.iter().all(|&n| s.steps[n].status == StepStatus::Completed)
+        })
+        .collect();
+    let requires = |i: usize| -> Vec<String> {
+        if !wf.handoff_validation {
+            return vec![];
+        }
+        wf.agents.get(&plan.steps[i].agent).map(|a| a.requires.clone()).unwrap_or_default()
+    };
+    let from = |i: usize| -> Vec<String> { plan.steps[i].needs.iter().map(|&n| plan.steps[n].name.clone()).collect() };
     let mut out = Vec::new();
-    for (i, p) in plan.steps.iter().enumerate() {
-        if s.steps[i].status == StepStatus::Pending
-            && p.needs.iter().all(|&n| s.steps[n].status == StepStatus::Completed)
-        {
-            out.push(RunEvent::StepReady(StepReady { step: p.name.clone() }));
-            out.push(RunEvent::StepDispatched(StepDispatched {
-                step: p.name.clone(),
-                agent: p.agent.clone(),
-                attempt: 1,
-                idempotency_key: idempotency_key(&s.run_id, &p.name, 1),
-            }));
+    for &i in &ready {
+        let requires = requires(i);
+        let unmet: Vec<String> = requires.iter().filter(|f| !s.facts.contains(*f)).cloned().collect();
+        if !unmet.is_empty() {
+            let step = plan.steps[i].name.clone();
+            let reason = format!("hand-over to step {step} refused: unmet prerequisites {}", unmet.join(", "));
+            return vec![
+                RunEvent::StepReady(StepReady { step: step.clone() }),
+                RunEvent::HandoffRefused(HandoffRefused {
+                    step: step.clone(),
+                    from: from(i),
+                    requires,
+                    unmet: unmet.clone(),
+                }),
+                RunEvent::RunFailed(RunFailed { reason, step: Some(step), unmet }),
+            ];
         }
     }
+    for &i in &ready {
+        let p = &plan.steps[i];
+        out.push(RunEvent::StepReady(StepReady { step: p.name.clone() }));
+        let requires = requires(i);
+        if !requires.is_empty() {
+            out.push(RunEvent::HandoffAccepted(HandoffAccepted { step: p.name.clone(), from: from(i), requires }));
+        }
+        out.push(RunEvent::StepDispatched(StepDispatched {
+            step: p.name.clone(),
+            agent: p.agent.clone(),
+            attempt: 1,
+            idempotency_key: idempotency_key(&s.run_id, &p.name, 1),
+        }));
+    }
     out
+}
+
+/// The run's last event once every step has completed: `RunCompleted`, or `RunFailed` with the
+/// success criteria that do not hold.
+fn finish(s: &RunState) -> RunEvent {
+    let criteria = s.workflow.as_ref().map(|w| w.success_criteria.clone()).unwrap_or_default();
+    let unmet: Vec<String> = criteria.into_iter().filter(|c| !s.facts.contains(c)).collect();
+    if unmet.is_empty() {
+        RunEvent::RunCompleted(RunCompleted { output: run_output(s) })
+    } else {
+        RunEvent::RunFailed(RunFailed {
+            reason: format!("every step completed but the success criteria are not met: {}", unmet.join(", ")),
+            step: None,
+            unmet,
+        })
+    }
 }
 
 /// Largest run output recorded in `RunCompleted`, as JSON; a larger map of final outputs is

@@ -53,6 +53,35 @@ pub struct StepCompleted {
     pub output: Value,
     /// Wall time of the agent, in milliseconds.
     pub duration_ms: u64,
+    /// Named conditions the agent reported as holding now (`code_review_passed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub facts: Vec<String>,
+}
+
+/// With `handoff_validation`, a step's `requires` facts all held when it became ready: the
+/// hand-over to its agent is accepted (recorded before the dispatch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HandoffAccepted {
+    /// The step handed over to.
+    pub step: String,
+    /// The steps handing over (the ones it needs).
+    pub from: Vec<String>,
+    /// The prerequisites that were checked.
+    pub requires: Vec<String>,
+}
+
+/// With `handoff_validation`, a step's `requires` facts did not all hold when it became ready:
+/// the hand-over is refused and the run fails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HandoffRefused {
+    /// The step handed over to.
+    pub step: String,
+    /// The steps handing over.
+    pub from: Vec<String>,
+    /// The prerequisites.
+    pub requires: Vec<String>,
+    /// The ones that did not hold.
+    pub unmet: Vec<String>,
 }
 
 /// The agent failed (non-zero exit, timeout, bad output, or a builtin `fail`).
@@ -89,6 +118,9 @@ pub struct RunFailed {
     /// The step that failed, if a step did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// Facts that were required and did not hold (refused hand-over, unmet success criteria).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmet: Vec<String>,
 }
 
 /// Every event of a run stream.
@@ -105,6 +137,10 @@ pub enum RunEvent {
     StepCompleted(StepCompleted),
     /// See [`StepFailed`].
     StepFailed(StepFailed),
+    /// See [`HandoffAccepted`].
+    HandoffAccepted(HandoffAccepted),
+    /// See [`HandoffRefused`].
+    HandoffRefused(HandoffRefused),
     /// See [`RunCompleted`].
     RunCompleted(RunCompleted),
     /// See [`RunFailed`].
@@ -133,6 +169,8 @@ impl RunEvent {
             RunEvent::StepDispatched(_) => "StepDispatched",
             RunEvent::StepCompleted(_) => "StepCompleted",
             RunEvent::StepFailed(_) => "StepFailed",
+            RunEvent::HandoffAccepted(_) => "HandoffAccepted",
+            RunEvent::HandoffRefused(_) => "HandoffRefused",
             RunEvent::RunCompleted(_) => "RunCompleted",
             RunEvent::RunFailed(_) => "RunFailed",
         }

@@ -1,7 +1,7 @@
 //! The state of a run, folded from its events, and the work it implies.
 
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::events::RunEvent;
@@ -98,6 +98,8 @@ pub struct RunState {
     pub output: Option<Value>,
     /// Reason once failed.
     pub failure: Option<String>,
+    /// Facts reported by completed steps (they gate hand-overs and success criteria).
+    pub facts: BTreeSet<String>,
 }
 
 /// An event that cannot follow the state it was applied to: the history is corrupt or was
@@ -229,6 +231,7 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
             }
             s.steps[i].status = StepStatus::Completed;
             s.steps[i].output = Some(ev.output.clone());
+            s.facts.extend(ev.facts.iter().cloned());
         }
         (RunStatus::Running, RunEvent::StepFailed(ev)) => {
             let i = step_index(&s, e, &ev.step)?;
@@ -240,6 +243,18 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
                 s.steps[i].retry_in_ms = Some(ev.retry_in_ms.unwrap_or(0));
             } else {
                 s.steps[i].status = StepStatus::Failed;
+            }
+        }
+        (RunStatus::Running, RunEvent::HandoffAccepted(ev)) => {
+            let i = step_index(&s, e, &ev.step)?;
+            if s.steps[i].status != StepStatus::Ready {
+                return Err(s.illegal(e, &format!("step {} is not ready", ev.step)));
+            }
+        }
+        (RunStatus::Running, RunEvent::HandoffRefused(ev)) => {
+            let i = step_index(&s, e, &ev.step)?;
+            if s.steps[i].status != StepStatus::Ready {
+                return Err(s.illegal(e, &format!("step {} is not ready", ev.step)));
             }
         }
         (RunStatus::Running, RunEvent::RunCompleted(ev)) => {

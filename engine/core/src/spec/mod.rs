@@ -61,6 +61,9 @@ pub struct Workflow {
     /// Seed option: how parallel results are combined (`all` is what this version runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregation: Option<String>,
+    /// Facts the run must hold when every step has completed; unmet ones fail the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub success_criteria: Vec<String>,
     /// Run-level timeout in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,

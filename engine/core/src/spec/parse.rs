@@ -39,6 +39,8 @@ pub(crate) struct WorkflowFile {
     rollback_on_failure: Option<bool>,
     /// Seed option: named barriers, recorded with the run.
     coordination_points: Option<Vec<String>>,
+    /// Facts the run must hold at the end (reported by agents in their results' `facts`).
+    success_criteria: Option<Vec<String>>,
     /// Seed option: `true` (= `all`) or an aggregation name.
     result_aggregation: Option<Aggregation>,
     /// `all`, `any`, `first`, `majority` or `consensus_required`.
@@ -546,6 +548,15 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
             format!("aggregation `{a}` is unknown; use one of {}", AGGREGATIONS.join(", ")),
         ));
     }
+    let success_criteria = raw.success_criteria.clone().unwrap_or_default();
+    for c in &success_criteria {
+        names::validate("fact", c).map_err(|e| cx.err("success_criteria", &[c], e.to_string()))?;
+    }
+    for (name, def) in &used {
+        for f in &def.requires {
+            names::validate("fact", f).map_err(|e| cx.err(format!("agents.{name}.requires"), &[f], e.to_string()))?;
+        }
+    }
     let coordination_points = raw.coordination_points.clone().unwrap_or_default();
     for p in &coordination_points {
         names::validate("coordination point", p).map_err(|e| cx.err("coordination_points", &[p], e.to_string()))?;
@@ -564,6 +575,7 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         handoff_validation: raw.handoff_validation.unwrap_or(false),
         rollback_on_failure: raw.rollback_on_failure.unwrap_or(false),
         coordination_points,
+        success_criteria,
         aggregation,
         timeout: raw.timeout,
         input: raw.input.clone().unwrap_or(Value::Null),

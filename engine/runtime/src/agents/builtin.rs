@@ -7,16 +7,29 @@ use std::time::{Duration, Instant};
 
 use super::Task;
 
+/// Facts a built-in reports: `params.facts` (for tests and examples of hand-over checks).
+fn param_facts(params: Option<&Value>) -> Vec<String> {
+    params
+        .and_then(|p| p.get("facts"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 pub(super) async fn perform(b: Builtin, params: Option<&Value>, task: &Task) -> Outcome {
     let started = Instant::now();
     let param = |k: &str| params.and_then(|p| p.get(k));
     match b {
-        Builtin::Noop => Outcome::Completed { output: Value::Null, duration_ms: 0 },
-        Builtin::Echo => Outcome::Completed { output: task.input.clone(), duration_ms: 0 },
+        Builtin::Noop => Outcome::Completed { output: Value::Null, facts: param_facts(params), duration_ms: 0 },
+        Builtin::Echo => Outcome::Completed { output: task.input.clone(), facts: param_facts(params), duration_ms: 0 },
         Builtin::Sleep => {
             let ms = param("ms").and_then(Value::as_u64).unwrap_or(100);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            Outcome::Completed { output: task.input.clone(), duration_ms: started.elapsed().as_millis() as u64 }
+            Outcome::Completed {
+                output: task.input.clone(),
+                facts: param_facts(params),
+                duration_ms: started.elapsed().as_millis() as u64,
+            }
         }
         Builtin::Fail => Outcome::Failed {
             error: param("message").and_then(Value::as_str).unwrap_or("builtin fail agent failed").to_owned(),

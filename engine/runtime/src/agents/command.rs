@@ -190,15 +190,25 @@ pub(super) async fn perform(
         return Outcome::Failed { error: format!("{how}{}", suffix(&stderr_tail)), duration_ms: elapsed() };
     }
     let text = String::from_utf8_lossy(&stdout);
-    let mut output = parse_result(&text);
     if out_truncated {
-        output = serde_json::json!({
+        // A truncated result cannot be trusted to hold the agent's facts.
+        let output = serde_json::json!({
             "truncated": true,
             "limit_bytes": MAX_OUTPUT_BYTES,
             "text": text,
         });
+        return Outcome::Completed { output, facts: vec![], duration_ms: elapsed() };
     }
-    Outcome::Completed { output, duration_ms: elapsed() }
+    let (output, facts) = parse_result(&text);
+    for f in &facts {
+        if let Err(e) = ltmc_core::names::validate("fact", f) {
+            return Outcome::Failed {
+                error: format!("the agent reported an invalid fact: {e}"),
+                duration_ms: elapsed(),
+            };
+        }
+    }
+    Outcome::Completed { output, facts, duration_ms: elapsed() }
 }
 
 fn suffix(stderr: &str) -> String {
@@ -216,28 +226,38 @@ fn tail(s: &str, max: usize) -> String {
     format!("…{}", &s[start..])
 }
 
-/// The result of an agent's stdout: the last line that is a JSON object (its `output` field if
-/// it has one, else the object), or the whole text as a string.
-pub(crate) fn parse_result(text: &str) -> Value {
+/// The result of an agent's stdout: the last line that is a JSON object, or the whole text as a
+/// string. An object with `output` or `facts` follows the protocol (its `output`, its `facts`);
+/// any other object is itself the output.
+pub(crate) fn parse_result(text: &str) -> (Value, Vec<String>) {
     if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(text.trim()) {
-        return unwrap_output(v);
+        return unwrap_result(v);
     }
     for line in text.lines().rev() {
         let line = line.trim();
         if line.starts_with('{')
             && let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(line)
         {
-            return unwrap_output(v);
+            return unwrap_result(v);
         }
     }
     let trimmed = text.trim_end();
-    if trimmed.is_empty() { Value::Null } else { Value::String(trimmed.to_owned()) }
+    (if trimmed.is_empty() { Value::Null } else { Value::String(trimmed.to_owned()) }, vec![])
 }
 
-fn unwrap_output(v: Value) -> Value {
+fn unwrap_result(v: Value) -> (Value, Vec<String>) {
     match v {
-        Value::Object(mut m) if m.contains_key("output") => m.remove("output").unwrap_or(Value::Null),
-        other => other,
+        Value::Object(mut m) if m.contains_key("output") || m.contains_key("facts") => {
+            let facts = match m.remove("facts") {
+                Some(Value::Array(items)) => {
+                    items.into_iter().map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_owned)).collect()
+                }
+                Some(Value::Null) | None => vec![],
+                Some(other) => vec![other.to_string()],
+            };
+            (m.remove("output").unwrap_or(Value::Null), facts)
+        }
+        other => (other, vec![]),
     }
 }
 
@@ -248,10 +268,24 @@ mod tests {
 
     #[test]
     fn last_json_object_wins() {
-        assert_eq!(parse_result("working...\n{\"output\": 1}\n{\"output\": 2}\n"), json!(2));
-        assert_eq!(parse_result("{\"a\": 1}"), json!({"a": 1}));
-        assert_eq!(parse_result("plain text\n"), json!("plain text"));
-        assert_eq!(parse_result(""), Value::Null);
-        assert_eq!(parse_result("{\n  \"output\": \"pretty\"\n}\n"), json!("pretty"));
+        let out = |t: &str| parse_result(t).0;
+        assert_eq!(out("working...\n{\"output\": 1}\n{\"output\": 2}\n"), json!(2));
+        assert_eq!(out("{\"a\": 1}"), json!({"a": 1}));
+        assert_eq!(out("plain text\n"), json!("plain text"));
+        assert_eq!(out(""), Value::Null);
+        assert_eq!(out("{\n  \"output\": \"pretty\"\n}\n"), json!("pretty"));
+    }
+
+    #[test]
+    fn facts_come_with_the_protocol_object() {
+        assert_eq!(
+            parse_result("{\"output\": 1, \"facts\": [\"tests_pass\"]}"),
+            (json!(1), vec!["tests_pass".to_owned()])
+        );
+        assert_eq!(parse_result("{\"facts\": [\"a\", \"b\"]}"), (Value::Null, vec!["a".to_owned(), "b".to_owned()]));
+        // Not a protocol object: no facts, the object is the output.
+        assert_eq!(parse_result("{\"fact\": 1}"), (json!({"fact": 1}), vec![]));
+        // A non-string fact is kept as text, so it is refused as an invalid name later.
+        assert_eq!(parse_result("{\"facts\": [1]}").1, vec!["1".to_owned()]);
     }
 }
