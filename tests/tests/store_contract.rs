@@ -148,3 +148,57 @@ async fn a_missing_postgres_schema_is_named() {
     assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     assert!(err.to_string().contains("no existing schema"), "{err}");
 }
+
+/// Appends that arrive together share a transaction on Postgres (group commit), yet each keeps
+/// its own answer: a reused id or a stale expectation fails only that append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_commits_and_keep_their_own_answers() -> anyhow::Result<()> {
+    let schema = PgSchema::new().await?;
+    let store = schema.store().await?;
+    let taken = ev(0);
+    store.append("taken-1", ExpectedVersion::NoStream, std::slice::from_ref(&taken)).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..50 {
+        let (store, taken) = (store.clone(), taken.clone());
+        tasks.spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..8 {
+                let stream = format!("grp-{t}-{i}");
+                let r = match (t, i) {
+                    // One append reuses an id, one has a stale expectation.
+                    (7, 3) => store.append(&stream, ExpectedVersion::NoStream, &[ev(1), taken.clone()]).await,
+                    (9, 5) => store.append("taken-1", ExpectedVersion::NoStream, &[ev(1)]).await,
+                    _ => store.append(&stream, ExpectedVersion::NoStream, &[ev(1), ev(2)]).await,
+                };
+                outcomes.push(((t, i), r));
+            }
+            outcomes
+        });
+    }
+    let mut ok = 0;
+    while let Some(outcomes) = tasks.join_next().await {
+        for ((t, i), r) in outcomes? {
+            match ((t, i), r) {
+                ((7, 3), Err(Error::IdReused { .. })) | ((9, 5), Err(Error::Conflict { .. })) => {}
+                ((7, 3), other) | ((9, 5), other) => panic!("({t},{i}) should have failed: {other:?}"),
+                (_, Ok(a)) => {
+                    assert_eq!(a.next_version, 2);
+                    ok += 1;
+                }
+                (_, Err(e)) => panic!("({t},{i}) failed: {e}"),
+            }
+        }
+    }
+    assert_eq!(ok, 50 * 8 - 2);
+    let all = store.read_all(0, 10_000).await?;
+    assert_eq!(all.len(), 1 + 2 * ok, "nothing of the failed appends was written");
+    // Fewer transactions than appends: concurrent appends were committed together.
+    let client = schema.client().await?;
+    let transactions: i64 = client
+        .query_one("SELECT count(DISTINCT xmin::text) FROM events WHERE stream_id LIKE 'grp-%'", &[])
+        .await?
+        .get(0);
+    assert!(transactions < ok as i64, "{transactions} transactions for {ok} appends");
+    eprintln!("{ok} appends in {transactions} transactions");
+    schema.drop().await
+}

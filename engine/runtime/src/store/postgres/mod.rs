@@ -9,15 +9,17 @@ use serde_json::Value;
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::sync::{OnceCell, broadcast};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use uuid::Uuid;
 
 use super::head_cache::HeadCache;
 use super::{Appended, Error, EventStore, ExpectedVersion, Result, StreamInfo, chain_hashes, check_batch};
 
+mod group_commit;
 mod lease;
 mod migrate;
+
+use group_commit::{Call, Failure, GroupCommitter};
 
 pub use lease::PgLease;
 use migrate::migrate;
@@ -38,6 +40,7 @@ struct Inner {
     schema: String,
     heads: HeadCache,
     listener: OnceCell<Listener>,
+    committer: GroupCommitter,
 }
 
 struct Listener {
@@ -81,7 +84,14 @@ impl PgStore {
         let schema = schema.ok_or_else(|| Error::Invalid("the search_path names no existing schema".into()))?;
         drop(client);
         Ok(PgStore {
-            inner: Arc::new(Inner { pool, config, schema, heads: HeadCache::default(), listener: OnceCell::new() }),
+            inner: Arc::new(Inner {
+                pool,
+                committer: GroupCommitter::start(config.clone()),
+                config,
+                schema,
+                heads: HeadCache::default(),
+                listener: OnceCell::new(),
+            }),
         })
     }
 
@@ -210,51 +220,42 @@ impl EventStore for PgStore {
     async fn append(&self, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
         check_batch(stream, events)?;
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT status, actual_version, first_position, last_position \
-                 FROM ltmc_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .await
-            .map_err(db_err)?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let versions: Vec<i32> = events.iter().map(|e| e.schema_version).collect();
-        let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
-        let metadata: Vec<Value> =
-            events.iter().map(|e| serde_json::to_value(&e.metadata).unwrap_or(Value::Null)).collect();
-        let recorded: Vec<DateTime<Utc>> = events.iter().map(|e| to_micros(e.recorded_at)).collect();
         let mut retries_left = 5;
         loop {
             let (current, prev) = self.base(&client, stream, expected).await?;
             let hashes = chain_hashes(stream, current, &prev, events);
-            let result = client
-                .query_one(
-                    &stmt,
-                    &[&stream, &current, &prev, &ids, &types, &versions, &data, &metadata, &recorded, &hashes],
-                )
-                .await;
-            let row = match result {
-                Ok(row) => row,
+            let call = Call {
+                stream: stream.to_owned(),
+                current,
+                prev,
+                ids: ids.clone(),
+                types: events.iter().map(|e| e.event_type.clone()).collect(),
+                versions: events.iter().map(|e| e.schema_version).collect(),
+                data: events.iter().map(|e| e.data.clone()).collect(),
+                metadata: events.iter().map(|e| serde_json::to_value(&e.metadata).unwrap_or(Value::Null)).collect(),
+                recorded: events.iter().map(|e| to_micros(e.recorded_at)).collect(),
+                hashes: hashes.clone(),
+            };
+            let answer = match self.inner.committer.call(call).await {
+                Ok(answer) => answer,
                 // An event id exists already: a retried append, or a reused id.
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(Failure::UniqueViolation) => {
                     return match find_duplicate(&client, stream, &ids).await? {
                         Some(dup) => Ok(dup),
                         None => Err(Error::IdReused { event_id: ids.first().map(Uuid::to_string).unwrap_or_default() }),
                     };
                 }
-                Err(e) => return Err(db_err(e)),
+                Err(Failure::Store(e)) => return Err(e),
             };
-            let status: &str = row.get(0);
-            let actual: i64 = row.get(1);
-            if status == "ok" {
+            if answer.status == "ok" {
                 if let Some(h) = hashes.last() {
-                    self.inner.heads.put(stream, actual, h.clone());
+                    self.inner.heads.put(stream, answer.actual, h.clone());
                 }
                 return Ok(Appended {
-                    first_position: row.get::<_, Option<i64>>(2).unwrap_or(0),
-                    last_position: row.get::<_, Option<i64>>(3).unwrap_or(0),
-                    next_version: actual,
+                    first_position: answer.first.unwrap_or(0),
+                    last_position: answer.last.unwrap_or(0),
+                    next_version: answer.actual,
                     duplicate: false,
                 });
             }
@@ -267,7 +268,11 @@ impl EventStore for PgStore {
                 retries_left -= 1;
                 continue;
             }
-            return Err(Error::Conflict { stream: stream.to_owned(), expected: expected.describe(), actual });
+            return Err(Error::Conflict {
+                stream: stream.to_owned(),
+                expected: expected.describe(),
+                actual: answer.actual,
+            });
         }
     }
 

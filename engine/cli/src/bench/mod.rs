@@ -5,6 +5,7 @@
 //! - W2: one workflow of 500 parallel `noop` steps then one aggregate step; wall time vs
 //!   inserting as many rows as the run wrote, 500 rows per commit.
 //! - A1/A10/A100: one append of 1, 10 or 100 events vs one transaction inserting as many rows.
+//! - C100 and W3: see `concurrency.rs`.
 //!
 //! Every figure is the median of `--repeat` repetitions.
 
@@ -19,6 +20,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::exit::{self, BadInput};
+
+mod concurrency;
+mod raw;
+
+use raw::{Raw, payload};
 
 /// Options of `ltmc bench`.
 #[derive(clap::Args)]
@@ -43,7 +49,7 @@ pub(crate) struct Args {
     json: bool,
 }
 
-struct Row {
+pub(super) struct Row {
     backend: &'static str,
     workload: &'static str,
     unit: &'static str,
@@ -51,16 +57,16 @@ struct Row {
     raw: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn workflow(source: &Value) -> anyhow::Result<Workflow> {
+pub(super) fn workflow(source: &Value) -> anyhow::Result<Workflow> {
     Ok(spec::parse_str(&source.to_string(), "bench.json", &ParseOptions::default())?)
 }
 
@@ -82,68 +88,6 @@ fn w2() -> anyhow::Result<Workflow> {
     let all: Vec<String> = (0..500).map(|i| format!("p{i}")).collect();
     steps.push(json!({"name": "aggregate", "agent": "noop", "needs": all}));
     workflow(&json!({"name": "w2", "agents": {"noop": {"builtin": "noop"}}, "steps": steps}))
-}
-
-/// An event-sized payload for raw rows.
-fn payload(i: usize) -> String {
-    json!({"step": format!("s{i}"), "attempt": 1, "output": null, "duration_ms": 0, "idempotency_key": format!("0192f3c4-0000-7000-8000-000000000000/s{i}/1")}).to_string()
-}
-
-/// The raw side: the same durable work written directly with the database client.
-enum Raw {
-    Pg(tokio_postgres::Client),
-    Sqlite(rusqlite::Connection),
-}
-
-impl Raw {
-    async fn single_commits(&mut self, n: usize) -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        match self {
-            Raw::Pg(c) => {
-                let stmt = c.prepare("INSERT INTO bench_raw (payload) VALUES ($1::text::jsonb)").await?;
-                for i in 0..n {
-                    c.execute(&stmt, &[&payload(i)]).await?;
-                }
-            }
-            Raw::Sqlite(c) => {
-                let mut stmt = c.prepare("INSERT INTO bench_raw (payload) VALUES (?1)")?;
-                for i in 0..n {
-                    stmt.execute([payload(i)])?;
-                }
-            }
-        }
-        Ok(t.elapsed())
-    }
-
-    async fn batched(&mut self, rows: usize, per_commit: usize) -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        let mut done = 0;
-        while done < rows {
-            let n = per_commit.min(rows - done);
-            let payloads: Vec<String> = (done..done + n).map(payload).collect();
-            match self {
-                Raw::Pg(c) => {
-                    c.execute(
-                        "INSERT INTO bench_raw (payload) SELECT p::jsonb FROM unnest($1::text[]) AS p",
-                        &[&payloads],
-                    )
-                    .await?;
-                }
-                Raw::Sqlite(c) => {
-                    let tx = c.transaction()?;
-                    {
-                        let mut stmt = tx.prepare_cached("INSERT INTO bench_raw (payload) VALUES (?1)")?;
-                        for p in &payloads {
-                            stmt.execute([p])?;
-                        }
-                    }
-                    tx.commit()?;
-                }
-            }
-            done += n;
-        }
-        Ok(t.elapsed())
-    }
 }
 
 async fn measure(
@@ -248,6 +192,8 @@ async fn measure(
         let _ = label;
         rows.push(Row { backend, workload, unit: "ms", ltmc: median(e), raw: median(r) });
     }
+    rows.push(concurrency::overhead(backend, &engine, repeat).await?);
+    rows.push(concurrency::throughput(backend, &engine, &mut raw, repeat).await?);
     if let Some(r) = relay {
         r.stop();
     }
@@ -286,7 +232,7 @@ async fn postgres(url: &str, nats: &str, relay: bool, repeat: usize, rows: &mut 
     };
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
     let (name, opts) = if relay { ("postgres+jetstream", Some(opts)) } else { ("postgres", None) };
-    let result = measure(name, store, Raw::Pg(raw), opts, repeat, rows).await;
+    let result = measure(name, store, Raw::Pg(raw, url_with_schema(url, "ltmc_bench")), opts, repeat, rows).await;
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
     client.batch_execute("DROP SCHEMA IF EXISTS ltmc_bench CASCADE").await?;
     result

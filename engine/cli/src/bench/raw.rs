@@ -1,0 +1,100 @@
+//! The raw side of each comparison: the same durable work written directly with the database
+//! client, no engine.
+
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// An event-sized payload for raw rows.
+pub(super) fn payload(i: usize) -> String {
+    json!({"step": format!("s{i}"), "attempt": 1, "output": null, "duration_ms": 0, "idempotency_key": format!("0192f3c4-0000-7000-8000-000000000000/s{i}/1")}).to_string()
+}
+
+/// The raw side: the same durable work written directly with the database client.
+pub(super) enum Raw {
+    /// A Postgres client, and the URL for more connections.
+    Pg(tokio_postgres::Client, String),
+    /// A SQLite connection (SQLite has one writer: more connections would only queue).
+    Sqlite(rusqlite::Connection),
+}
+
+impl Raw {
+    pub(super) async fn single_commits(&mut self, n: usize) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        match self {
+            Raw::Pg(c, _) => {
+                let stmt = c.prepare("INSERT INTO bench_raw (payload) VALUES ($1::text::jsonb)").await?;
+                for i in 0..n {
+                    c.execute(&stmt, &[&payload(i)]).await?;
+                }
+            }
+            Raw::Sqlite(c) => {
+                let mut stmt = c.prepare("INSERT INTO bench_raw (payload) VALUES (?1)")?;
+                for i in 0..n {
+                    stmt.execute([payload(i)])?;
+                }
+            }
+        }
+        Ok(t.elapsed())
+    }
+
+    pub(super) async fn batched(&mut self, rows: usize, per_commit: usize) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut done = 0;
+        while done < rows {
+            let n = per_commit.min(rows - done);
+            let payloads: Vec<String> = (done..done + n).map(payload).collect();
+            match self {
+                Raw::Pg(c, _) => {
+                    c.execute(
+                        "INSERT INTO bench_raw (payload) SELECT p::jsonb FROM unnest($1::text[]) AS p",
+                        &[&payloads],
+                    )
+                    .await?;
+                }
+                Raw::Sqlite(c) => {
+                    let tx = c.transaction()?;
+                    {
+                        let mut stmt = tx.prepare_cached("INSERT INTO bench_raw (payload) VALUES (?1)")?;
+                        for p in &payloads {
+                            stmt.execute([p])?;
+                        }
+                    }
+                    tx.commit()?;
+                }
+            }
+            done += n;
+        }
+        Ok(t.elapsed())
+    }
+
+    /// `clients` concurrent writers each making `per_client` single-row commits (Postgres); on
+    /// SQLite the same number of commits from its one writer.
+    pub(super) async fn concurrent_commits(&mut self, clients: usize, per_client: usize) -> anyhow::Result<Duration> {
+        match self {
+            Raw::Sqlite(_) => self.single_commits(clients * per_client).await,
+            Raw::Pg(_, url) => {
+                let mut conns = Vec::with_capacity(clients);
+                for _ in 0..clients {
+                    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+                    tokio::spawn(conn);
+                    conns.push(c);
+                }
+                let t = Instant::now();
+                let mut tasks = tokio::task::JoinSet::new();
+                for c in conns {
+                    tasks.spawn(async move {
+                        let stmt = c.prepare("INSERT INTO bench_raw (payload) VALUES ($1::text::jsonb)").await?;
+                        for i in 0..per_client {
+                            c.execute(&stmt, &[&payload(i)]).await?;
+                        }
+                        Ok::<_, anyhow::Error>(())
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    r??;
+                }
+                Ok(t.elapsed())
+            }
+        }
+    }
+}
