@@ -8,13 +8,23 @@ use ltmc_engine::{EventStore, Store};
 
 use crate::exit::{self, BadInput};
 
+/// Writes one line to stdout; a closed pipe (`ltmc events | head`) ends the command quietly.
+fn emit(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
 fn print(e: &RecordedEvent, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(e)?);
+        emit(&serde_json::to_string(e)?)?;
     } else {
         let data = e.data.to_string();
         let data = if data.len() > 120 { format!("{}…", &data[..data.floor_char_boundary(120)]) } else { data };
-        println!(
+        emit(&format!(
             "{:>8}  {}  {}@{}  {}  {}",
             e.global_position,
             e.recorded_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
@@ -22,7 +32,7 @@ fn print(e: &RecordedEvent, json: bool) -> anyhow::Result<()> {
             e.stream_version,
             e.event_type,
             data
-        );
+        ))?;
     }
     Ok(())
 }

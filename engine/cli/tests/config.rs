@@ -102,3 +102,48 @@ fn a_bad_configuration_is_bad_input_with_file_and_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("environment variable LTMC_RETRY_ATTEMPTS"));
 }
+
+#[test]
+fn absurd_values_are_refused_not_panicked_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("wf.yaml"), FLAKY).expect("write");
+    let out = ltmc(dir.path(), &["run", "wf.yaml"], &[("LTMC_DEFAULT_TIMEOUT", "1e300")]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    for wf in [
+        "pattern: sequential\nagents:\n  a: {builtin: noop, timeout: 1e300}\n",
+        "pattern: sequential\ntimeout: 1e300\nagents:\n  a: {builtin: noop}\n",
+        "pattern: sequential\nagents:\n  a: {builtin: noop, retries: 4000000000}\n",
+        "pattern: sequential\nagents:\n  a: {builtin: noop, backoff: 61}\n",
+    ] {
+        std::fs::write(dir.path().join("bad.yaml"), wf).expect("write");
+        let out = ltmc(dir.path(), &["run", "bad.yaml"], &[]);
+        assert_eq!(out.status.code(), Some(2), "{wf}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // TOML errors point at the right line, tables too.
+    std::fs::write(dir.path().join("ltmc.toml"), "retry_attempts = 2\n= 3\n").expect("write");
+    let err = String::from_utf8_lossy(&ltmc(dir.path(), &["run", "wf.yaml"], &[]).stderr).into_owned();
+    assert!(err.contains("ltmc.toml:2"), "{err}");
+    std::fs::write(dir.path().join("ltmc.toml"), "retry_attempts = 2\n\n[engine]\nx = 1\n").expect("write");
+    let err = String::from_utf8_lossy(&ltmc(dir.path(), &["run", "wf.yaml"], &[]).stderr).into_owned();
+    assert!(err.contains("ltmc.toml:3: unknown setting `engine`"), "{err}");
+    assert!(!dir.path().join(".ltmc").exists());
+}
+
+#[test]
+fn events_piped_into_head_exit_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Enough events (about 1,200 lines) to overflow the pipe's buffer once `head` has gone.
+    let steps: String = (0..400).map(|i| format!("  - {{name: s{i}, agent: a}}\n")).collect();
+    std::fs::write(dir.path().join("ok.yaml"), format!("agents:\n  a: {{builtin: noop}}\nsteps:\n{steps}"))
+        .expect("write");
+    assert!(ltmc(dir.path(), &["run", "ok.yaml"], &[]).status.success());
+    let out = Command::new("sh")
+        .args(["-c", &format!("{} events | head -1; exit ${{PIPESTATUS:-0}}", env!("CARGO_BIN_EXE_ltmc"))])
+        .current_dir(dir.path())
+        .env_remove("LTMC_DATABASE_URL")
+        .output()
+        .expect("sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("failed printing"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}

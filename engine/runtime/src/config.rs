@@ -84,7 +84,7 @@ impl FileSource {
         })?;
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::File {
             file: shown.clone(),
-            line: e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)),
+            line: e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
             message: e.message().to_owned(),
         })?;
         for key in table.keys() {
@@ -101,8 +101,15 @@ impl FileSource {
     }
 }
 
+/// The line that sets `key` (`key = …`) or opens table `[key]`.
 fn line_of(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| l.trim_start().starts_with(key)).map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+                || l.strip_prefix('[').is_some_and(|rest| rest.trim_start().starts_with(key))
+        })
+        .map(|i| i + 1)
 }
 
 /// Where each setting's value comes from, in precedence order: environment, then file.
@@ -118,7 +125,7 @@ impl Sources {
             return Some((v, format!("environment variable {env}")));
         }
         let f = self.file.as_ref()?;
-        let value = f.table.get(key)?;
+        let value = f.table.get(key).filter(|v| v.as_str().is_none_or(|s| !s.trim().is_empty()))?;
         let text = match value {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
@@ -172,15 +179,17 @@ impl Config {
     fn resolve(src: Sources) -> Result<Config, Error> {
         let mut engine = EngineOptions::default();
         if let Some(secs) =
-            src.parse::<f64>("default_timeout", "a positive number of seconds", |s| s.is_finite() && *s > 0.0)?
+            src.parse::<f64>("default_timeout", "a positive number of seconds, at most 31536000", |s| {
+                s.is_finite() && *s > 0.0 && *s <= ltmc_core::spec::MAX_TIMEOUT_SECS
+            })?
         {
             engine.default_timeout = Duration::from_secs_f64(secs);
         }
         if let Some(n) = src.parse::<u32>("retry_attempts", "an integer from 0 to 100", |n| *n <= 100)? {
             engine.retry_attempts = n;
         }
-        if let Some(secs) = src
-            .parse::<f64>("retry_backoff", "seconds from 0 to 3600", |s| s.is_finite() && (0.0..=3600.0).contains(s))?
+        if let Some(secs) =
+            src.parse::<f64>("retry_backoff", "seconds from 0 to 60", |s| s.is_finite() && (0.0..=60.0).contains(s))?
         {
             engine.retry_backoff = Duration::from_secs_f64(secs);
         }

@@ -159,7 +159,9 @@ impl Engine {
             Some(t) => {
                 let started = self.started_at(run_id).await?;
                 let elapsed = (chrono::Utc::now() - started).to_std().unwrap_or_default();
-                Some(tokio::time::Instant::now() + Duration::from_secs_f64(t).saturating_sub(elapsed))
+                let limit =
+                    Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX).min(Duration::from_secs(31_536_000));
+                Some(tokio::time::Instant::now() + limit.saturating_sub(elapsed))
             }
             None => None,
         };

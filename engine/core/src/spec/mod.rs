@@ -24,6 +24,12 @@ use std::collections::BTreeMap;
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// Most steps one workflow may have.
 pub const MAX_STEPS: usize = 5_000;
+/// Longest timeout accepted, in seconds (a year): longer values are mistakes.
+pub const MAX_TIMEOUT_SECS: f64 = 31_536_000.0;
+/// Most retries one agent may have.
+pub const MAX_RETRIES: u32 = 100;
+/// Longest first backoff accepted, in seconds (waits are capped at 60 s anyway).
+pub const MAX_BACKOFF_SECS: f64 = 60.0;
 
 /// The workflow patterns this version runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

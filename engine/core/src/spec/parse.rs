@@ -5,7 +5,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{AgentDef, Error, MAX_FILE_BYTES, MAX_STEPS, Pattern, StepDef, Workflow};
+use super::{
+    AgentDef, Error, MAX_BACKOFF_SECS, MAX_FILE_BYTES, MAX_RETRIES, MAX_STEPS, MAX_TIMEOUT_SECS, Pattern, StepDef,
+    Workflow,
+};
 use crate::names;
 
 /// Context for parsing a workflow file.
@@ -500,22 +503,27 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         def.kind()
             .map_err(|m| cx.err(format!("agents.{}", s.agent), &[&s.agent], format!("agent `{}` {m}", s.agent)))?;
         if let Some(t) = def.timeout
-            && !(t.is_finite() && t > 0.0)
+            && !(t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS)
         {
             return Err(cx.err(
                 format!("agents.{}.timeout", s.agent),
                 &["timeout"],
-                "timeout must be a positive number of seconds",
+                "timeout must be a positive number of seconds, at most 31536000 (a year)",
             ));
         }
         if let Some(t) = def.backoff
-            && !(t.is_finite() && (0.0..=3600.0).contains(&t))
+            && !(t.is_finite() && (0.0..=MAX_BACKOFF_SECS).contains(&t))
         {
             return Err(cx.err(
                 format!("agents.{}.backoff", s.agent),
                 &["backoff"],
-                "backoff must be a number of seconds from 0 to 3600",
+                "backoff must be a number of seconds from 0 to 60",
             ));
+        }
+        if let Some(n) = def.retries
+            && n > MAX_RETRIES
+        {
+            return Err(cx.err(format!("agents.{}.retries", s.agent), &["retries"], "retries must be at most 100"));
         }
         used.insert(s.agent.clone(), def.clone());
     }
@@ -562,9 +570,13 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         names::validate("coordination point", p).map_err(|e| cx.err("coordination_points", &[p], e.to_string()))?;
     }
     if let Some(t) = raw.timeout
-        && !(t.is_finite() && t > 0.0)
+        && !(t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS)
     {
-        return Err(cx.err("timeout", &["timeout"], "timeout must be a positive number of seconds"));
+        return Err(cx.err(
+            "timeout",
+            &["timeout"],
+            "timeout must be a positive number of seconds, at most 31536000 (a year)",
+        ));
     }
 
     let wf = Workflow {

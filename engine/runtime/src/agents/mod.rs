@@ -24,7 +24,7 @@ pub const MAX_OUTPUT_JSON_BYTES: usize = 512 * 1024;
 /// Runs one attempt of an agent and reports its outcome. Never panics; every failure is an
 /// [`Outcome::Failed`] with a reason.
 pub async fn perform(def: &AgentDef, task: &Task, base_dir: &Path, default_timeout: Duration) -> Outcome {
-    let timeout = def.timeout.map(Duration::from_secs_f64).unwrap_or(default_timeout);
+    let timeout = def.timeout.and_then(|t| Duration::try_from_secs_f64(t).ok()).unwrap_or(default_timeout);
     let outcome = match def.kind() {
         Ok(AgentKind::Builtin(b)) => {
             match tokio::time::timeout(timeout, builtin::perform(b, def.params.as_ref(), task)).await {
