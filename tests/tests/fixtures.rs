@@ -1,0 +1,79 @@
+//! Fixtures that pin compatibility: the seed guide's workflow shapes, and event histories
+//! recorded from real runs. A change that stops an old history from folding, or alters the
+//! hash chain's canonical form, fails here.
+
+use ltmc_core::RecordedEvent;
+use ltmc_core::hash::first_broken_link;
+use ltmc_core::run::{RunEvent, RunState, RunStatus, evolve};
+use ltmc_core::spec::{self, ParseOptions};
+use ltmc_engine::store::read_stream_all;
+use ltmc_engine::{Engine, EngineOptions};
+use std::path::PathBuf;
+
+fn fixture(path: &str) -> anyhow::Result<(String, PathBuf)> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(path);
+    Ok((std::fs::read_to_string(&p)?, p))
+}
+
+fn seed_options() -> anyhow::Result<ParseOptions> {
+    let (agents, p) = fixture("seed/agents.yaml")?;
+    Ok(ParseOptions { agents: spec::parse_agents_str(&agents, &p.display().to_string())?, ..Default::default() })
+}
+
+#[tokio::test]
+async fn the_seed_shapes_this_version_runs_run_as_written() -> anyhow::Result<()> {
+    let (store, dir) = ltmc_tests::sqlite_store().await?;
+    let engine = Engine::new(store.clone(), EngineOptions { retry_attempts: 0, ..Default::default() });
+    for name in ["sequential.json", "parallel.json", "parallel-code-review.json"] {
+        let (text, p) = fixture(&format!("seed/{name}"))?;
+        let wf = spec::parse_str(&text, &p.display().to_string(), &seed_options()?)?;
+        let state = engine.run(wf, None, dir.path().to_path_buf(), None).await?;
+        assert_eq!(state.status, RunStatus::Completed, "{name}: {:?}", state.failure);
+        if name == "sequential.json" {
+            // handoff_validation is on and `test` requires code_review_passed, which dev reports.
+            let events = read_stream_all(&store, &format!("run-{}", state.run_id)).await?;
+            assert!(events.iter().any(|e| e.event_type == "HandoffAccepted" && e.data["step"] == "test"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_seed_shapes_not_yet_built_are_refused_clearly() -> anyhow::Result<()> {
+    for (name, pattern) in [
+        ("event-driven.json", "event_driven"),
+        ("complete-development-workflow.json", "sequential_with_parallel_testing"),
+    ] {
+        let (text, p) = fixture(&format!("seed/{name}"))?;
+        let err = spec::parse_str(&text, &p.display().to_string(), &seed_options()?).expect_err("not in this version");
+        let msg = err.to_string();
+        assert!(msg.contains(name), "{msg}");
+        assert!(msg.contains(pattern) || msg.contains("triggers"), "{msg}");
+    }
+    Ok(())
+}
+
+fn replay(path: &str) -> anyhow::Result<(Vec<RecordedEvent>, RunState)> {
+    let (text, _) = fixture(path)?;
+    let events: Vec<RecordedEvent> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let mut state = RunState::default();
+    for e in &events {
+        state = evolve(state, &RunEvent::from_parts(&e.event_type, &e.data)?)?;
+    }
+    Ok((events, state))
+}
+
+#[test]
+fn recorded_histories_still_fold_and_verify() -> anyhow::Result<()> {
+    let (events, state) = replay("histories/completed-after-retry.jsonl")?;
+    assert_eq!(first_broken_link(&events), None, "the hash chain's canonical form changed");
+    assert_eq!(state.status, RunStatus::Completed);
+    assert_eq!(state.steps[0].attempts, 2, "dev failed once, then succeeded after its backoff");
+    assert!(state.facts.contains("code_review_passed") && state.facts.contains("review_approved"));
+
+    let (events, state) = replay("histories/refused-hand-over.jsonl")?;
+    assert_eq!(first_broken_link(&events), None);
+    assert_eq!(state.status, RunStatus::Failed);
+    assert!(state.failure.as_deref().is_some_and(|f| f.contains("tests_pass")), "{:?}", state.failure);
+    Ok(())
+}
