@@ -64,6 +64,7 @@ on_both_backends!(
     hostile_or_huge_outputs_are_recorded_safely,
     builtin_agents_honour_their_timeout,
     facts_gate_hand_overs_and_decide_success,
+    votes_decide_parallel_runs,
 );
 
 async fn sequential_hands_each_output_to_the_next(store: Store, dir: &Path) -> anyhow::Result<()> {
@@ -112,7 +113,14 @@ async fn parallel_dispatches_every_agent_at_once(store: Store, dir: &Path) -> an
     assert_eq!(dispatched_before, 4);
     let first_append = evs.iter().filter(|e| e.global_position < evs[0].global_position + 9).count();
     assert_eq!(first_append, 9, "RunStarted + 4 x (ready, dispatched) share one append");
-    assert_eq!(state.output.as_ref().and_then(Value::as_object).map(|m| m.len()), Some(4));
+    // result_aggregation: true counts the votes (mode `all`): every agent completed.
+    let counted = evs.iter().find(|e| e.event_type == "VotesAggregated").map(|e| e.data.clone()).unwrap_or_default();
+    assert_eq!(counted["mode"], json!("all"));
+    assert_eq!(counted["agreed"], json!(true));
+    assert_eq!(counted["votes"].as_object().map(|m| m.len()), Some(4));
+    let output = state.output.clone().unwrap_or_default();
+    assert_eq!(output["decision"], json!("completed"));
+    assert_eq!(output["outputs"].as_object().map(|m| m.len()), Some(4));
     Ok(())
 }
 
@@ -344,5 +352,57 @@ async fn facts_gate_hand_overs_and_decide_success(store: Store, dir: &Path) -> a
     let state = engine.run(w, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Failed);
     assert!(state.failure.as_deref().is_some_and(|f| f.contains("invalid fact")), "{:?}", state.failure);
+    Ok(())
+}
+
+async fn votes_decide_parallel_runs(store: Store, dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions { retry_attempts: 0, ..Default::default() });
+    let review = |mode: &str, votes: [&str; 3]| {
+        wf(&format!(
+            "pattern: parallel\naggregation: {mode}\nagents:\n  security: {{builtin: echo, params: {{vote: {}}}}}\n  performance: {{builtin: echo, params: {{vote: {}}}}}\n  style: {{builtin: echo, params: {{vote: {}}}}}\n",
+            votes[0], votes[1], votes[2]
+        ))
+    };
+    let counted = |evs: &[RecordedEvent]| {
+        evs.iter().find(|e| e.event_type == "VotesAggregated").map(|e| e.data.clone()).unwrap_or_default()
+    };
+
+    // Consensus: all approve → completed with the decision; one dissent → failed, visible.
+    let state = engine.run(review("consensus_required", ["approve"; 3]), None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.failure);
+    assert_eq!(state.output.clone().unwrap_or_default()["decision"], json!("approve"));
+    let state = engine
+        .run(review("consensus_required", ["approve", "reject", "approve"]), None, dir.to_path_buf(), None)
+        .await?;
+    assert_eq!(state.status, RunStatus::Failed);
+    let c = counted(&events(&store, &state.run_id).await);
+    assert_eq!(c["agreed"], json!(false));
+    assert_eq!(c["votes"]["performance"], json!("reject"));
+    assert!(state.failure.as_deref().is_some_and(|f| f.contains("performance=reject")), "{:?}", state.failure);
+
+    // Majority: two of three carry it, even with a failed agent.
+    let w = wf(
+        "pattern: parallel\naggregation: majority\nagents:\n  a: {builtin: echo, params: {vote: approve}}\n  b: {builtin: echo, params: {vote: approve}}\n  c: {builtin: fail}\n",
+    );
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.failure);
+    let c = counted(&events(&store, &state.run_id).await);
+    assert_eq!((c["decision"].clone(), c["votes"]["c"].clone()), (json!("approve"), json!("failed")));
+
+    // First: the quick agent decides; the slow one is abandoned.
+    let w = wf(
+        "pattern: parallel\naggregation: first\nagents:\n  quick: {builtin: echo, params: {vote: done}}\n  slow: {builtin: sleep, params: {ms: 5000}}\n",
+    );
+    let started = Instant::now();
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed);
+    assert!(started.elapsed() < Duration::from_secs(4), "the run did not wait for the slow agent");
+    assert_eq!(counted(&events(&store, &state.run_id).await)["votes"].as_object().map(|m| m.len()), Some(1));
+
+    // Any: one success is enough; none is not.
+    let w = wf("pattern: parallel\naggregation: any\nagents:\n  a: {builtin: fail}\n  b: {builtin: noop}\n");
+    assert_eq!(engine.run(w, None, dir.to_path_buf(), None).await?.status, RunStatus::Completed);
+    let w = wf("pattern: parallel\naggregation: any\nagents:\n  a: {builtin: fail}\n  b: {builtin: fail}\n");
+    assert_eq!(engine.run(w, None, dir.to_path_buf(), None).await?.status, RunStatus::Failed);
     Ok(())
 }

@@ -62,6 +62,11 @@ fn progress() -> ltmc_engine::driver::Progress {
         RunEvent::RunFailed(f) => eprintln!("run failed: {}", f.reason),
         RunEvent::HandoffAccepted(h) => eprintln!("  ⇢ {} accepted: {} hold", h.step, h.requires.join(", ")),
         RunEvent::HandoffRefused(h) => eprintln!("  ⇥ {} refused: unmet {}", h.step, h.unmet.join(", ")),
+        RunEvent::VotesAggregated(v) => {
+            let votes: Vec<String> = v.votes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let agreed = if v.agreed { "agreed" } else { "disagreed" };
+            eprintln!("  Σ {} votes ({agreed}): {}", v.mode, votes.join(", "));
+        }
         RunEvent::StepReady(_) => {}
     })
 }

@@ -31,7 +31,7 @@ pub struct AgentTask {
 }
 
 /// What a command agent may print as the last JSON object on stdout. Any other stdout is taken
-/// as plain-text output. A JSON object with neither `output` nor `facts` is itself the output.
+/// as plain-text output. A JSON object with none of `output`, `facts` and `vote` is itself the output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentResult {
     /// The step's output, handed to the steps that need it.
@@ -42,4 +42,8 @@ pub struct AgentResult {
     /// the workflow's `success_criteria`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub facts: Vec<String>,
+    /// The agent's vote in a `parallel` workflow with `aggregation` (`approve`, `reject`, …),
+    /// `[A-Za-z0-9_-]{1,64}`; without one, a completed agent votes `completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vote: Option<String>,
 }

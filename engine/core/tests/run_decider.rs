@@ -48,7 +48,7 @@ fn completed(step: &str, attempt: u32, output: Value) -> Command {
     Command::RecordOutcome {
         step: step.into(),
         attempt,
-        outcome: Outcome::Completed { output, facts: vec![], duration_ms: 5 },
+        outcome: Outcome::Completed { output, facts: vec![], vote: None, duration_ms: 5 },
     }
 }
 
@@ -99,7 +99,14 @@ fn dispatched(step: &str, agent: &str, attempt: u32) -> RunEvent {
 }
 
 fn step_completed(step: &str, attempt: u32, output: Value) -> RunEvent {
-    RunEvent::StepCompleted(StepCompleted { step: step.into(), attempt, output, duration_ms: 5, facts: vec![] })
+    RunEvent::StepCompleted(StepCompleted {
+        step: step.into(),
+        attempt,
+        output,
+        duration_ms: 5,
+        facts: vec![],
+        vote: None,
+    })
 }
 
 fn run_started(wf: &Workflow, input: Value) -> RunEvent {
@@ -633,6 +640,7 @@ fn completed_with_facts(step: &str, facts: &[&str]) -> Command {
         outcome: Outcome::Completed {
             output: json!(null),
             facts: facts.iter().map(|f| (*f).to_owned()).collect(),
+            vote: None,
             duration_ms: 1,
         },
     }

@@ -2,10 +2,13 @@
 
 use serde_json::{Map, Value};
 
+use std::collections::BTreeMap;
+
+use super::aggregate::{COMPLETED_VOTE, FAILED_VOTE, Mode, verdict};
 use super::events::*;
 use super::idempotency_key;
 use super::state::{RunState, RunStatus, StepStatus, evolve};
-use crate::spec::Workflow;
+use crate::spec::{Pattern, Workflow};
 
 /// A request to change a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +57,8 @@ pub enum Outcome {
         output: Value,
         /// Facts it reported (valid names).
         facts: Vec<String>,
+        /// Its vote, if it gave one (parallel aggregation).
+        vote: Option<String>,
         /// Wall time in ms.
         duration_ms: u64,
     },
@@ -140,11 +145,14 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
                 return Err(Rejection::NotRunning { step, attempt });
             }
             match outcome {
-                Outcome::Completed { output, facts, duration_ms } => {
-                    let done = RunEvent::StepCompleted(StepCompleted { step, attempt, output, duration_ms, facts });
+                Outcome::Completed { output, facts, vote, duration_ms } => {
+                    let done =
+                        RunEvent::StepCompleted(StepCompleted { step, attempt, output, duration_ms, facts, vote });
                     let next = fold(s, &done)?;
                     let mut out = vec![done];
-                    if next.steps.iter().all(|st| st.status == StepStatus::Completed) {
+                    if let Some(mode) = aggregation(&next) {
+                        out.extend(count_votes(&next, mode));
+                    } else if next.steps.iter().all(|st| st.status == StepStatus::Completed) {
                         out.push(finish(&next));
                     } else {
                         out.extend(release_ready(&next));
@@ -170,6 +178,12 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
                     });
                     if will_retry {
                         Ok(vec![failed])
+                    } else if let Some(mode) = aggregation(s).filter(|m| m.tolerates_failures()) {
+                        // The group decides: a failure is a `failed` vote.
+                        let next = fold(s, &failed)?;
+                        let mut out = vec![failed];
+                        out.extend(count_votes(&next, mode));
+                        Ok(out)
                     } else {
                         let reason = format!("step {step} failed after {attempt} attempt(s): {error}");
                         Ok(vec![failed, RunEvent::RunFailed(RunFailed { reason, step: Some(step), unmet: vec![] })])
@@ -264,6 +278,74 @@ fn release_ready(s: &RunState) -> Vec<RunEvent> {
         }));
     }
     out
+}
+
+/// The aggregation mode of a `parallel` workflow that names one; `None` otherwise.
+fn aggregation(s: &RunState) -> Option<Mode> {
+    let wf = s.workflow.as_ref()?;
+    if wf.pattern != Pattern::Parallel {
+        return None;
+    }
+    wf.aggregation.as_deref().and_then(Mode::parse)
+}
+
+/// `VotesAggregated` and the run's end once the group can be decided; nothing before.
+fn count_votes(s: &RunState, mode: Mode) -> Vec<RunEvent> {
+    let Some(plan) = &s.plan else { return vec![] };
+    let votes: Vec<Option<&str>> = s
+        .steps
+        .iter()
+        .map(|st| match st.status {
+            StepStatus::Completed => Some(st.vote.as_deref().unwrap_or(COMPLETED_VOTE)),
+            StepStatus::Failed => Some(FAILED_VOTE),
+            _ => None,
+        })
+        .collect();
+    let Some(v) = verdict(mode, &votes) else { return vec![] };
+    let counted: BTreeMap<String, String> =
+        plan.steps.iter().zip(&votes).filter_map(|(p, vote)| vote.map(|v| (p.name.clone(), v.to_owned()))).collect();
+    let mode_name = s.workflow.as_ref().and_then(|w| w.aggregation.clone()).unwrap_or_default();
+    let aggregated = RunEvent::VotesAggregated(VotesAggregated {
+        mode: mode_name.clone(),
+        votes: counted.clone(),
+        decision: v.decision.clone(),
+        agreed: v.agreed,
+        success: v.success,
+    });
+    if !v.success {
+        let votes: Vec<String> = counted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let reason = format!("aggregation {mode_name} not satisfied: {}", votes.join(", "));
+        return vec![aggregated, RunEvent::RunFailed(RunFailed { reason, step: None, unmet: vec![] })];
+    }
+    // The run's output: the decision, the votes and the completed steps' outputs (the first
+    // one's alone for `first`).
+    let outputs: Map<String, Value> = plan
+        .steps
+        .iter()
+        .zip(&s.steps)
+        .filter(|(_, st)| st.status == StepStatus::Completed)
+        .map(|(p, st)| (p.name.clone(), st.output.clone().unwrap_or(Value::Null)))
+        .collect();
+    let output = serde_json::json!({ "decision": v.decision, "votes": counted, "outputs": outputs });
+    let end = match finish(s) {
+        RunEvent::RunCompleted(_) => RunEvent::RunCompleted(RunCompleted { output: cap_output(output, plan) }),
+        failed => failed,
+    };
+    vec![aggregated, end]
+}
+
+fn cap_output(output: Value, plan: &crate::spec::Plan) -> Value {
+    if serde_json::to_vec(&output).map_or(0, |v| v.len()) <= MAX_RUN_OUTPUT_BYTES {
+        return output;
+    }
+    let names: Vec<&str> = plan.steps.iter().map(|p| p.name.as_str()).collect();
+    serde_json::json!({
+        "decision": output["decision"],
+        "votes": output["votes"],
+        "truncated": true,
+        "limit_bytes": MAX_RUN_OUTPUT_BYTES,
+        "outputs_in_steps": names,
+    })
 }
 
 /// The run's last event once every step has completed: `RunCompleted`, or `RunFailed` with the

@@ -56,6 +56,25 @@ pub struct StepCompleted {
     /// Named conditions the agent reported as holding now (`code_review_passed`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub facts: Vec<String>,
+    /// The agent's vote, when it gave one (parallel aggregation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vote: Option<String>,
+}
+
+/// A parallel group's votes were counted under the workflow's `aggregation`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VotesAggregated {
+    /// `all`, `any`, `first`, `majority` or `consensus_required`.
+    pub mode: String,
+    /// Each finished step's vote (`completed` when its agent gave none, `failed` for a failure).
+    pub votes: std::collections::BTreeMap<String, String>,
+    /// The winning vote, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// Whether every vote was the same; `false` makes disagreement visible.
+    pub agreed: bool,
+    /// Whether the aggregation let the run succeed.
+    pub success: bool,
 }
 
 /// With `handoff_validation`, a step's `requires` facts all held when it became ready: the
@@ -139,6 +158,8 @@ pub enum RunEvent {
     StepFailed(StepFailed),
     /// See [`HandoffAccepted`].
     HandoffAccepted(HandoffAccepted),
+    /// See [`VotesAggregated`].
+    VotesAggregated(VotesAggregated),
     /// See [`HandoffRefused`].
     HandoffRefused(HandoffRefused),
     /// See [`RunCompleted`].
@@ -170,6 +191,7 @@ impl RunEvent {
             RunEvent::StepCompleted(_) => "StepCompleted",
             RunEvent::StepFailed(_) => "StepFailed",
             RunEvent::HandoffAccepted(_) => "HandoffAccepted",
+            RunEvent::VotesAggregated(_) => "VotesAggregated",
             RunEvent::HandoffRefused(_) => "HandoffRefused",
             RunEvent::RunCompleted(_) => "RunCompleted",
             RunEvent::RunFailed(_) => "RunFailed",

@@ -5,6 +5,7 @@
 //! `StepDispatched` is recorded before the agent starts, a crash at any point leaves a stream
 //! from which the remaining work can be derived again.
 
+pub mod aggregate;
 mod decider;
 mod events;
 mod state;
@@ -14,7 +15,7 @@ pub use decider::{
 };
 pub use events::{
     HandoffAccepted, HandoffRefused, RunCompleted, RunEvent, RunFailed, RunStarted, StepCompleted, StepDispatched,
-    StepFailed, StepReady, UnknownEvent,
+    StepFailed, StepReady, UnknownEvent, VotesAggregated,
 };
 pub use state::{Effect, IllegalTransition, RunState, RunStatus, StepState, StepStatus, evolve, pending_work};
 

@@ -69,6 +69,8 @@ pub struct StepState {
     pub error: Option<String>,
     /// Set while a failed attempt waits for its retry: the backoff in milliseconds.
     pub retry_in_ms: Option<u64>,
+    /// The agent's vote, once completed.
+    pub vote: Option<String>,
 }
 
 /// A run folded from its stream.
@@ -100,6 +102,8 @@ pub struct RunState {
     pub failure: Option<String>,
     /// Facts reported by completed steps (they gate hand-overs and success criteria).
     pub facts: BTreeSet<String>,
+    /// Set once a parallel group's votes were counted (`VotesAggregated`).
+    pub aggregated: bool,
 }
 
 /// An event that cannot follow the state it was applied to: the history is corrupt or was
@@ -187,7 +191,8 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
                     attempts: 0,
                     output: None,
                     error: None,
-                    retry_in_ms: None
+                    retry_in_ms: None,
+                    vote: None
                 };
                 plan.steps.len()
             ];
@@ -231,6 +236,7 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
             }
             s.steps[i].status = StepStatus::Completed;
             s.steps[i].output = Some(ev.output.clone());
+            s.steps[i].vote = ev.vote.clone();
             s.facts.extend(ev.facts.iter().cloned());
         }
         (RunStatus::Running, RunEvent::StepFailed(ev)) => {
@@ -257,8 +263,15 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
                 return Err(s.illegal(e, &format!("step {} is not ready", ev.step)));
             }
         }
+        (RunStatus::Running, RunEvent::VotesAggregated(_)) => {
+            if s.aggregated {
+                return Err(s.illegal(e, "the votes were already counted"));
+            }
+            s.aggregated = true;
+        }
         (RunStatus::Running, RunEvent::RunCompleted(ev)) => {
-            if s.steps.iter().any(|st| st.status != StepStatus::Completed) {
+            // After an aggregation, steps may have failed or been abandoned (`any`, `first`).
+            if !s.aggregated && s.steps.iter().any(|st| st.status != StepStatus::Completed) {
                 return Err(s.illegal(e, "steps are unfinished"));
             }
             s.status = RunStatus::Completed;

@@ -16,18 +16,34 @@ fn param_facts(params: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The vote a built-in casts: `params.vote`.
+fn param_vote(params: Option<&Value>) -> Option<String> {
+    params.and_then(|p| p.get("vote")).and_then(Value::as_str).map(str::to_owned)
+}
+
 pub(super) async fn perform(b: Builtin, params: Option<&Value>, task: &Task) -> Outcome {
     let started = Instant::now();
     let param = |k: &str| params.and_then(|p| p.get(k));
     match b {
-        Builtin::Noop => Outcome::Completed { output: Value::Null, facts: param_facts(params), duration_ms: 0 },
-        Builtin::Echo => Outcome::Completed { output: task.input.clone(), facts: param_facts(params), duration_ms: 0 },
+        Builtin::Noop => Outcome::Completed {
+            output: Value::Null,
+            facts: param_facts(params),
+            vote: param_vote(params),
+            duration_ms: 0,
+        },
+        Builtin::Echo => Outcome::Completed {
+            output: task.input.clone(),
+            facts: param_facts(params),
+            vote: param_vote(params),
+            duration_ms: 0,
+        },
         Builtin::Sleep => {
             let ms = param("ms").and_then(Value::as_u64).unwrap_or(100);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Outcome::Completed {
                 output: task.input.clone(),
                 facts: param_facts(params),
+                vote: param_vote(params),
                 duration_ms: started.elapsed().as_millis() as u64,
             }
         }

@@ -197,9 +197,9 @@ pub(super) async fn perform(
             "limit_bytes": MAX_OUTPUT_BYTES,
             "text": text,
         });
-        return Outcome::Completed { output, facts: vec![], duration_ms: elapsed() };
+        return Outcome::Completed { output, facts: vec![], vote: None, duration_ms: elapsed() };
     }
-    let (output, facts) = parse_result(&text);
+    let AgentReply { output, facts, vote } = parse_result(&text);
     for f in &facts {
         if let Err(e) = ltmc_core::names::validate("fact", f) {
             return Outcome::Failed {
@@ -208,7 +208,12 @@ pub(super) async fn perform(
             };
         }
     }
-    Outcome::Completed { output, facts, duration_ms: elapsed() }
+    if let Some(v) = &vote
+        && let Err(e) = ltmc_core::names::validate("vote", v)
+    {
+        return Outcome::Failed { error: format!("the agent cast an invalid vote: {e}"), duration_ms: elapsed() };
+    }
+    Outcome::Completed { output, facts, vote, duration_ms: elapsed() }
 }
 
 fn suffix(stderr: &str) -> String {
@@ -226,10 +231,18 @@ fn tail(s: &str, max: usize) -> String {
     format!("…{}", &s[start..])
 }
 
+/// What an agent's stdout says.
+#[derive(Debug, PartialEq)]
+pub(crate) struct AgentReply {
+    pub(crate) output: Value,
+    pub(crate) facts: Vec<String>,
+    pub(crate) vote: Option<String>,
+}
+
 /// The result of an agent's stdout: the last line that is a JSON object, or the whole text as a
-/// string. An object with `output` or `facts` follows the protocol (its `output`, its `facts`);
-/// any other object is itself the output.
-pub(crate) fn parse_result(text: &str) -> (Value, Vec<String>) {
+/// string. An object with `output`, `facts` or `vote` follows the protocol; any other object is
+/// itself the output.
+pub(crate) fn parse_result(text: &str) -> AgentReply {
     if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(text.trim()) {
         return unwrap_result(v);
     }
@@ -242,12 +255,13 @@ pub(crate) fn parse_result(text: &str) -> (Value, Vec<String>) {
         }
     }
     let trimmed = text.trim_end();
-    (if trimmed.is_empty() { Value::Null } else { Value::String(trimmed.to_owned()) }, vec![])
+    let output = if trimmed.is_empty() { Value::Null } else { Value::String(trimmed.to_owned()) };
+    AgentReply { output, facts: vec![], vote: None }
 }
 
-fn unwrap_result(v: Value) -> (Value, Vec<String>) {
+fn unwrap_result(v: Value) -> AgentReply {
     match v {
-        Value::Object(mut m) if m.contains_key("output") || m.contains_key("facts") => {
+        Value::Object(mut m) if ["output", "facts", "vote"].iter().any(|k| m.contains_key(*k)) => {
             let facts = match m.remove("facts") {
                 Some(Value::Array(items)) => {
                     items.into_iter().map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_owned)).collect()
@@ -255,9 +269,14 @@ fn unwrap_result(v: Value) -> (Value, Vec<String>) {
                 Some(Value::Null) | None => vec![],
                 Some(other) => vec![other.to_string()],
             };
-            (m.remove("output").unwrap_or(Value::Null), facts)
+            let vote = match m.remove("vote") {
+                Some(Value::String(s)) => Some(s),
+                Some(Value::Null) | None => None,
+                Some(other) => Some(other.to_string()),
+            };
+            AgentReply { output: m.remove("output").unwrap_or(Value::Null), facts, vote }
         }
-        other => (other, vec![]),
+        other => AgentReply { output: other, facts: vec![], vote: None },
     }
 }
 
@@ -268,7 +287,7 @@ mod tests {
 
     #[test]
     fn last_json_object_wins() {
-        let out = |t: &str| parse_result(t).0;
+        let out = |t: &str| parse_result(t).output;
         assert_eq!(out("working...\n{\"output\": 1}\n{\"output\": 2}\n"), json!(2));
         assert_eq!(out("{\"a\": 1}"), json!({"a": 1}));
         assert_eq!(out("plain text\n"), json!("plain text"));
@@ -277,15 +296,18 @@ mod tests {
     }
 
     #[test]
-    fn facts_come_with_the_protocol_object() {
-        assert_eq!(
-            parse_result("{\"output\": 1, \"facts\": [\"tests_pass\"]}"),
-            (json!(1), vec!["tests_pass".to_owned()])
-        );
-        assert_eq!(parse_result("{\"facts\": [\"a\", \"b\"]}"), (Value::Null, vec!["a".to_owned(), "b".to_owned()]));
+    fn facts_and_votes_come_with_the_protocol_object() {
+        let r = |output, facts: &[&str], vote: Option<&str>| AgentReply {
+            output,
+            facts: facts.iter().map(|f| (*f).to_owned()).collect(),
+            vote: vote.map(str::to_owned),
+        };
+        assert_eq!(parse_result("{\"output\": 1, \"facts\": [\"tests_pass\"]}"), r(json!(1), &["tests_pass"], None));
+        assert_eq!(parse_result("{\"facts\": [\"a\", \"b\"]}"), r(Value::Null, &["a", "b"], None));
+        assert_eq!(parse_result("{\"vote\": \"approve\", \"output\": 2}"), r(json!(2), &[], Some("approve")));
         // Not a protocol object: no facts, the object is the output.
-        assert_eq!(parse_result("{\"fact\": 1}"), (json!({"fact": 1}), vec![]));
+        assert_eq!(parse_result("{\"fact\": 1}"), r(json!({"fact": 1}), &[], None));
         // A non-string fact is kept as text, so it is refused as an invalid name later.
-        assert_eq!(parse_result("{\"facts\": [1]}").1, vec!["1".to_owned()]);
+        assert_eq!(parse_result("{\"facts\": [1]}").facts, vec!["1".to_owned()]);
     }
 }

@@ -45,7 +45,7 @@ pub async fn perform(def: &AgentDef, task: &Task, base_dir: &Path, default_timeo
 /// an output no larger than [`MAX_OUTPUT_JSON_BYTES`].
 fn normalize(outcome: Outcome) -> Outcome {
     match outcome {
-        Outcome::Completed { output, facts, duration_ms } => {
+        Outcome::Completed { output, facts, vote, duration_ms } => {
             let mut output = scrub_nul(output);
             let size = crate::store::json_len(&output);
             if size > MAX_OUTPUT_JSON_BYTES {
@@ -61,7 +61,7 @@ fn normalize(outcome: Outcome) -> Outcome {
                     "preview": &text[..cut],
                 });
             }
-            Outcome::Completed { output, facts, duration_ms }
+            Outcome::Completed { output, facts, vote, duration_ms }
         }
         Outcome::Failed { error, duration_ms } => {
             Outcome::Failed { error: error.replace('\0', "\u{fffd}"), duration_ms }
