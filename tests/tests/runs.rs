@@ -352,6 +352,9 @@ async fn facts_gate_hand_overs_and_decide_success(store: Store, dir: &Path) -> a
     let state = engine.run(w, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Failed);
     assert!(state.failure.as_deref().is_some_and(|f| f.contains("invalid fact")), "{:?}", state.failure);
+    let w = wf("pattern: sequential\nagents:\n  a: {builtin: noop, params: {facts: [1]}, retries: 0}\n");
+    let state = engine.run(w, None, dir.to_path_buf(), None).await?;
+    assert!(state.failure.as_deref().is_some_and(|f| f.contains("invalid fact")), "{:?}", state.failure);
     Ok(())
 }
 

@@ -60,7 +60,9 @@ fn progress() -> ltmc_engine::driver::Progress {
         }
         RunEvent::RunCompleted(_) => eprintln!("run completed"),
         RunEvent::RunFailed(f) => eprintln!("run failed: {}", f.reason),
-        RunEvent::HandoffAccepted(h) => eprintln!("  ⇢ {} accepted: {} hold", h.step, h.requires.join(", ")),
+        RunEvent::HandoffAccepted(h) => {
+            eprintln!("  ⇢ {} accepted: prerequisites met ({})", h.step, h.requires.join(", "))
+        }
         RunEvent::HandoffRefused(h) => eprintln!("  ⇥ {} refused: unmet {}", h.step, h.unmet.join(", ")),
         RunEvent::VotesAggregated(v) => {
             let votes: Vec<String> = v.votes.iter().map(|(k, v)| format!("{k}={v}")).collect();

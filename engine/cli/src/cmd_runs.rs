@@ -36,6 +36,8 @@ pub(crate) fn summary(s: &RunState) -> Value {
         "status": s.status.as_str(),
         "output": s.output,
         "failure": s.failure,
+        "unmet": s.unmet,
+        "facts": s.facts,
         "version": s.version,
         "steps": steps,
     })
@@ -107,6 +109,12 @@ pub(crate) async fn status(run_id: &str, json: bool) -> anyhow::Result<u8> {
         println!("status   {}", state.status.as_str());
         if let Some(f) = &state.failure {
             println!("failure  {f}");
+        }
+        if !state.unmet.is_empty() {
+            println!("unmet    {}", state.unmet.join(", "));
+        }
+        if !state.facts.is_empty() {
+            println!("facts    {}", state.facts.iter().cloned().collect::<Vec<_>>().join(", "));
         }
         println!("events   {}", state.version);
         println!();

@@ -716,3 +716,22 @@ fn success_criteria_decide_between_completed_and_failed() {
     let events = decide(&done_but_unapproved, completed_with_facts("review", &["review_approved"])).expect("decided");
     assert!(matches!(&events[..], [RunEvent::StepCompleted(_), RunEvent::RunCompleted(_)]), "{events:?}");
 }
+
+#[test]
+fn a_hand_over_relies_only_on_the_facts_of_the_steps_it_needs() {
+    // x reports the fact, but z needs only y: the hand-over to z must not depend on whether x
+    // happened to finish first.
+    let wf = workflow(
+        "name: branches\nhandoff_validation: true\nagents:\n  w: {builtin: noop}\n  g: {builtin: noop, requires: [ok]}\nsteps:\n  - {name: x, agent: w}\n  - {name: y, agent: w}\n  - {name: z, agent: g, needs: [y]}\n",
+    );
+    let s = given(&history(vec![start(&wf), completed_with_facts("x", &["ok"])]));
+    let events = decide(&s, completed_with_facts("y", &[])).expect("decided");
+    assert!(events.iter().any(|e| matches!(e, RunEvent::HandoffRefused(h) if h.step == "z")), "{events:?}");
+    // When the fact comes from a step it needs (even indirectly), it counts.
+    let wf = workflow(
+        "name: chain\nhandoff_validation: true\nagents:\n  w: {builtin: noop}\n  g: {builtin: noop, requires: [ok]}\nsteps:\n  - {name: x, agent: w}\n  - {name: y, agent: w, needs: [x]}\n  - {name: z, agent: g, needs: [y]}\n",
+    );
+    let s = given(&history(vec![start(&wf), completed_with_facts("x", &["ok"])]));
+    let events = decide(&s, completed_with_facts("y", &[])).expect("decided");
+    assert!(events.iter().any(|e| matches!(e, RunEvent::HandoffAccepted(h) if h.step == "z")), "{events:?}");
+}

@@ -227,8 +227,10 @@ fn fold(s: &RunState, e: &RunEvent) -> Result<RunState, Rejection> {
 
 /// `StepReady` + `StepDispatched` for every pending step whose needs have all completed.
 /// Dispatch is recorded in the same append as readiness: intent before effect, one commit.
-/// With `handoff_validation`, a step whose agent `requires` facts is handed over only if they
-/// all hold (`HandoffAccepted`); otherwise the hand-over is refused and the run fails.
+/// With `handoff_validation`, a step whose agent `requires` facts is handed over only if the
+/// steps it needs (directly or not) reported them all (`HandoffAccepted`); otherwise the
+/// hand-over is refused and the run fails. Facts of unrelated branches do not count, so the
+/// answer does not depend on which branch finished first.
 fn release_ready(s: &RunState) -> Vec<RunEvent> {
     let (Some(plan), Some(wf)) = (&s.plan, &s.workflow) else { return vec![] };
     let ready: Vec<usize> = (0..plan.steps.len())
@@ -247,7 +249,8 @@ fn release_ready(s: &RunState) -> Vec<RunEvent> {
     let mut out = Vec::new();
     for &i in &ready {
         let requires = requires(i);
-        let unmet: Vec<String> = requires.iter().filter(|f| !s.facts.contains(*f)).cloned().collect();
+        let before = s.facts_before(i);
+        let unmet: Vec<String> = requires.iter().filter(|f| !before.contains(*f)).cloned().collect();
         if !unmet.is_empty() {
             let step = plan.steps[i].name.clone();
             let reason = format!("hand-over to step {step} refused: unmet prerequisites {}", unmet.join(", "));

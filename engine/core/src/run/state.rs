@@ -71,6 +71,8 @@ pub struct StepState {
     pub retry_in_ms: Option<u64>,
     /// The agent's vote, once completed.
     pub vote: Option<String>,
+    /// The facts its agent reported, once completed.
+    pub facts: Vec<String>,
 }
 
 /// A run folded from its stream.
@@ -104,6 +106,8 @@ pub struct RunState {
     pub facts: BTreeSet<String>,
     /// Set once a parallel group's votes were counted (`VotesAggregated`).
     pub aggregated: bool,
+    /// Facts that were required and did not hold, once failed for that reason.
+    pub unmet: Vec<String>,
 }
 
 /// An event that cannot follow the state it was applied to: the history is corrupt or was
@@ -145,6 +149,23 @@ impl RunState {
     /// The step named `name`, with its index.
     pub fn step(&self, name: &str) -> Option<(usize, &StepState)> {
         self.index.get(name).map(|&i| (i, &self.steps[i]))
+    }
+
+    /// The facts reported by the steps `i` needs, directly or through the steps they need: what a
+    /// hand-over to step `i` may rely on, whatever other branches have done so far.
+    pub fn facts_before(&self, i: usize) -> BTreeSet<String> {
+        let Some(plan) = &self.plan else { return BTreeSet::new() };
+        let mut seen = vec![false; plan.steps.len()];
+        let mut stack: Vec<usize> = plan.steps[i].needs.clone();
+        let mut facts = BTreeSet::new();
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut seen[n], true) {
+                continue;
+            }
+            facts.extend(self.steps[n].facts.iter().cloned());
+            stack.extend(plan.steps[n].needs.iter().copied());
+        }
+        facts
     }
 
     /// The input a step's agent receives: its fixed input, else the run input for a first step,
@@ -192,7 +213,8 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
                     output: None,
                     error: None,
                     retry_in_ms: None,
-                    vote: None
+                    vote: None,
+                    facts: vec![]
                 };
                 plan.steps.len()
             ];
@@ -237,6 +259,7 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
             s.steps[i].status = StepStatus::Completed;
             s.steps[i].output = Some(ev.output.clone());
             s.steps[i].vote = ev.vote.clone();
+            s.steps[i].facts = ev.facts.clone();
             s.facts.extend(ev.facts.iter().cloned());
         }
         (RunStatus::Running, RunEvent::StepFailed(ev)) => {
@@ -280,6 +303,7 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
         (RunStatus::Running, RunEvent::RunFailed(ev)) => {
             s.status = RunStatus::Failed;
             s.failure = Some(ev.reason.clone());
+            s.unmet = ev.unmet.clone();
         }
         _ => return Err(s.illegal(e, "no such transition")),
     }

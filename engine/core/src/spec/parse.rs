@@ -36,7 +36,7 @@ pub(crate) struct WorkflowFile {
     agents: Option<AgentsField>,
     /// The dependency form: steps with `needs`.
     steps: Option<Vec<StepFile>>,
-    /// Seed option, recorded with the run.
+    /// Check each step's agent `requires` facts before handing over to it; unmet ones fail the run.
     handoff_validation: Option<bool>,
     /// Seed option, recorded with the run.
     rollback_on_failure: Option<bool>,
@@ -234,6 +234,12 @@ fn declares(line: &str, key: &str, value: &str) -> bool {
 
 fn is_json(source: &str, file: &str) -> bool {
     file.ends_with(".json") || source.trim_start().starts_with('{')
+}
+
+/// Removes repeated names, keeping the first of each.
+fn dedupe(names: &mut Vec<String>) {
+    let mut seen = BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()));
 }
 
 /// A workflow file is a map. serde would otherwise accept a list whose items fill the fields
@@ -556,7 +562,11 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
             format!("aggregation `{a}` is unknown; use one of {}", AGGREGATIONS.join(", ")),
         ));
     }
-    let success_criteria = raw.success_criteria.clone().unwrap_or_default();
+    let mut success_criteria = raw.success_criteria.clone().unwrap_or_default();
+    dedupe(&mut success_criteria);
+    for def in used.values_mut() {
+        dedupe(&mut def.requires);
+    }
     for c in &success_criteria {
         names::validate("fact", c).map_err(|e| cx.err("success_criteria", &[c], e.to_string()))?;
     }

@@ -9,16 +9,23 @@ use super::Task;
 
 /// Facts a built-in reports: `params.facts` (for tests and examples of hand-over checks).
 fn param_facts(params: Option<&Value>) -> Vec<String> {
-    params
-        .and_then(|p| p.get("facts"))
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-        .unwrap_or_default()
+    // Anything but a list of strings is kept in a form no name can have, so it is refused.
+    match params.and_then(|p| p.get("facts")) {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(items)) => {
+            items.iter().map(|f| f.as_str().map_or_else(|| format!("{f} (not a string)"), str::to_owned)).collect()
+        }
+        Some(other) => vec![format!("{other} (not a list)")],
+    }
 }
 
 /// The vote a built-in casts: `params.vote`.
 fn param_vote(params: Option<&Value>) -> Option<String> {
-    params.and_then(|p| p.get("vote")).and_then(Value::as_str).map(str::to_owned)
+    match params.and_then(|p| p.get("vote")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(format!("{other} (not a string)")),
+    }
 }
 
 pub(super) async fn perform(b: Builtin, params: Option<&Value>, task: &Task) -> Outcome {

@@ -200,19 +200,6 @@ pub(super) async fn perform(
         return Outcome::Completed { output, facts: vec![], vote: None, duration_ms: elapsed() };
     }
     let AgentReply { output, facts, vote } = parse_result(&text);
-    for f in &facts {
-        if let Err(e) = ltmc_core::names::validate("fact", f) {
-            return Outcome::Failed {
-                error: format!("the agent reported an invalid fact: {e}"),
-                duration_ms: elapsed(),
-            };
-        }
-    }
-    if let Some(v) = &vote
-        && let Err(e) = ltmc_core::names::validate("vote", v)
-    {
-        return Outcome::Failed { error: format!("the agent cast an invalid vote: {e}"), duration_ms: elapsed() };
-    }
     Outcome::Completed { output, facts, vote, duration_ms: elapsed() }
 }
 
@@ -262,17 +249,22 @@ pub(crate) fn parse_result(text: &str) -> AgentReply {
 fn unwrap_result(v: Value) -> AgentReply {
     match v {
         Value::Object(mut m) if ["output", "facts", "vote"].iter().any(|k| m.contains_key(*k)) => {
+            // Anything but strings is kept in a form no name can have, so validation refuses it.
             let facts = match m.remove("facts") {
-                Some(Value::Array(items)) => {
-                    items.into_iter().map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_owned)).collect()
-                }
+                Some(Value::Array(items)) => items
+                    .into_iter()
+                    .map(|f| match f {
+                        Value::String(s) => s,
+                        other => format!("{other} (not a string)"),
+                    })
+                    .collect(),
                 Some(Value::Null) | None => vec![],
-                Some(other) => vec![other.to_string()],
+                Some(other) => vec![format!("{other} (not a list)")],
             };
             let vote = match m.remove("vote") {
                 Some(Value::String(s)) => Some(s),
                 Some(Value::Null) | None => None,
-                Some(other) => Some(other.to_string()),
+                Some(other) => Some(format!("{other} (not a string)")),
             };
             AgentReply { output: m.remove("output").unwrap_or(Value::Null), facts, vote }
         }
@@ -307,7 +299,8 @@ mod tests {
         assert_eq!(parse_result("{\"vote\": \"approve\", \"output\": 2}"), r(json!(2), &[], Some("approve")));
         // Not a protocol object: no facts, the object is the output.
         assert_eq!(parse_result("{\"fact\": 1}"), r(json!({"fact": 1}), &[], None));
-        // A non-string fact is kept as text, so it is refused as an invalid name later.
-        assert_eq!(parse_result("{\"facts\": [1]}").facts, vec!["1".to_owned()]);
+        // A non-string fact is kept in a form no name can have, so it is refused later.
+        assert_eq!(parse_result("{\"facts\": [1]}").facts, vec!["1 (not a string)".to_owned()]);
+        assert!(ltmc_core::names::validate("fact", &parse_result("{\"facts\": 5}").facts[0]).is_err());
     }
 }

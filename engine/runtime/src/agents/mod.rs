@@ -46,6 +46,13 @@ pub async fn perform(def: &AgentDef, task: &Task, base_dir: &Path, default_timeo
 fn normalize(outcome: Outcome) -> Outcome {
     match outcome {
         Outcome::Completed { output, facts, vote, duration_ms } => {
+            // Facts and votes gate hand-overs and decide runs: a malformed one fails the attempt.
+            if let Some(e) = facts.iter().find_map(|f| ltmc_core::names::validate("fact", f).err()) {
+                return Outcome::Failed { error: format!("the agent reported an invalid fact: {e}"), duration_ms };
+            }
+            if let Some(e) = vote.as_deref().and_then(|v| ltmc_core::names::validate("vote", v).err()) {
+                return Outcome::Failed { error: format!("the agent cast an invalid vote: {e}"), duration_ms };
+            }
             let mut output = scrub_nul(output);
             let size = crate::store::json_len(&output);
             if size > MAX_OUTPUT_JSON_BYTES {
