@@ -352,6 +352,21 @@ fn command_agent_failure_exits_1_with_its_stderr() {
     assert!(err.contains("status 3") && err.contains("oops-from-agent"), "{err}");
 }
 
+/// Waits up to 2 s for every `sleep MARKER` process to be gone; panics naming the survivors.
+fn assert_none_survive(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = processes_matching(&format!("sleep {marker}"));
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("processes of the timed-out agent survive: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Live processes whose command line contains `needle` (zombies have an empty cmdline).
 fn processes_matching(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -407,17 +422,7 @@ fn command_agent_timeout_kills_the_whole_process_group() {
     assert!(text(&out.stderr).contains("timed out"), "{}", text(&out.stderr));
 
     // The group was killed before ltmc exited; allow the kernel a moment to tear them down.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let left = processes_matching(&format!("sleep {marker}"));
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            panic!("processes of the timed-out agent survive: {left:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_none_survive(&marker);
 }
 
 #[test]
@@ -438,17 +443,7 @@ fn command_agent_that_ignores_sigterm_is_killed_after_the_grace_period() {
     assert_exit(&out, 1);
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
     assert!(text(&out.stderr).contains("timed out"), "{}", text(&out.stderr));
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let left = processes_matching(&format!("sleep {marker}"));
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            panic!("processes of the timed-out agent survive: {left:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_none_survive(&marker);
 }
 
 #[test]

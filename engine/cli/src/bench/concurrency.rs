@@ -12,22 +12,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::raw::Raw;
-use super::{Row, median, ms, workflow};
+use super::{Row, chain, median, ms, workflow};
 
 const W3_WORKFLOWS: usize = 500;
 const W3_CONCURRENCY: usize = 50;
 
 fn c100() -> anyhow::Result<Workflow> {
-    let steps: Vec<_> = (0..100)
-        .map(|i| {
-            if i == 0 {
-                json!({"name": "s0", "agent": "sleep"})
-            } else {
-                json!({"name": format!("s{i}"), "agent": "sleep", "needs": [format!("s{}", i - 1)]})
-            }
-        })
-        .collect();
-    workflow(&json!({"name": "c100", "agents": {"sleep": {"builtin": "sleep", "params": {"ms": 10}}}, "steps": steps}))
+    let agents = json!({"sleep": {"builtin": "sleep", "params": {"ms": 10}}});
+    workflow(&json!({"name": "c100", "agents": agents, "steps": chain(100, "sleep")}))
 }
 
 fn w3() -> anyhow::Result<Workflow> {

@@ -70,17 +70,19 @@ pub(super) fn workflow(source: &Value) -> anyhow::Result<Workflow> {
     Ok(spec::parse_str(&source.to_string(), "bench.json", &ParseOptions::default())?)
 }
 
-fn w1() -> anyhow::Result<Workflow> {
-    let steps: Vec<Value> = (0..200)
-        .map(|i| {
-            if i == 0 {
-                json!({"name": "s0", "agent": "noop"})
-            } else {
-                json!({"name": format!("s{i}"), "agent": "noop", "needs": [format!("s{}", i - 1)]})
-            }
+/// `n` steps `s0 … s{n-1}` of `agent`, each needing the one before (the dependency form, so
+/// any number of steps can share one agent).
+pub(super) fn chain(n: usize, agent: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| match i {
+            0 => json!({"name": "s0", "agent": agent}),
+            _ => json!({"name": format!("s{i}"), "agent": agent, "needs": [format!("s{}", i - 1)]}),
         })
-        .collect();
-    workflow(&json!({"name": "w1", "agents": {"noop": {"builtin": "noop"}}, "steps": steps}))
+        .collect()
+}
+
+fn w1() -> anyhow::Result<Workflow> {
+    workflow(&json!({"name": "w1", "agents": {"noop": {"builtin": "noop"}}, "steps": chain(200, "noop")}))
 }
 
 fn w2() -> anyhow::Result<Workflow> {

@@ -9,6 +9,7 @@ mod agent;
 mod error;
 mod parse;
 mod plan;
+mod source;
 
 pub use agent::{AgentDef, AgentKind, Builtin, Command};
 pub use error::Error;

@@ -5,10 +5,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{
-    AgentDef, Error, MAX_BACKOFF_SECS, MAX_FILE_BYTES, MAX_RETRIES, MAX_STEPS, MAX_TIMEOUT_SECS, Pattern, StepDef,
-    Workflow,
-};
+use super::source::{Ctx, contains_word, declares, deserialize, refuse_non_map};
+use super::{AgentDef, Error, MAX_BACKOFF_SECS, MAX_RETRIES, MAX_STEPS, MAX_TIMEOUT_SECS, Pattern, StepDef, Workflow};
 use crate::names;
 
 /// Context for parsing a workflow file.
@@ -179,173 +177,10 @@ struct WrappedAgentsFile {
 
 const AGGREGATIONS: [&str; 5] = ["all", "any", "first", "majority", "consensus_required"];
 
-struct Ctx<'a> {
-    file: &'a str,
-    source: &'a str,
-}
-
-impl Ctx<'_> {
-    fn err(&self, field: impl Into<String>, needle: &[&str], message: impl Into<String>) -> Error {
-        Error {
-            file: self.file.to_owned(),
-            line: line_of(self.source, needle),
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// The first line that contains every needle as a whole word (found as written or quoted), if
-/// any: the agent `a` is not found inside `pattern: sequential`.
-fn line_of(source: &str, needles: &[&str]) -> Option<usize> {
-    if needles.is_empty() {
-        return None;
-    }
-    source.lines().position(|l| needles.iter().all(|n| contains_word(l, n))).map(|i| i + 1)
-}
-
-fn is_word_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == '-'
-}
-
-/// `needle` occurs in `line` with no name character right before or after it.
-fn contains_word(line: &str, needle: &str) -> bool {
-    if needle.is_empty() {
-        return true;
-    }
-    line.match_indices(needle).any(|(i, _)| {
-        !line[..i].chars().next_back().is_some_and(is_word_char)
-            && !line[i + needle.len()..].chars().next().is_some_and(is_word_char)
-    })
-}
-
-/// The line has `key: value` (either may be quoted), as a step's `name: build` does.
-fn declares(line: &str, key: &str, value: &str) -> bool {
-    line.match_indices(key).any(|(i, _)| {
-        if line[..i].chars().next_back().is_some_and(is_word_char) {
-            return false;
-        }
-        let rest = line[i + key.len()..].trim_start_matches(['"', '\'']).trim_start();
-        let Some(rest) = rest.strip_prefix(':') else { return false };
-        let rest = rest.trim_start().trim_start_matches(['"', '\'']);
-        rest.strip_prefix(value).is_some_and(|after| !after.chars().next().is_some_and(is_word_char))
-    })
-}
-
-fn is_json(source: &str, file: &str) -> bool {
-    file.ends_with(".json") || source.trim_start().starts_with('{')
-}
-
 /// Removes repeated names, keeping the first of each.
 fn dedupe(names: &mut Vec<String>) {
     let mut seen = BTreeSet::new();
     names.retain(|n| seen.insert(n.clone()));
-}
-
-/// A workflow file is a map. serde would otherwise accept a list whose items fill the fields
-/// in order, which nobody means.
-fn refuse_non_map(source: &str, file: &str) -> Result<(), Error> {
-    if source.len() > MAX_FILE_BYTES {
-        return Ok(()); // reported by `deserialize`
-    }
-    let top: Option<Value> =
-        if is_json(source, file) { serde_json::from_str(source).ok() } else { yaml_serde::from_str(source).ok() };
-    let kind = match top {
-        Some(Value::Object(_)) | None => return Ok(()), // a parse error is reported with its line later
-        Some(Value::Array(_)) => "a list",
-        Some(Value::Null) => "empty",
-        Some(_) => "a single value",
-    };
-    Err(Error {
-        file: file.to_owned(),
-        line: Some(1),
-        field: String::new(),
-        message: format!("the file is {kind}; a workflow is a map with keys such as `pattern:`, `agents:` or `steps:`"),
-    })
-}
-
-fn deserialize<T: serde::de::DeserializeOwned>(source: &str, file: &str) -> Result<T, Error> {
-    if source.len() > MAX_FILE_BYTES {
-        return Err(Error {
-            file: file.to_owned(),
-            line: None,
-            field: String::new(),
-            message: format!("file is {} bytes; the limit is {MAX_FILE_BYTES} bytes", source.len()),
-        });
-    }
-    let mut err = if is_json(source, file) {
-        match serde_json::from_str(source) {
-            Ok(v) => return Ok(v),
-            Err(e) => Error {
-                file: file.to_owned(),
-                line: Some(e.line()),
-                field: String::new(),
-                message: friendly(&e.to_string()),
-            },
-        }
-    } else {
-        match yaml_serde::from_str(source) {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                let line = e.location().map(|l| l.line());
-                // yaml_serde prefixes the path of the faulty node (`agents.dev.retries: ...`).
-                let (field, message) = split_path(&friendly(&e.to_string()));
-                Error { file: file.to_owned(), line, field, message }
-            }
-        }
-    };
-    // A duplicate is reported at the start of its map; point at the second definition instead.
-    if (err.message.ends_with("is defined twice") || err.message.starts_with("duplicate field `"))
-        && let Some(name) = err.message.split('`').nth(1)
-        && let Some(line) = second_definition_line(source, name)
-    {
-        err.line = Some(line);
-    }
-    Err(err)
-}
-
-/// Splits `path: message` into the path (a field like `steps[0].needs`) and the message.
-fn split_path(msg: &str) -> (String, String) {
-    if let Some((path, rest)) = msg.split_once(": ")
-        && !path.is_empty()
-        && path.chars().all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))
-    {
-        return (path.to_owned(), rest.to_owned());
-    }
-    (String::new(), msg.to_owned())
-}
-
-/// The line of the second `name:` key in a block mapping, if the file writes them one a line.
-fn second_definition_line(source: &str, name: &str) -> Option<usize> {
-    let plain = format!("{name}:");
-    let quoted = format!("\"{name}\":");
-    source
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| {
-            let l = l.trim_start();
-            l.starts_with(&plain) || l.starts_with(&quoted)
-        })
-        .nth(1)
-        .map(|(i, _)| i + 1)
-}
-
-/// Rewrites serde's wording for the untagged enums into something a user can act on.
-fn friendly(msg: &str) -> String {
-    let msg = msg.split(" at line ").next().unwrap_or(msg).to_owned();
-    if msg.contains("untagged enum Aggregation") {
-        return "`result_aggregation` must be true/false or one of all, any, first, majority, consensus_required"
-            .into();
-    }
-    if msg.contains("untagged enum AgentsFile") {
-        return "an agents file is a map of agent name -> definition (optionally under `agents:`); \
-                each definition takes run, builtin, params, timeout, retries, backoff, requires, compensate, env, cwd, role, duration, description"
-            .into();
-    }
-    if msg.contains("untagged enum Command") {
-        return "a command is a list of strings or one string".into();
-    }
-    msg
 }
 
 /// Parses an agents file: a map of agent name → definition, optionally under `agents:`.
