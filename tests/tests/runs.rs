@@ -409,3 +409,23 @@ async fn votes_decide_parallel_runs(store: Store, dir: &Path) -> anyhow::Result<
     assert_eq!(engine.run(w, None, dir.to_path_buf(), None).await?.status, RunStatus::Failed);
     Ok(())
 }
+
+#[tokio::test]
+async fn reserved_and_malformed_votes_fail_the_attempt() -> anyhow::Result<()> {
+    let (store, dir) = ltmc_tests::sqlite_store().await?;
+    let engine = Engine::new(store, EngineOptions { retry_attempts: 0, ..Default::default() });
+    for (params, expect) in [
+        ("{vote: failed}", "reserved"),
+        ("{vote: 1}", "votes must be strings; got 1"),
+        ("{facts: [true]}", "facts must be strings; got true"),
+        ("{facts: ok}", "facts must be a list of strings"),
+    ] {
+        let w =
+            wf(&format!("pattern: parallel\naggregation: any\nagents:\n  a: {{builtin: noop, params: {params}}}\n"));
+        let state = engine.run(w, None, dir.path().to_path_buf(), None).await?;
+        assert_eq!(state.status, RunStatus::Failed, "{params}");
+        let errors = format!("{:?} {:?}", state.failure, state.steps[0].error);
+        assert!(errors.contains(expect), "{params}: {errors}");
+    }
+    Ok(())
+}

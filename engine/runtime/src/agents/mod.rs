@@ -7,6 +7,7 @@ mod command;
 pub use command::{MAX_OUTPUT_BYTES, MAX_STDERR_BYTES, TERM_GRACE};
 
 use ltmc_core::run::Outcome;
+use ltmc_core::run::aggregate::FAILED_VOTE;
 use ltmc_core::spec::{AgentDef, AgentKind};
 use std::path::Path;
 use std::time::Duration;
@@ -47,11 +48,17 @@ fn normalize(outcome: Outcome) -> Outcome {
     match outcome {
         Outcome::Completed { output, facts, vote, duration_ms } => {
             // Facts and votes gate hand-overs and decide runs: a malformed one fails the attempt.
-            if let Some(e) = facts.iter().find_map(|f| ltmc_core::names::validate("fact", f).err()) {
-                return Outcome::Failed { error: format!("the agent reported an invalid fact: {e}"), duration_ms };
+            if let Some(why) = facts.iter().find_map(|f| bad_name("fact", f)) {
+                return Outcome::Failed { error: format!("the agent reported an invalid fact: {why}"), duration_ms };
             }
-            if let Some(e) = vote.as_deref().and_then(|v| ltmc_core::names::validate("vote", v).err()) {
-                return Outcome::Failed { error: format!("the agent cast an invalid vote: {e}"), duration_ms };
+            if let Some(why) = vote.as_deref().and_then(|v| bad_name("vote", v)) {
+                return Outcome::Failed { error: format!("the agent cast an invalid vote: {why}"), duration_ms };
+            }
+            if vote.as_deref() == Some(FAILED_VOTE) {
+                return Outcome::Failed {
+                    error: format!("the agent cast the vote `{FAILED_VOTE}`, which is reserved for agents that failed"),
+                    duration_ms,
+                };
             }
             let mut output = scrub_nul(output);
             let size = crate::store::json_len(&output);
@@ -74,6 +81,17 @@ fn normalize(outcome: Outcome) -> Outcome {
             Outcome::Failed { error: error.replace('\0', "\u{fffd}"), duration_ms }
         }
     }
+}
+
+/// Why `name` cannot be a fact or vote: not a string (marked by the parsers), or not a name.
+fn bad_name(what: &'static str, name: &str) -> Option<String> {
+    if let Some(value) = name.strip_suffix(" (not a string)") {
+        return Some(format!("{what}s must be strings; got {value}"));
+    }
+    if let Some(value) = name.strip_suffix(" (not a list)") {
+        return Some(format!("{what}s must be a list of strings; got {value}"));
+    }
+    ltmc_core::names::validate(what, name).err().map(|e| e.to_string())
 }
 
 fn scrub_nul(v: serde_json::Value) -> serde_json::Value {
