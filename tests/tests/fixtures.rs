@@ -1,4 +1,5 @@
-//! Fixtures that pin compatibility: the seed guide's workflow shapes, and event histories
+//! Fixtures that pin compatibility: the seed guide's workflow shapes (four run as written, the
+//! event-driven one is refused clearly until it is built), and event histories
 //! recorded from real runs. A change that stops an old history from folding, or alters the
 //! hash chain's canonical form, fails here.
 
@@ -24,26 +25,50 @@ fn seed_options() -> anyhow::Result<ParseOptions> {
 async fn the_seed_shapes_this_version_runs_run_as_written() -> anyhow::Result<()> {
     let (store, dir) = ltmc_tests::sqlite_store().await?;
     let engine = Engine::new(store.clone(), EngineOptions { retry_attempts: 0, ..Default::default() });
-    for name in ["sequential.json", "parallel.json", "parallel-code-review.json"] {
+    for name in ["sequential.json", "parallel.json", "parallel-code-review.json", "complete-development-workflow.json"]
+    {
         let (text, p) = fixture(&format!("seed/{name}"))?;
         let wf = spec::parse_str(&text, &p.display().to_string(), &seed_options()?)?;
         let state = engine.run(wf, None, dir.path().to_path_buf(), None).await?;
         assert_eq!(state.status, RunStatus::Completed, "{name}: {:?}", state.failure);
+        let events = read_stream_all(&store, &format!("run-{}", state.run_id)).await?;
         if name == "sequential.json" {
             // handoff_validation is on and `test` requires code_review_passed, which dev reports.
-            let events = read_stream_all(&store, &format!("run-{}", state.run_id)).await?;
             assert!(events.iter().any(|e| e.event_type == "HandoffAccepted" && e.data["step"] == "test"));
+        }
+        if name == "complete-development-workflow.json" {
+            // Testing starts with review, once development completes, and runs beside it.
+            let dispatched_at = |step: &str| {
+                events
+                    .iter()
+                    .find(|e| e.event_type == "StepDispatched" && e.data["step"] == step)
+                    .map(|e| e.stream_version)
+                    .unwrap_or(0)
+            };
+            let completed_at = |step: &str| {
+                events
+                    .iter()
+                    .find(|e| e.event_type == "StepCompleted" && e.data["step"] == step)
+                    .map(|e| e.stream_version)
+                    .unwrap_or(0)
+            };
+            assert!(completed_at("development") < dispatched_at("testing"));
+            assert!(dispatched_at("review") < completed_at("testing"), "review runs while testing does");
+            assert!(dispatched_at("documentation") < completed_at("testing"), "so do the docs");
+            let points: Vec<&str> = events
+                .iter()
+                .filter(|e| e.event_type == "CoordinationPointReached")
+                .filter_map(|e| e.data["point"].as_str())
+                .collect();
+            assert_eq!(points, ["requirements_complete", "code_complete", "tests_pass"]);
         }
     }
     Ok(())
 }
 
 #[test]
-fn the_seed_shapes_not_yet_built_are_refused_clearly() -> anyhow::Result<()> {
-    for (name, pattern) in [
-        ("event-driven.json", "event_driven"),
-        ("complete-development-workflow.json", "sequential_with_parallel_testing"),
-    ] {
+fn the_seed_shape_not_yet_built_is_refused_clearly() -> anyhow::Result<()> {
+    for (name, pattern) in [("event-driven.json", "event_driven")] {
         let (text, p) = fixture(&format!("seed/{name}"))?;
         let err = spec::parse_str(&text, &p.display().to_string(), &seed_options()?).expect_err("not in this version");
         let msg = err.to_string();

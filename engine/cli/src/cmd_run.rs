@@ -69,6 +69,7 @@ fn progress() -> ltmc_engine::driver::Progress {
             let agreed = if v.agreed { "agreed" } else { "disagreed" };
             eprintln!("  Σ {} votes ({agreed}): {}", v.mode, votes.join(", "));
         }
+        RunEvent::CoordinationPointReached(c) => eprintln!("  ◆ {} reached (by {})", c.point, c.by),
         RunEvent::StepReady(_) => {}
     })
 }

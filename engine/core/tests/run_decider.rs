@@ -735,3 +735,25 @@ fn a_hand_over_relies_only_on_the_facts_of_the_steps_it_needs() {
     let events = decide(&s, completed_with_facts("y", &[])).expect("decided");
     assert!(events.iter().any(|e| matches!(e, RunEvent::HandoffAccepted(h) if h.step == "z")), "{events:?}");
 }
+
+#[test]
+fn a_coordination_point_is_reached_when_its_steps_have_completed() {
+    let wf = workflow(
+        "name: points\npattern: parallel\ncoordination_points:\n  integration: [p1, p2]\n  ready: []\nagents:\n  p1: {builtin: noop}\n  p2: {builtin: noop}\n  p3: {builtin: noop}\n",
+    );
+    let s = given(&history(vec![start(&wf), completed("p1", 1, json!(1))]));
+    assert!(s.reached.is_empty());
+    let events = decide(&s, completed("p2", 1, json!(2))).expect("decided");
+    assert!(
+        matches!(&events[..], [RunEvent::StepCompleted(_), RunEvent::CoordinationPointReached(c)] if c.point == "integration" && c.by == "p2"),
+        "{events:?}"
+    );
+    let s = then_fold(s, &events);
+    // A point without steps is reached by the fact of its name.
+    let events = decide(&s, completed_with_facts("p3", &["ready"])).expect("decided");
+    assert!(
+        events.iter().any(|e| matches!(e, RunEvent::CoordinationPointReached(c) if c.point == "ready")),
+        "{events:?}"
+    );
+    assert!(matches!(events.last(), Some(RunEvent::RunCompleted(_))));
+}

@@ -78,7 +78,9 @@ fn assert_seed_parallel(wf: &Workflow) {
     assert_eq!(wf.pattern, Pattern::Parallel);
     assert_eq!(step_names(wf), ["frontend", "backend", "database", "api"]);
     assert!(wf.steps.iter().all(|s| s.needs.is_empty()));
-    assert_eq!(wf.coordination_points, ["integration", "testing"]);
+    let points: Vec<&str> = wf.coordination_points.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(points, ["integration", "testing"]);
+    assert!(wf.coordination_points.iter().all(|p| p.after.is_empty()));
     assert_eq!(wf.aggregation.as_deref(), Some("all"));
     assert_eq!(wf.plan().expect("plan").leaves(), vec![0, 1, 2, 3]);
 }
@@ -750,4 +752,33 @@ fn success_criteria_and_requires_are_fact_names() {
     let bad = "pattern: sequential\nagents:\n  a: {builtin: noop, requires: [\"x.y\"]}\n";
     let err = ltmc_core::spec::parse_str(bad, "w.yaml", &Default::default()).expect_err("not a name");
     assert!(err.to_string().contains("requires"), "{err}");
+}
+
+#[test]
+fn sequential_with_parallel_testing_runs_testing_beside_the_later_stages() {
+    let src = "pattern: sequential_with_parallel_testing\nagents:\n  requirements: {builtin: noop}\n  development: {builtin: noop}\n  qa: {builtin: noop, role: run the tests}\n  review: {builtin: noop}\n  documentation: {builtin: noop}\n  test_data: {builtin: noop, testing: false}\n";
+    let wf = ltmc_core::spec::parse_str(src, "w.yaml", &Default::default()).expect("valid");
+    let needs: Vec<(&str, Vec<&str>)> =
+        wf.steps.iter().map(|s| (s.name.as_str(), s.needs.iter().map(String::as_str).collect())).collect();
+    assert_eq!(
+        needs,
+        [
+            ("requirements", vec![]),
+            ("development", vec!["requirements"]),
+            ("qa", vec!["development"]),
+            ("review", vec!["development"]),
+            ("documentation", vec!["review"]),
+            ("test_data", vec!["documentation"]),
+        ]
+    );
+}
+
+#[test]
+fn coordination_points_name_existing_steps() {
+    let ok = "pattern: parallel\ncoordination_points:\n  integration: [frontend, backend]\nagents:\n  frontend: {builtin: noop}\n  backend: {builtin: noop}\n";
+    let wf = ltmc_core::spec::parse_str(ok, "w.yaml", &Default::default()).expect("valid");
+    assert_eq!(wf.coordination_points[0].after, ["frontend", "backend"]);
+    let bad = "pattern: parallel\ncoordination_points:\n  integration: [frontend, mobile]\nagents:\n  frontend: {builtin: noop}\n";
+    let err = ltmc_core::spec::parse_str(bad, "w.yaml", &Default::default()).expect_err("mobile is no step");
+    assert!(err.to_string().contains("`mobile`") && err.line == Some(3), "{err}");
 }

@@ -146,10 +146,15 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
             }
             match outcome {
                 Outcome::Completed { output, facts, vote, duration_ms } => {
+                    let by = step.clone();
                     let done =
                         RunEvent::StepCompleted(StepCompleted { step, attempt, output, duration_ms, facts, vote });
-                    let next = fold(s, &done)?;
+                    let mut next = fold(s, &done)?;
                     let mut out = vec![done];
+                    for reached in points_reached(&next, &by) {
+                        next = fold(&next, &reached)?;
+                        out.push(reached);
+                    }
                     if let Some(mode) = aggregation(&next) {
                         out.extend(count_votes(&next, mode));
                     } else if next.steps.iter().all(|st| st.status == StepStatus::Completed) {
@@ -281,6 +286,30 @@ fn release_ready(s: &RunState) -> Vec<RunEvent> {
         }));
     }
     out
+}
+
+/// `CoordinationPointReached` for every point not yet reached whose steps have all completed
+/// (or, for a point without steps, whose fact now holds), credited to step `by`.
+fn points_reached(s: &RunState, by: &str) -> Vec<RunEvent> {
+    let Some(wf) = &s.workflow else { return vec![] };
+    wf.coordination_points
+        .iter()
+        .filter(|p| !s.reached.contains(&p.name))
+        .filter(|p| {
+            if p.after.is_empty() {
+                s.facts.contains(&p.name)
+            } else {
+                p.after.iter().all(|a| s.step(a).is_some_and(|(_, st)| st.status == StepStatus::Completed))
+            }
+        })
+        .map(|p| {
+            RunEvent::CoordinationPointReached(CoordinationPointReached {
+                point: p.name.clone(),
+                after: p.after.clone(),
+                by: by.to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// The aggregation mode of a `parallel` workflow that names one; `None` otherwise.

@@ -61,6 +61,18 @@ pub struct StepCompleted {
     pub vote: Option<String>,
 }
 
+/// A named coordination point (barrier) was reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CoordinationPointReached {
+    /// The point's name.
+    pub point: String,
+    /// The steps it waited for (empty when the point is a fact).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// The step whose completion reached it.
+    pub by: String,
+}
+
 /// A parallel group's votes were counted under the workflow's `aggregation`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VotesAggregated {
@@ -160,6 +172,8 @@ pub enum RunEvent {
     HandoffAccepted(HandoffAccepted),
     /// See [`VotesAggregated`].
     VotesAggregated(VotesAggregated),
+    /// See [`CoordinationPointReached`].
+    CoordinationPointReached(CoordinationPointReached),
     /// See [`HandoffRefused`].
     HandoffRefused(HandoffRefused),
     /// See [`RunCompleted`].
@@ -192,6 +206,7 @@ impl RunEvent {
             RunEvent::StepFailed(_) => "StepFailed",
             RunEvent::HandoffAccepted(_) => "HandoffAccepted",
             RunEvent::VotesAggregated(_) => "VotesAggregated",
+            RunEvent::CoordinationPointReached(_) => "CoordinationPointReached",
             RunEvent::HandoffRefused(_) => "HandoffRefused",
             RunEvent::RunCompleted(_) => "RunCompleted",
             RunEvent::RunFailed(_) => "RunFailed",

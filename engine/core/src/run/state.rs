@@ -108,6 +108,8 @@ pub struct RunState {
     pub aggregated: bool,
     /// Facts that were required and did not hold, once failed for that reason.
     pub unmet: Vec<String>,
+    /// Coordination points reached so far.
+    pub reached: BTreeSet<String>,
 }
 
 /// An event that cannot follow the state it was applied to: the history is corrupt or was
@@ -284,6 +286,12 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
             let i = step_index(&s, e, &ev.step)?;
             if s.steps[i].status != StepStatus::Ready {
                 return Err(s.illegal(e, &format!("step {} is not ready", ev.step)));
+            }
+        }
+        (RunStatus::Running, RunEvent::CoordinationPointReached(ev)) => {
+            let known = s.workflow.as_ref().is_some_and(|w| w.coordination_points.iter().any(|p| p.name == ev.point));
+            if !known || !s.reached.insert(ev.point.clone()) {
+                return Err(s.illegal(e, &format!("coordination point {} is unknown or already reached", ev.point)));
             }
         }
         (RunStatus::Running, RunEvent::VotesAggregated(_)) => {

@@ -44,6 +44,10 @@ pub struct AgentDef {
     /// Working directory of a command agent, relative to the workflow file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// In `sequential_with_parallel_testing`: whether this is a testing agent (default: its name
+    /// or role mentions "test").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub testing: Option<bool>,
     /// Seed field: what the agent does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,

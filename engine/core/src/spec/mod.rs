@@ -42,6 +42,9 @@ pub enum Pattern {
     Parallel,
     /// Steps run when the steps they `need` have completed.
     Dependency,
+    /// The seed's development flow: the agents run in order, except testing agents, which
+    /// start when the step before them completes and run beside the later stages.
+    SequentialWithParallelTesting,
 }
 
 /// A validated workflow: every step's agent is defined, names are valid, the graph is acyclic.
@@ -62,9 +65,9 @@ pub struct Workflow {
     /// Seed option: undo completed steps when the run fails.
     #[serde(default)]
     pub rollback_on_failure: bool,
-    /// Seed option: named barriers.
+    /// Named barriers, recorded as `CoordinationPointReached` when reached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub coordination_points: Vec<String>,
+    pub coordination_points: Vec<CoordinationPoint>,
     /// Seed option: how parallel results are combined (`all` is what this version runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregation: Option<String>,
@@ -77,6 +80,17 @@ pub struct Workflow {
     /// Input given to the first steps.
     #[serde(default)]
     pub input: Value,
+}
+
+/// A named barrier: reached when every step of `after` has completed, or, when `after` is
+/// empty (the seed's list form), when an agent reports the fact of the same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CoordinationPoint {
+    /// The point's name.
+    pub name: String,
+    /// The steps that must have completed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// One step of a validated workflow.

@@ -6,7 +6,10 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::source::{Ctx, contains_word, declares, deserialize, refuse_non_map};
-use super::{AgentDef, Error, MAX_BACKOFF_SECS, MAX_RETRIES, MAX_STEPS, MAX_TIMEOUT_SECS, Pattern, StepDef, Workflow};
+use super::{
+    AgentDef, CoordinationPoint, Error, MAX_BACKOFF_SECS, MAX_RETRIES, MAX_STEPS, MAX_TIMEOUT_SECS, Pattern, StepDef,
+    Workflow,
+};
 use crate::names;
 
 /// Context for parsing a workflow file.
@@ -39,7 +42,7 @@ pub(crate) struct WorkflowFile {
     /// Seed option, recorded with the run.
     rollback_on_failure: Option<bool>,
     /// Seed option: named barriers, recorded with the run.
-    coordination_points: Option<Vec<String>>,
+    coordination_points: Option<PointsField>,
     /// Facts the run must hold at the end (reported by agents in their results' `facts`).
     success_criteria: Option<Vec<String>>,
     /// Seed option: `true` (= `all`) or an aggregation name.
@@ -135,6 +138,54 @@ impl OrderedAgents {
             out.push((k, v));
         }
         Ok(OrderedAgents(out))
+    }
+}
+
+/// `coordination_points:` as the seed's list of names (each reached when the fact of that name
+/// holds) or a map of name -> the steps after which it is reached.
+#[derive(Debug)]
+enum PointsField {
+    Names(Vec<String>),
+    After(BTreeMap<String, Vec<String>>),
+}
+
+impl<'de> Deserialize<'de> for PointsField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = PointsField;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of point names or a map of point name -> list of steps")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<PointsField, A::Error> {
+                let mut names = Vec::new();
+                while let Some(n) = seq.next_element::<String>()? {
+                    names.push(n);
+                }
+                Ok(PointsField::Names(names))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PointsField, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, Vec<String>>()? {
+                    if out.insert(k.clone(), v).is_some() {
+                        return Err(serde::de::Error::custom(format!("coordination point `{k}` is defined twice")));
+                    }
+                }
+                Ok(PointsField::After(out))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+impl JsonSchema for PointsField {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CoordinationPoints".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names = generator.subschema_for::<Vec<String>>();
+        let after = generator.subschema_for::<BTreeMap<String, Vec<String>>>();
+        schemars::json_schema!({ "anyOf": [names, after] })
     }
 }
 
@@ -263,11 +314,14 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         Some("sequential") => Pattern::Sequential,
         Some("parallel") => Pattern::Parallel,
         Some("dependency" | "dag") => Pattern::Dependency,
+        Some("sequential_with_parallel_testing") => Pattern::SequentialWithParallelTesting,
         Some(other) => {
             return Err(cx.err(
                 "pattern",
                 &["pattern", other],
-                format!("pattern `{other}` is not supported by this version; use sequential, parallel or dependency"),
+                format!(
+                    "pattern `{other}` is not supported by this version; use sequential, parallel, dependency or sequential_with_parallel_testing"
+                ),
             ));
         }
     };
@@ -296,6 +350,27 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
             let mut out: Vec<StepDef> = Vec::with_capacity(listed.len());
             for (i, a) in listed.iter().enumerate() {
                 let needs = if i == 0 { vec![] } else { vec![listed[i - 1].clone()] };
+                out.push(StepDef { name: a.clone(), agent: a.clone(), needs, input: None });
+            }
+            out
+        }
+        (Pattern::SequentialWithParallelTesting, None) => {
+            // Testing agents need the last non-testing step before them and nothing needs them:
+            // they run beside the later stages. The others form the sequence.
+            let is_testing = |a: &str| {
+                let def = defs.get(a);
+                def.and_then(|d| d.testing).unwrap_or_else(|| {
+                    a.to_lowercase().contains("test")
+                        || def.and_then(|d| d.role.as_deref()).is_some_and(|r| r.to_lowercase().contains("test"))
+                })
+            };
+            let mut out: Vec<StepDef> = Vec::with_capacity(listed.len());
+            let mut last_stage: Option<String> = None;
+            for a in &listed {
+                let needs: Vec<String> = last_stage.iter().cloned().collect();
+                if !is_testing(a) {
+                    last_stage = Some(a.clone());
+                }
                 out.push(StepDef { name: a.clone(), agent: a.clone(), needs, input: None });
             }
             out
@@ -410,9 +485,27 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
             names::validate("fact", f).map_err(|e| cx.err(format!("agents.{name}.requires"), &[f], e.to_string()))?;
         }
     }
-    let coordination_points = raw.coordination_points.clone().unwrap_or_default();
+    let coordination_points: Vec<CoordinationPoint> = match &raw.coordination_points {
+        None => vec![],
+        Some(PointsField::Names(names)) => {
+            let mut names = names.clone();
+            dedupe(&mut names);
+            names.into_iter().map(|name| CoordinationPoint { name, after: vec![] }).collect()
+        }
+        Some(PointsField::After(map)) => {
+            map.iter().map(|(name, after)| CoordinationPoint { name: name.clone(), after: after.clone() }).collect()
+        }
+    };
     for p in &coordination_points {
-        names::validate("coordination point", p).map_err(|e| cx.err("coordination_points", &[p], e.to_string()))?;
+        names::validate("coordination point", &p.name)
+            .map_err(|e| cx.err("coordination_points", &[&p.name], e.to_string()))?;
+        if let Some(missing) = p.after.iter().find(|s| !seen.contains(s.as_str())) {
+            return Err(cx.err(
+                format!("coordination_points.{}", p.name),
+                &[missing],
+                format!("coordination point `{}` waits for `{missing}`, which is not a step of this workflow", p.name),
+            ));
+        }
     }
     if let Some(t) = raw.timeout
         && !(t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS)
