@@ -254,6 +254,9 @@ fn release_ready(s: &RunState) -> Vec<RunEvent> {
     let mut out = Vec::new();
     for &i in &ready {
         let requires = requires(i);
+        if requires.is_empty() {
+            continue; // nothing to check; spare the walk over the step's ancestors
+        }
         let before = s.facts_before(i);
         let unmet: Vec<String> = requires.iter().filter(|f| !before.contains(*f)).cloned().collect();
         if !unmet.is_empty() {
