@@ -38,6 +38,7 @@ pub(crate) fn summary(s: &RunState) -> Value {
         "failure": s.failure,
         "unmet": s.unmet,
         "facts": s.facts,
+        "points_reached": s.reached,
         "version": s.version,
         "steps": steps,
     })
@@ -112,6 +113,9 @@ pub(crate) async fn status(run_id: &str, json: bool) -> anyhow::Result<u8> {
         }
         if !state.unmet.is_empty() {
             println!("unmet    {}", state.unmet.join(", "));
+        }
+        if !state.reached.is_empty() {
+            println!("points   {}", state.reached.iter().cloned().collect::<Vec<_>>().join(", "));
         }
         if !state.facts.is_empty() {
             println!("facts    {}", state.facts.iter().cloned().collect::<Vec<_>>().join(", "));

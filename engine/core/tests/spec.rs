@@ -782,3 +782,25 @@ fn coordination_points_name_existing_steps() {
     let err = ltmc_core::spec::parse_str(bad, "w.yaml", &Default::default()).expect_err("mobile is no step");
     assert!(err.to_string().contains("`mobile`") && err.line == Some(3), "{err}");
 }
+
+#[test]
+fn an_inline_entry_without_a_way_to_run_refines_the_agents_file() {
+    use ltmc_core::spec::{AgentDef, Builtin, ParseOptions};
+    let mut opts = ParseOptions::default();
+    opts.agents.insert("attest".into(), AgentDef { builtin: Some(Builtin::Noop), ..Default::default() });
+    opts.agents.insert("build".into(), AgentDef { builtin: Some(Builtin::Noop), ..Default::default() });
+    let src = "pattern: sequential_with_parallel_testing\nagents:\n  build: {role: compile}\n  attest: {role: sign the build, testing: false, timeout: 9}\n";
+    let wf = ltmc_core::spec::parse_str(src, "w.yaml", &opts).expect("valid");
+    assert_eq!(wf.agents["attest"].testing, Some(false));
+    assert_eq!(wf.agents["attest"].timeout, Some(9.0));
+    assert_eq!(wf.agents["attest"].builtin, Some(Builtin::Noop));
+    assert_eq!(wf.steps[1].needs, ["build"], "attest is a stage, not a testing agent");
+}
+
+#[test]
+fn map_form_points_keep_file_order() {
+    let src = "pattern: parallel\ncoordination_points:\n  zeta: [a]\n  alpha: [a]\nagents:\n  a: {builtin: noop}\n";
+    let wf = ltmc_core::spec::parse_str(src, "w.yaml", &Default::default()).expect("valid");
+    let names: Vec<&str> = wf.coordination_points.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["zeta", "alpha"]);
+}

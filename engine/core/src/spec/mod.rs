@@ -68,7 +68,7 @@ pub struct Workflow {
     /// Named barriers, recorded as `CoordinationPointReached` when reached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coordination_points: Vec<CoordinationPoint>,
-    /// Seed option: how parallel results are combined (`all` is what this version runs).
+    /// How a `parallel` workflow's votes decide the run: all, any, first, majority, consensus_required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregation: Option<String>,
     /// Facts the run must hold when every step has completed; unmet ones fail the run.

@@ -31,7 +31,7 @@ pub(crate) struct WorkflowFile {
     name: Option<String>,
     /// Free text.
     description: Option<String>,
-    /// `sequential`, `parallel` or `dependency` (implied by `steps:`).
+    /// `sequential`, `parallel`, `dependency` (implied by `steps:`) or `sequential_with_parallel_testing`.
     pattern: Option<String>,
     /// Agent names (defined in an agents file) or a map of name -> definition, in run order.
     agents: Option<AgentsField>,
@@ -41,7 +41,8 @@ pub(crate) struct WorkflowFile {
     handoff_validation: Option<bool>,
     /// Seed option, recorded with the run.
     rollback_on_failure: Option<bool>,
-    /// Seed option: named barriers, recorded with the run.
+    /// Named barriers: a list of names (each reached when an agent reports that fact) or a map of
+    /// name -> steps (reached when they have completed); recorded as CoordinationPointReached.
     coordination_points: Option<PointsField>,
     /// Facts the run must hold at the end (reported by agents in their results' `facts`).
     success_criteria: Option<Vec<String>>,
@@ -146,7 +147,7 @@ impl OrderedAgents {
 #[derive(Debug)]
 enum PointsField {
     Names(Vec<String>),
-    After(BTreeMap<String, Vec<String>>),
+    After(Vec<(String, Vec<String>)>),
 }
 
 impl<'de> Deserialize<'de> for PointsField {
@@ -165,11 +166,13 @@ impl<'de> Deserialize<'de> for PointsField {
                 Ok(PointsField::Names(names))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PointsField, A::Error> {
-                let mut out = BTreeMap::new();
+                // File order: points reached by the same completion are recorded in it.
+                let mut out: Vec<(String, Vec<String>)> = Vec::new();
                 while let Some((k, v)) = map.next_entry::<String, Vec<String>>()? {
-                    if out.insert(k.clone(), v).is_some() {
+                    if out.iter().any(|(n, _)| n == &k) {
                         return Err(serde::de::Error::custom(format!("coordination point `{k}` is defined twice")));
                     }
+                    out.push((k, v));
                 }
                 Ok(PointsField::After(out))
             }
@@ -228,6 +231,41 @@ struct WrappedAgentsFile {
 
 const AGGREGATIONS: [&str; 5] = ["all", "any", "first", "majority", "consensus_required"];
 
+/// Overlays the fields `inline` gives onto `base` (the kind fields are absent from `inline`).
+fn refine(base: &mut AgentDef, inline: &AgentDef) {
+    let AgentDef {
+        run: _,
+        builtin: _,
+        worker: _,
+        params,
+        timeout,
+        retries,
+        backoff,
+        requires,
+        compensate,
+        env,
+        cwd,
+        testing,
+        role,
+        duration,
+        description,
+    } = inline.clone();
+    base.params = params.or(base.params.take());
+    base.timeout = timeout.or(base.timeout);
+    base.retries = retries.or(base.retries);
+    base.backoff = backoff.or(base.backoff);
+    if !requires.is_empty() {
+        base.requires = requires;
+    }
+    base.compensate = compensate.or(base.compensate.take());
+    base.env.extend(env);
+    base.cwd = cwd.or(base.cwd.take());
+    base.testing = testing.or(base.testing);
+    base.role = role.or(base.role.take());
+    base.duration = duration.or(base.duration.take());
+    base.description = description.or(base.description.take());
+}
+
 /// Removes repeated names, keeping the first of each.
 fn dedupe(names: &mut Vec<String>) {
     let mut seen = BTreeSet::new();
@@ -283,11 +321,9 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
                 match defs.get_mut(k) {
                     // The seed's `{role, duration}` maps describe agents an agents file runs:
                     // keep the file's definition and add the description.
-                    Some(from_file) if !says_how => {
-                        from_file.role = v.role.clone().or(from_file.role.take());
-                        from_file.duration = v.duration.clone().or(from_file.duration.take());
-                        from_file.description = v.description.clone().or(from_file.description.take());
-                    }
+                    // An inline entry that does not say how to run refines the agents file's
+                    // definition: every field it gives wins (the seed's `{role, duration}` maps).
+                    Some(from_file) if !says_how => refine(from_file, v),
                     _ => {
                         defs.insert(k.clone(), v.clone());
                     }
@@ -343,7 +379,7 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
             return Err(cx.err(
                 "steps",
                 &["steps"],
-                "`steps:` belongs to the dependency form; with `pattern: sequential` or `parallel` list `agents:` instead",
+                "`steps:` belongs to the dependency form; with `pattern: sequential`, `parallel` or `sequential_with_parallel_testing` list `agents:` instead",
             ));
         }
         (Pattern::Sequential, None) => {
