@@ -149,12 +149,9 @@ async fn a_missing_postgres_schema_is_named() {
     assert!(err.to_string().contains("no existing schema"), "{err}");
 }
 
-/// Appends that arrive together share a transaction on Postgres (group commit), yet each keeps
-/// its own answer: a reused id or a stale expectation fails only that append.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_appends_share_commits_and_keep_their_own_answers() -> anyhow::Result<()> {
-    let schema = PgSchema::new().await?;
-    let store = schema.store().await?;
+/// Appends that arrive together share a transaction (group commit), yet each keeps its own
+/// answer: a reused id or a stale expectation fails only that append.
+async fn concurrent_appends(store: Store) -> anyhow::Result<usize> {
     let taken = ev(0);
     store.append("taken-1", ExpectedVersion::NoStream, std::slice::from_ref(&taken)).await?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -192,6 +189,18 @@ async fn concurrent_appends_share_commits_and_keep_their_own_answers() -> anyhow
     assert_eq!(ok, 50 * 8 - 2);
     let all = store.read_all(0, 10_000).await?;
     assert_eq!(all.len(), 1 + 2 * ok, "nothing of the failed appends was written");
+    assert!(all.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    for e in all.iter().filter(|e| e.stream_id.starts_with("grp-")) {
+        let chain = read_stream_all(&store, &e.stream_id).await?;
+        assert_eq!(first_broken_link(&chain), None);
+    }
+    Ok(ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_commits_and_keep_their_own_answers() -> anyhow::Result<()> {
+    let schema = PgSchema::new().await?;
+    let ok = concurrent_appends(schema.store().await?).await?;
     // Fewer transactions than appends: concurrent appends were committed together.
     let client = schema.client().await?;
     let transactions: i64 = client
@@ -201,4 +210,10 @@ async fn concurrent_appends_share_commits_and_keep_their_own_answers() -> anyhow
     assert!(transactions < ok as i64, "{transactions} transactions for {ok} appends");
     eprintln!("{ok} appends in {transactions} transactions");
     schema.drop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sqlite_appends_keep_their_own_answers() -> anyhow::Result<()> {
+    let (store, _dir) = sqlite_store().await?;
+    concurrent_appends(store).await.map(|_| ())
 }

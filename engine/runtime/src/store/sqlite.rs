@@ -28,6 +28,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// Appends waiting for the writer (see `commit_group`).
+    pending: Mutex<Vec<Pending>>,
     tx: broadcast::Sender<i64>,
 }
 
@@ -99,7 +101,15 @@ impl SqliteStore {
         })
         .await?;
         let (tx, _) = broadcast::channel(1024);
-        Ok(SqliteStore { inner: Arc::new(Inner { path, writer: Mutex::new(writer), reader: Mutex::new(reader), tx }) })
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                pending: Mutex::new(Vec::new()),
+                tx,
+            }),
+        })
     }
 
     /// The database file.
@@ -236,13 +246,9 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
-fn append_blocking(
-    conn: &mut Connection,
-    stream: &str,
-    expected: ExpectedVersion,
-    events: &[NewEvent],
-) -> Result<Appended> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
+/// One append inside a transaction the caller owns (rows of a refused append are left for the
+/// caller to roll back).
+fn append_in(tx: &Connection, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
     let (current, prev): (i64, String) = tx
         .prepare_cached(
             "SELECT stream_version, hash FROM events WHERE stream_id = ?1 ORDER BY stream_version DESC LIMIT 1",
@@ -259,7 +265,7 @@ fn append_blocking(
     };
     if !ok {
         // The head moved, perhaps by this very batch committed before a retry.
-        if let Some(dup) = find_duplicate(&tx, stream, events)? {
+        if let Some(dup) = find_duplicate(tx, stream, events)? {
             return Ok(dup);
         }
         return Err(Error::Conflict { stream: stream.to_owned(), expected: expected.describe(), actual: current });
@@ -291,7 +297,7 @@ fn append_blocking(
                 // An event id exists already: a retried append (Any), or a reused id.
                 Err(err) if is_unique_violation(&err) => {
                     drop(stmt);
-                    let dup = find_duplicate(&tx, stream, events)?;
+                    let dup = find_duplicate(tx, stream, events)?;
                     return dup.ok_or_else(|| Error::IdReused { event_id: events[0].event_id.to_string() });
                 }
                 Err(err) => return Err(sql_err(err)),
@@ -302,7 +308,6 @@ fn append_blocking(
             }
         }
     }
-    tx.commit().map_err(sql_err)?;
     Ok(Appended {
         first_position: first,
         last_position: last,
@@ -311,12 +316,79 @@ fn append_blocking(
     })
 }
 
+/// An append waiting for the writer.
+struct Pending {
+    stream: String,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    reply: tokio::sync::oneshot::Sender<Result<Appended>>,
+}
+
+/// Group commit: appends waiting while another holds the writer share one transaction (one
+/// fsync), each in a savepoint so that a refused one leaves no trace and fails nothing else.
+/// A lone append is a plain transaction.
+fn commit_group(conn: &mut Connection, group: Vec<Pending>) {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let why = sql_err(e).to_string();
+            for p in group {
+                let _ = p.reply.send(Err(Error::Unavailable(why.clone())));
+            }
+            return;
+        }
+    };
+    let alone = group.len() == 1;
+    let mut answers = Vec::with_capacity(group.len());
+    for p in group {
+        let result = if alone {
+            append_in(&tx, &p.stream, p.expected, &p.events)
+        } else {
+            let result = tx
+                .execute_batch("SAVEPOINT ltmc_append")
+                .map_err(sql_err)
+                .and_then(|()| append_in(&tx, &p.stream, p.expected, &p.events));
+            let undo = !matches!(result, Ok(Appended { duplicate: false, .. }));
+            let end = if undo { "ROLLBACK TO ltmc_append; RELEASE ltmc_append" } else { "RELEASE ltmc_append" };
+            match tx.execute_batch(end).map_err(sql_err) {
+                Ok(()) => result,
+                Err(e) => Err(e),
+            }
+        };
+        answers.push((p.reply, result));
+    }
+    let wrote = answers.iter().any(|(_, r)| matches!(r, Ok(Appended { duplicate: false, .. })));
+    let committed = if wrote { tx.commit().map_err(sql_err) } else { Ok(()) };
+    for (reply, result) in answers {
+        let result = match (&committed, result) {
+            (Err(e), Ok(a)) if !a.duplicate => Err(Error::Unavailable(format!("commit failed: {e}"))),
+            (_, r) => r,
+        };
+        let _ = reply.send(result);
+    }
+}
+
 impl EventStore for SqliteStore {
     async fn append(&self, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
         check_batch(stream, events)?;
-        let stream = stream.to_owned();
-        let events = events.to_vec();
-        let appended = self.with_writer(move |c| append_blocking(c, &stream, expected, &events)).await?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending { stream: stream.to_owned(), expected, events: events.to_vec(), reply };
+        let inner = self.inner.clone();
+        // Queue the append, then take the writer: whoever gets it commits everything queued.
+        let appended = blocking(move || {
+            inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?.push(pending);
+            {
+                let mut conn = inner.writer.lock().map_err(|_| Error::Backend("writer lock poisoned".into()))?;
+                let group: Vec<Pending> = std::mem::take(
+                    &mut *inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?,
+                );
+                if !group.is_empty() {
+                    commit_group(&mut conn, group);
+                }
+            }
+            answer.blocking_recv().map_err(|_| Error::Backend("the append was dropped".into()))?
+        })
+        .await?;
         if !appended.duplicate {
             let _ = self.inner.tx.send(appended.last_position);
         }
