@@ -229,13 +229,8 @@ impl Engine {
             let mut next = state.clone();
             let mut events = Vec::new();
             for cmd in commands {
-                if let Command::RecordOutcome { step, attempt, .. } = &cmd
-                    && let Some((i, _)) = next.step(step)
-                {
-                    in_flight.remove(&(i, *attempt));
-                }
-                // The retry's timer is done; the attempt it dispatches is tracked as an agent.
-                if let Command::Retry { step, attempt } = &cmd
+                // The agent (or the retry's timer) is done with this attempt.
+                if let Command::RecordOutcome { step, attempt, .. } | Command::Retry { step, attempt } = &cmd
                     && let Some((i, _)) = next.step(step)
                 {
                     in_flight.remove(&(i, *attempt));

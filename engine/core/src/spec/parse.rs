@@ -56,6 +56,15 @@ pub(crate) struct WorkflowFile {
     input: Option<Value>,
 }
 
+/// A YAML/JSON list of strings, read by the hand-written list-or-map fields below.
+fn names_of<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<Vec<String>, A::Error> {
+    let mut names = Vec::new();
+    while let Some(n) = seq.next_element::<String>()? {
+        names.push(n);
+    }
+    Ok(names)
+}
+
 /// `agents:` as a list of names or a map of definitions. Not `#[serde(untagged)]`: an untagged
 /// enum replaces every inner error (an unknown key, a duplicate, a wrong type) by "did not match
 /// any variant" without a line, so the shape is chosen from the YAML/JSON node kind instead.
@@ -73,12 +82,8 @@ impl<'de> Deserialize<'de> for AgentsField {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a list of agent names or a map of agent name -> definition")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AgentsField, A::Error> {
-                let mut names = Vec::new();
-                while let Some(n) = seq.next_element::<String>()? {
-                    names.push(n);
-                }
-                Ok(AgentsField::Names(names))
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<AgentsField, A::Error> {
+                names_of(seq).map(AgentsField::Names)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<AgentsField, A::Error> {
                 OrderedAgents::from_map(map).map(AgentsField::Defs)
@@ -158,12 +163,8 @@ impl<'de> Deserialize<'de> for PointsField {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a list of point names or a map of point name -> list of steps")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<PointsField, A::Error> {
-                let mut names = Vec::new();
-                while let Some(n) = seq.next_element::<String>()? {
-                    names.push(n);
-                }
-                Ok(PointsField::Names(names))
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<PointsField, A::Error> {
+                names_of(seq).map(PointsField::Names)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PointsField, A::Error> {
                 // File order: points reached by the same completion are recorded in it.

@@ -119,8 +119,10 @@ impl PgStore {
         Ok(client)
     }
 
-    async fn head(&self, client: &tokio_postgres::Client, stream: &str) -> Result<(i64, String)> {
-        let row = client
+    async fn head(&self, stream: &str) -> Result<(i64, String)> {
+        let row = self
+            .client()
+            .await?
             .query_opt(
                 "SELECT stream_version, hash FROM events WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1",
                 &[&stream],
@@ -131,12 +133,9 @@ impl PgStore {
     }
 
     /// (version, hash) to chain from when appending at `expected`.
-    async fn base(
-        &self,
-        client: &tokio_postgres::Client,
-        stream: &str,
-        expected: ExpectedVersion,
-    ) -> Result<(i64, String)> {
+    /// A pooled connection is taken only on a cache miss: the append itself goes through the
+    /// committer, so holding one per append would cap how many appends can queue for a group.
+    async fn base(&self, stream: &str, expected: ExpectedVersion) -> Result<(i64, String)> {
         match expected {
             ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => Ok((0, String::new())),
             ExpectedVersion::Exact(v) => {
@@ -145,7 +144,9 @@ impl PgStore {
                 {
                     return Ok((v, h));
                 }
-                let row = client
+                let row = self
+                    .client()
+                    .await?
                     .query_opt("SELECT hash FROM events WHERE stream_id = $1 AND stream_version = $2", &[&stream, &v])
                     .await
                     .map_err(db_err)?;
@@ -157,7 +158,7 @@ impl PgStore {
             }
             ExpectedVersion::Any => match self.inner.heads.get(stream) {
                 Some(h) => Ok(h),
-                None => self.head(client, stream).await,
+                None => self.head(stream).await,
             },
         }
     }
@@ -219,11 +220,10 @@ pub(crate) fn row_to_event(r: &Row) -> Result<RecordedEvent> {
 impl EventStore for PgStore {
     async fn append(&self, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
         check_batch(stream, events)?;
-        let client = self.client().await?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let mut retries_left = 5;
         loop {
-            let (current, prev) = self.base(&client, stream, expected).await?;
+            let (current, prev) = self.base(stream, expected).await?;
             let hashes = chain_hashes(stream, current, &prev, events);
             let call = Call {
                 stream: stream.to_owned(),
@@ -241,7 +241,7 @@ impl EventStore for PgStore {
                 Ok(answer) => answer,
                 // An event id exists already: a retried append, or a reused id.
                 Err(Failure::UniqueViolation) => {
-                    return match find_duplicate(&client, stream, &ids).await? {
+                    return match find_duplicate(&*self.client().await?, stream, &ids).await? {
                         Some(dup) => Ok(dup),
                         None => Err(Error::IdReused { event_id: ids.first().map(Uuid::to_string).unwrap_or_default() }),
                     };
@@ -261,7 +261,7 @@ impl EventStore for PgStore {
             }
             // A conflict: the head moved (perhaps by this very append, committed before a retry).
             self.inner.heads.forget(stream);
-            if let Some(dup) = find_duplicate(&client, stream, &ids).await? {
+            if let Some(dup) = find_duplicate(&*self.client().await?, stream, &ids).await? {
                 return Ok(dup);
             }
             if expected == ExpectedVersion::Any && retries_left > 0 {
