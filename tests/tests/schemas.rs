@@ -3,7 +3,7 @@
 //! review the diff.
 
 use ltmc_core::RecordedEvent;
-use ltmc_core::protocol::{AgentResult, AgentTask};
+use ltmc_core::protocol::{AgentResult, AgentTask, WorkerReport, WorkerTask};
 use ltmc_core::run::RunEvent;
 use ltmc_core::spec::{self, Workflow};
 use std::path::PathBuf;
@@ -17,6 +17,8 @@ fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("workflow-definition.json", schemars::schema_for!(Workflow)),
         ("agent-task.json", schemars::schema_for!(AgentTask)),
         ("agent-result.json", schemars::schema_for!(AgentResult)),
+        ("worker-task.json", schemars::schema_for!(WorkerTask)),
+        ("worker-report.json", schemars::schema_for!(WorkerReport)),
     ]
 }
 

@@ -2,9 +2,11 @@
 
 use anyhow::Context;
 use ltmc_core::run::{RunEvent, RunState, RunStatus};
+use ltmc_core::spec::AgentKind;
 use ltmc_core::spec::{self, ParseOptions, Workflow};
 use ltmc_engine::config::Config;
 use ltmc_engine::relay;
+use ltmc_engine::workers::Workers;
 use ltmc_engine::{Engine, EventStore, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -88,7 +90,8 @@ pub(crate) async fn run(file: &Path, agents: Option<&Path>, input: Option<&str>,
     let base_dir = base_dir.canonicalize().unwrap_or(base_dir);
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
     let relay = config.relay_options().map(|o| relay::spawn(store.clone(), o));
-    let engine = Engine::new(store.clone(), config.engine.clone());
+    let needs_workers = workflow.agents.values().any(|d| d.kind() == Ok(AgentKind::Worker));
+    let engine = engine(&store, &config, needs_workers).await?;
     let state = engine.run(workflow, input, base_dir, Some(progress())).await?;
     finish(&store, relay, state, json).await
 }
@@ -97,9 +100,21 @@ pub(crate) async fn resume(run_id: &str, dir: Option<PathBuf>, json: bool) -> an
     let config = Config::from_env()?;
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
     let relay = config.relay_options().map(|o| relay::spawn(store.clone(), o));
-    let engine = Engine::new(store.clone(), config.engine.clone());
+    let engine = engine(&store, &config, config.nats_url.is_some()).await?;
     let state = engine.drive(run_id, dir, Some(progress())).await?;
     finish(&store, relay, state, json).await
+}
+
+/// The engine, connected to NATS workers when `workers` and LTMC_NATS_URL is set.
+pub(crate) async fn engine(store: &Store, config: &Config, workers: bool) -> anyhow::Result<Engine> {
+    let engine = Engine::new(store.clone(), config.engine.clone());
+    match (&config.nats_url, workers) {
+        (Some(url), true) => {
+            let w = Workers::connect(url).await.context("connecting to NATS for workers")?;
+            Ok(engine.with_workers(w))
+        }
+        _ => Ok(engine),
+    }
 }
 
 /// Prints the result, waits briefly for the relay to publish the run, and picks the exit code.

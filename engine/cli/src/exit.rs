@@ -37,13 +37,17 @@ pub(crate) fn code_for(e: &anyhow::Error) -> u8 {
         if cause.is::<ltmc_core::spec::Error>() || cause.is::<BadInput>() || cause.is::<ltmc_engine::config::Error>() {
             return BAD_INPUT;
         }
+        if cause.is::<ltmc_engine::workers::Error>() {
+            return UNAVAILABLE;
+        }
         if let Some(s) = cause.downcast_ref::<store::Error>() {
             return store_code(s);
         }
         if let Some(d) = cause.downcast_ref::<driver::Error>() {
             return match d {
                 driver::Error::Store(s) => store_code(s),
-                driver::Error::NotFound(_) => BAD_INPUT,
+                driver::Error::NotFound(_) | driver::Error::NeedsNats(_) => BAD_INPUT,
+                driver::Error::Workers(_) => UNAVAILABLE,
                 _ => RUN_FAILED,
             };
         }

@@ -8,6 +8,7 @@ mod cmd_admin;
 mod cmd_events;
 mod cmd_run;
 mod cmd_runs;
+mod cmd_worker;
 mod exit;
 
 use clap::{Parser, Subcommand};
@@ -98,6 +99,31 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a `worker: true` agent's tasks from NATS (needs LTMC_NATS_URL) with a command.
+    Worker {
+        /// The agent to serve.
+        #[arg(long)]
+        agent: String,
+        /// Serve with a built-in agent instead of a command (noop, echo, sleep, fail).
+        #[arg(long)]
+        builtin: Option<String>,
+        /// Tasks performed at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Seconds JetStream waits for a heartbeat before giving the task to another worker.
+        #[arg(long, default_value_t = 30.0)]
+        ack_wait: f64,
+        /// Exit after this many tasks.
+        #[arg(long)]
+        max_tasks: Option<u64>,
+        /// Folder the command runs in.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The command and its arguments, after `--`; it reads the task on stdin and prints its
+        /// result, as a command agent does.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Measure the engine against raw database commits on this machine.
     Bench(bench::Args),
 }
@@ -132,6 +158,10 @@ fn main() -> ExitCode {
             Cmd::Migrate => cmd_admin::migrate().await,
             Cmd::Relay => cmd_admin::relay().await,
             Cmd::Audit { verify, json } => cmd_admin::audit(verify, json).await,
+            Cmd::Worker { agent, builtin, concurrency, ack_wait, max_tasks, dir, command } => {
+                let args = cmd_worker::Args { agent, command, builtin, concurrency, ack_wait, max_tasks, dir };
+                cmd_worker::worker(args).await
+            }
             Cmd::Bench(args) => bench::run(args).await,
         }
     });

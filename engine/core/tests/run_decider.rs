@@ -48,7 +48,7 @@ fn completed(step: &str, attempt: u32, output: Value) -> Command {
     Command::RecordOutcome {
         step: step.into(),
         attempt,
-        outcome: Outcome::Completed { output, facts: vec![], vote: None, duration_ms: 5 },
+        outcome: Outcome::Completed { output, facts: vec![], vote: None, events: vec![], duration_ms: 5 },
     }
 }
 
@@ -106,6 +106,7 @@ fn step_completed(step: &str, attempt: u32, output: Value) -> RunEvent {
         duration_ms: 5,
         facts: vec![],
         vote: None,
+        events: vec![],
     })
 }
 
@@ -641,6 +642,7 @@ fn completed_with_facts(step: &str, facts: &[&str]) -> Command {
             output: json!(null),
             facts: facts.iter().map(|f| (*f).to_owned()).collect(),
             vote: None,
+            events: vec![],
             duration_ms: 1,
         },
     }

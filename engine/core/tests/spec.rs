@@ -216,7 +216,7 @@ fn agents_file_refuses_bad_names_and_worker() {
     let e = parse_agents_str("a.b: {builtin: noop}\n", "agents.yaml").expect_err("bad name");
     assert!(e.message.contains("a.b"), "{e}");
     assert_eq!(e.line, Some(1), "{e}");
-    let e = parse_agents_str("ok: {builtin: noop}\nremote: {worker: true}\n", "agents.yaml").expect_err("worker");
+    let e = parse_agents_str("ok: {builtin: noop}\nremote: {worker: true, builtin: noop}\n", "agents.yaml").expect_err("two kinds");
     assert!(e.message.contains("worker"), "{e}");
     assert_eq!(e.line, Some(2), "{e}");
 }
@@ -605,11 +605,12 @@ fn agent_without_a_kind_or_with_an_empty_command_is_refused() {
 }
 
 #[test]
-fn worker_agents_are_refused_with_a_clear_message() {
-    let src = "pattern: sequential\nagents:\n  remote:\n    worker: true\n";
+fn worker_agents_are_accepted_and_a_second_kind_is_refused() {
+    let wf = parse("pattern: sequential\nagents:\n  remote:\n    worker: true\n", "w.yaml").expect("valid");
+    assert_eq!(wf.agents["remote"].kind(), Ok(ltmc_core::spec::AgentKind::Worker));
+    let src = "pattern: sequential\nagents:\n  remote:\n    worker: true\n    run: [python3, a.py]\n";
     let e = parse_err(src, "worker.yaml");
-    assert!(e.message.contains("worker: true") && e.message.contains("not supported"), "{e}");
-    assert!(e.message.contains("run:") && e.message.contains("builtin:"), "says what to use instead: {e}");
+    assert!(e.message.contains("more than one of `run`, `builtin` and `worker`"), "{e}");
     assert_eq!(e.line, Some(3), "{e}");
     assert_eq!(e.field, "agents.remote");
 }
@@ -735,7 +736,7 @@ fn a_seed_role_map_runs_with_the_agents_file_definitions() {
 
 #[test]
 fn unused_inline_agents_are_checked_too() {
-    let src = "agents:\n  a: {builtin: noop}\n  spare: {worker: true}\nsteps:\n  - {name: one, agent: a}\n";
+    let src = "agents:\n  a: {builtin: noop}\n  spare: {worker: true, run: [x]}\nsteps:\n  - {name: one, agent: a}\n";
     let err = ltmc_core::spec::parse_str(src, "w.yaml", &Default::default()).expect_err("spare is invalid");
     assert!(err.to_string().contains("spare") && err.to_string().contains("worker"), "{err}");
     assert_eq!(err.line, Some(3), "{err}");

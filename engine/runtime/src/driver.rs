@@ -19,6 +19,8 @@ use tokio::task::JoinSet;
 
 use crate::agents::{self, Task};
 use crate::store::{self, EventStore, ExpectedVersion, Store, new_event};
+use crate::workers::{RunMailbox, Workers};
+use ltmc_core::spec::AgentKind;
 
 /// Engine settings that shape how runs execute. The per-agent ones (`default_timeout`,
 /// `retry_attempts`, `retry_backoff`) fill what an agent's definition leaves out and are pinned
@@ -64,6 +66,12 @@ pub enum Error {
     /// No run with this id.
     #[error("no run {0}; `ltmc runs` lists them")]
     NotFound(String),
+    /// The workflow has `worker: true` agents and the engine has no NATS connection.
+    #[error("agent {0} is served by workers over NATS (`worker: true`); set LTMC_NATS_URL")]
+    NeedsNats(String),
+    /// NATS failed while opening the run's worker mailbox.
+    #[error(transparent)]
+    Workers(#[from] crate::workers::Error),
 }
 
 /// Runs workflows. Cheap to clone; clones share the concurrency limit.
@@ -72,6 +80,7 @@ pub struct Engine {
     store: Store,
     options: EngineOptions,
     slots: Arc<Semaphore>,
+    workers: Option<Workers>,
 }
 
 /// Called with each event the driver appends (for progress output).
@@ -81,7 +90,13 @@ impl Engine {
     /// An engine over `store`.
     pub fn new(store: Store, options: EngineOptions) -> Engine {
         let slots = Arc::new(Semaphore::new(options.max_concurrent_agents.max(1)));
-        Engine { store, options, slots }
+        Engine { store, options, slots, workers: None }
+    }
+
+    /// Serves `worker: true` agents through NATS workers.
+    pub fn with_workers(mut self, workers: Workers) -> Engine {
+        self.workers = Some(workers);
+        self
     }
 
     /// The store.
@@ -100,6 +115,11 @@ impl Engine {
         workdir: Option<&Path>,
         progress: Option<&Progress>,
     ) -> Result<String, Error> {
+        if self.workers.is_none()
+            && let Some((name, _)) = workflow.agents.iter().find(|(_, d)| d.kind() == Ok(AgentKind::Worker))
+        {
+            return Err(Error::NeedsNats(name.clone()));
+        }
         let run_id = uuid::Uuid::now_v7().to_string();
         for def in workflow.agents.values_mut() {
             def.timeout = def.timeout.or(Some(self.options.default_timeout.as_secs_f64()));
@@ -165,6 +185,7 @@ impl Engine {
             }
             None => None,
         };
+        let mailbox = self.mailbox(&state).await?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Due>();
         let mut in_flight: HashSet<(usize, u32)> = HashSet::new();
         let mut agents_running = JoinSet::new();
@@ -185,11 +206,22 @@ impl Engine {
                             .and_then(|w| w.agents.get(&task.agent))
                             .cloned()
                             .unwrap_or_default();
-                        let (tx, slots, base_dir, timeout) =
-                            (tx.clone(), self.slots.clone(), base_dir.clone(), self.options.default_timeout);
+                        let (tx, slots, base_dir, timeout, mailbox) = (
+                            tx.clone(),
+                            self.slots.clone(),
+                            base_dir.clone(),
+                            self.options.default_timeout,
+                            mailbox.clone(),
+                        );
                         agents_running.spawn(async move {
                             let _permit = slots.acquire_owned().await;
-                            let outcome = agents::perform(&def, &task, &base_dir, timeout).await;
+                            let outcome = match (def.kind(), mailbox) {
+                                (Ok(AgentKind::Worker), Some(m)) => {
+                                    let t = def.timeout.and_then(|t| Duration::try_from_secs_f64(t).ok());
+                                    agents::normalize(m.perform(&task, t.unwrap_or(timeout)).await)
+                                }
+                                _ => agents::perform(&def, &task, &base_dir, timeout).await,
+                            };
                             let _ = tx.send(Due::Outcome(task.step, task.attempt, outcome));
                         });
                     }
@@ -274,6 +306,16 @@ impl Engine {
             }
             state = next;
         }
+    }
+
+    /// The run's worker mailbox when it has `worker: true` agents.
+    async fn mailbox(&self, state: &RunState) -> Result<Option<Arc<RunMailbox>>, Error> {
+        let Some(wf) = &state.workflow else { return Ok(None) };
+        let Some((name, _)) = wf.agents.iter().find(|(_, d)| d.kind() == Ok(AgentKind::Worker)) else {
+            return Ok(None);
+        };
+        let Some(workers) = &self.workers else { return Err(Error::NeedsNats(name.clone())) };
+        Ok(Some(Arc::new(workers.open_run(&state.run_id).await?)))
     }
 
     /// When the run started (the time of its first event).

@@ -8,6 +8,7 @@ use super::aggregate::{COMPLETED_VOTE, FAILED_VOTE, Mode, verdict};
 use super::events::*;
 use super::idempotency_key;
 use super::state::{RunState, RunStatus, StepStatus, evolve};
+use crate::protocol::EmittedEvent;
 use crate::spec::{Pattern, Workflow};
 
 /// A request to change a run.
@@ -59,6 +60,8 @@ pub enum Outcome {
         facts: Vec<String>,
         /// Its vote, if it gave one (parallel aggregation).
         vote: Option<String>,
+        /// Events it emitted (activate agents in an `event_driven` workflow).
+        events: Vec<EmittedEvent>,
         /// Wall time in ms.
         duration_ms: u64,
     },
@@ -145,10 +148,17 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
                 return Err(Rejection::NotRunning { step, attempt });
             }
             match outcome {
-                Outcome::Completed { output, facts, vote, duration_ms } => {
+                Outcome::Completed { output, facts, vote, events, duration_ms } => {
                     let by = step.clone();
-                    let done =
-                        RunEvent::StepCompleted(StepCompleted { step, attempt, output, duration_ms, facts, vote });
+                    let done = RunEvent::StepCompleted(StepCompleted {
+                        step,
+                        attempt,
+                        output,
+                        duration_ms,
+                        facts,
+                        vote,
+                        events,
+                    });
                     let mut next = fold(s, &done)?;
                     let mut out = vec![done];
                     for reached in points_reached(&next, &by) {

@@ -59,6 +59,9 @@ pub struct StepCompleted {
     /// The agent's vote, when it gave one (parallel aggregation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vote: Option<String>,
+    /// Events the agent emitted (they activate listening agents in an `event_driven` workflow).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<crate::protocol::EmittedEvent>,
 }
 
 /// A named coordination point (barrier) was reached.

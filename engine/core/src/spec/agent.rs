@@ -16,7 +16,8 @@ pub struct AgentDef {
     /// A built-in agent: `noop`, `echo`, `sleep`, `fail`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<Builtin>,
-    /// Served by a remote worker over NATS (not in this version).
+    /// Served by workers over NATS: the task goes to JetStream work queue `LTMC_TASKS`, subject
+    /// `ltmc.tasks.<agent>`; results come back on `ltmc.results.<run>` (`docs/workers.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<bool>,
     /// Parameters of a built-in agent (`ms` for `sleep`, `message` for `fail`).
@@ -100,6 +101,8 @@ pub enum AgentKind {
     Builtin(Builtin),
     /// A local command.
     Command(Vec<String>),
+    /// Remote workers over NATS.
+    Worker,
 }
 
 impl AgentDef {
@@ -122,12 +125,9 @@ impl AgentDef {
                 Ok(AgentKind::Command(argv))
             }
             (None, Some(b), false) => Ok(AgentKind::Builtin(*b)),
-            (None, None, true) => Err(
-                "`worker: true` agents (served over NATS) are not supported by this version; use `run:` or `builtin:`"
-                    .into(),
-            ),
+            (None, None, true) => Ok(AgentKind::Worker),
             (None, None, false) => {
-                Err("says neither how to run: give `run: [command, args...]` or `builtin: noop|echo|sleep|fail`".into())
+                Err("says neither how to run: give `run: [command, args...]`, `builtin: noop|echo|sleep|fail` or `worker: true`".into())
             }
             _ => Err("gives more than one of `run`, `builtin` and `worker`; keep one".into()),
         }

@@ -28,6 +28,11 @@ fn param_vote(params: Option<&Value>) -> Option<String> {
     }
 }
 
+/// The events a built-in emits: `params.events` (`[{type, data}]`).
+fn param_events(params: Option<&Value>) -> Vec<ltmc_core::protocol::EmittedEvent> {
+    super::command::parse_events(params.and_then(|p| p.get("events")).cloned())
+}
+
 pub(super) async fn perform(b: Builtin, params: Option<&Value>, task: &Task) -> Outcome {
     let started = Instant::now();
     let param = |k: &str| params.and_then(|p| p.get(k));
@@ -36,12 +41,14 @@ pub(super) async fn perform(b: Builtin, params: Option<&Value>, task: &Task) -> 
             output: Value::Null,
             facts: param_facts(params),
             vote: param_vote(params),
+            events: param_events(params),
             duration_ms: 0,
         },
         Builtin::Echo => Outcome::Completed {
             output: task.input.clone(),
             facts: param_facts(params),
             vote: param_vote(params),
+            events: param_events(params),
             duration_ms: 0,
         },
         Builtin::Sleep => {
@@ -51,6 +58,7 @@ pub(super) async fn perform(b: Builtin, params: Option<&Value>, task: &Task) -> 
                 output: task.input.clone(),
                 facts: param_facts(params),
                 vote: param_vote(params),
+                events: param_events(params),
                 duration_ms: started.elapsed().as_millis() as u64,
             }
         }

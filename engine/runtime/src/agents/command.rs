@@ -7,6 +7,7 @@
 //! SIGKILL after a grace period, and after any exit the group is killed so no grandchild is
 //! left behind.
 
+use ltmc_core::protocol::EmittedEvent;
 use ltmc_core::run::Outcome;
 use ltmc_core::spec::AgentDef;
 use nix::sys::signal::{Signal, killpg};
@@ -197,10 +198,10 @@ pub(super) async fn perform(
             "limit_bytes": MAX_OUTPUT_BYTES,
             "text": text,
         });
-        return Outcome::Completed { output, facts: vec![], vote: None, duration_ms: elapsed() };
+        return Outcome::Completed { output, facts: vec![], vote: None, events: vec![], duration_ms: elapsed() };
     }
-    let AgentReply { output, facts, vote } = parse_result(&text);
-    Outcome::Completed { output, facts, vote, duration_ms: elapsed() }
+    let AgentReply { output, facts, vote, events } = parse_result(&text);
+    Outcome::Completed { output, facts, vote, events, duration_ms: elapsed() }
 }
 
 fn suffix(stderr: &str) -> String {
@@ -224,6 +225,7 @@ pub(crate) struct AgentReply {
     pub(crate) output: Value,
     pub(crate) facts: Vec<String>,
     pub(crate) vote: Option<String>,
+    pub(crate) events: Vec<EmittedEvent>,
 }
 
 /// The result of an agent's stdout: the last line that is a JSON object, or the whole text as a
@@ -243,12 +245,12 @@ pub(crate) fn parse_result(text: &str) -> AgentReply {
     }
     let trimmed = text.trim_end();
     let output = if trimmed.is_empty() { Value::Null } else { Value::String(trimmed.to_owned()) };
-    AgentReply { output, facts: vec![], vote: None }
+    AgentReply { output, facts: vec![], vote: None, events: vec![] }
 }
 
 fn unwrap_result(v: Value) -> AgentReply {
     match v {
-        Value::Object(mut m) if ["output", "facts", "vote"].iter().any(|k| m.contains_key(*k)) => {
+        Value::Object(mut m) if ["output", "facts", "vote", "events"].iter().any(|k| m.contains_key(*k)) => {
             // Anything but strings is kept in a form no name can have, so validation refuses it.
             let facts = match m.remove("facts") {
                 Some(Value::Array(items)) => items
@@ -266,9 +268,32 @@ fn unwrap_result(v: Value) -> AgentReply {
                 Some(Value::Null) | None => None,
                 Some(other) => Some(format!("{other} (not a string)")),
             };
-            AgentReply { output: m.remove("output").unwrap_or(Value::Null), facts, vote }
+            let events = parse_events(m.remove("events"));
+            AgentReply { output: m.remove("output").unwrap_or(Value::Null), facts, vote, events }
         }
-        other => AgentReply { output: other, facts: vec![], vote: None },
+        other => AgentReply { output: other, facts: vec![], vote: None, events: vec![] },
+    }
+}
+
+/// Events from a result's `events` list. A malformed entry is kept with a type no name can have,
+/// so validation refuses the attempt with a clear message rather than dropping it silently.
+pub(crate) fn parse_events(v: Option<Value>) -> Vec<EmittedEvent> {
+    let bad = |what: String| EmittedEvent { event_type: format!("{what} (not an event)"), data: Value::Null };
+    match v {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Object(mut m) => match m.remove("type") {
+                    Some(Value::String(t)) => {
+                        EmittedEvent { event_type: t, data: m.remove("data").unwrap_or(Value::Null) }
+                    }
+                    _ => bad(Value::Object(m).to_string()),
+                },
+                other => bad(other.to_string()),
+            })
+            .collect(),
+        Some(other) => vec![bad(other.to_string())],
     }
 }
 
@@ -293,6 +318,7 @@ mod tests {
             output,
             facts: facts.iter().map(|f| (*f).to_owned()).collect(),
             vote: vote.map(str::to_owned),
+            events: vec![],
         };
         assert_eq!(parse_result("{\"output\": 1, \"facts\": [\"tests_pass\"]}"), r(json!(1), &["tests_pass"], None));
         assert_eq!(parse_result("{\"facts\": [\"a\", \"b\"]}"), r(Value::Null, &["a", "b"], None));

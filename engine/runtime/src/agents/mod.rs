@@ -6,6 +6,7 @@ mod command;
 
 pub use command::{MAX_OUTPUT_BYTES, MAX_STDERR_BYTES, TERM_GRACE};
 
+use ltmc_core::protocol::EmittedEvent;
 use ltmc_core::run::Outcome;
 use ltmc_core::run::aggregate::FAILED_VOTE;
 use ltmc_core::spec::{AgentDef, AgentKind};
@@ -17,6 +18,9 @@ pub const DEFAULT_TIMEOUT_SECS: f64 = 300.0;
 
 /// The task handed to an agent (stdin of a command agent).
 pub use ltmc_core::protocol::AgentTask as Task;
+
+/// Largest list of emitted events one step records, as JSON.
+pub const MAX_EVENTS_JSON_BYTES: usize = 256 * 1024;
 
 /// Largest output one step records, as JSON. Larger outputs are replaced by a marker with a
 /// preview, so an outcome always fits in an event (`MAX_EVENT_BYTES`).
@@ -37,6 +41,9 @@ pub async fn perform(def: &AgentDef, task: &Task, base_dir: &Path, default_timeo
             }
         }
         Ok(AgentKind::Command(argv)) => command::perform(&argv, def, task, base_dir, timeout).await,
+        Ok(AgentKind::Worker) => {
+            Outcome::Failed { error: format!("agent {} is served by workers over NATS", task.agent), duration_ms: 0 }
+        }
         Err(why) => Outcome::Failed { error: format!("agent {} {why}", task.agent), duration_ms: 0 },
     };
     normalize(outcome)
@@ -44,9 +51,9 @@ pub async fn perform(def: &AgentDef, task: &Task, base_dir: &Path, default_timeo
 
 /// Makes an outcome safe to record: no U+0000 (Postgres cannot store it; it becomes U+FFFD) and
 /// an output no larger than [`MAX_OUTPUT_JSON_BYTES`].
-fn normalize(outcome: Outcome) -> Outcome {
+pub(crate) fn normalize(outcome: Outcome) -> Outcome {
     match outcome {
-        Outcome::Completed { output, facts, vote, duration_ms } => {
+        Outcome::Completed { output, facts, vote, events, duration_ms } => {
             // Facts and votes gate hand-overs and decide runs: a malformed one fails the attempt.
             if let Some(why) = facts.iter().find_map(|f| bad_name("fact", f)) {
                 return Outcome::Failed { error: format!("the agent reported an invalid fact: {why}"), duration_ms };
@@ -60,6 +67,16 @@ fn normalize(outcome: Outcome) -> Outcome {
                     duration_ms,
                 };
             }
+            if let Some(why) = events.iter().find_map(|e| bad_event(&e.event_type)) {
+                return Outcome::Failed { error: format!("the agent emitted an invalid event: {why}"), duration_ms };
+            }
+            if crate::store::json_len(&serde_json::to_value(&events).unwrap_or_default()) > MAX_EVENTS_JSON_BYTES {
+                return Outcome::Failed {
+                    error: format!("the agent emitted more than {MAX_EVENTS_JSON_BYTES} bytes of events"),
+                    duration_ms,
+                };
+            }
+            let events = events.into_iter().map(|e| EmittedEvent { data: scrub_nul(e.data), ..e }).collect();
             let mut output = scrub_nul(output);
             let size = crate::store::json_len(&output);
             if size > MAX_OUTPUT_JSON_BYTES {
@@ -75,12 +92,20 @@ fn normalize(outcome: Outcome) -> Outcome {
                     "preview": &text[..cut],
                 });
             }
-            Outcome::Completed { output, facts, vote, duration_ms }
+            Outcome::Completed { output, facts, vote, events, duration_ms }
         }
         Outcome::Failed { error, duration_ms } => {
             Outcome::Failed { error: error.replace('\0', "\u{fffd}"), duration_ms }
         }
     }
+}
+
+/// Why an emitted event's type is not acceptable.
+fn bad_event(event_type: &str) -> Option<String> {
+    if let Some(value) = event_type.strip_suffix(" (not an event)") {
+        return Some(format!("events must be objects like {{\"type\": \"code_change\", \"data\": …}}; got {value}"));
+    }
+    ltmc_core::names::validate("event type", event_type).err().map(|e| e.to_string())
 }
 
 /// Why `name` cannot be a fact or vote: not a string (marked by the parsers), or not a name.

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""An LTMC worker in Python that needs nothing of LTMC's: only nats-py (`pip install nats-py`).
+
+It serves one agent: takes the agent's tasks from JetStream work queue LTMC_TASKS
+(subject ltmc.tasks.<agent>, durable consumer ltmc-worker-<agent>), sends a heartbeat while it
+works, stores its result on the task's reply subject (ltmc.results.<run>) with
+Nats-Msg-Id = <idempotency_key>/result, and only then acknowledges the task. The protocol is
+docs/workers.md; the messages' JSON Schemas are schemas/worker-task.json and
+schemas/worker-report.json.
+
+    LTMC_NATS_URL=nats://127.0.0.1:4222 python3 worker.py --agent reviewer
+
+The work here is a toy code review: it reads a diff from the task's input and votes.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import time
+
+import nats
+from nats.js.api import ConsumerConfig
+from nats.js.errors import NotFoundError
+
+
+def review(task):
+    """The agent's work: the task in (as a command agent reads it on stdin), a result out."""
+    data = task.get("input") or {}
+    diff = data.get("diff", "") if isinstance(data, dict) else str(data)
+    added = [line for line in diff.splitlines() if line.startswith("+")]
+    todos = [line for line in added if "TODO" in line]
+    return {
+        "output": {"lines_added": len(added), "todos": len(todos), "reviewed_by": "python"},
+        "facts": ["code_review_passed"] if not todos else [],
+        "vote": "approve" if not todos else "reject",
+    }
+
+
+async def subscribe(js, agent):
+    """Binds to the agent's durable consumer, waiting for an engine to create LTMC_TASKS."""
+    while True:
+        try:
+            return await js.pull_subscribe(
+                f"ltmc.tasks.{agent}",
+                durable=f"ltmc-worker-{agent}",
+                stream="LTMC_TASKS",
+                config=ConsumerConfig(ack_wait=30),
+            )
+        except NotFoundError:
+            print("waiting for stream LTMC_TASKS (an LTMC engine creates it)", flush=True)
+            await asyncio.sleep(1)
+
+
+async def heartbeats(nc, msg, subject, base, every):
+    """Says "still working" every `every` seconds: to the engine and to JetStream."""
+    beat = json.dumps({**base, "type": "heartbeat", "worker": f"{socket.gethostname()}:{os.getpid()}"}).encode()
+    while True:
+        await nc.publish(subject, beat)
+        await msg.in_progress()
+        await asyncio.sleep(every)
+
+
+async def serve(url, agent, max_tasks):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sub = await subscribe(js, agent)
+    served = 0
+    while max_tasks is None or served < max_tasks:
+        try:
+            msgs = await sub.fetch(1, timeout=5)
+        except nats.errors.TimeoutError:
+            continue
+        for msg in msgs:
+            task = json.loads(msg.data)
+            subject = task["reply_subject"]
+            base = {"run_id": task["run_id"], "step": task["step"], "attempt": task["attempt"]}
+            beating = asyncio.create_task(heartbeats(nc, msg, subject, base, task["heartbeat_secs"]))
+            started = time.monotonic()
+            try:
+                report = {**base, "type": "completed", **review(task)}
+            except Exception as e:  # a failed attempt is retried per the agent's policy
+                report = {**base, "type": "failed", "error": f"{type(e).__name__}: {e}"}
+            finally:
+                beating.cancel()
+            report["duration_ms"] = int((time.monotonic() - started) * 1000)
+            # Store the result, then acknowledge the task: a crash in between only means the
+            # task is delivered again, and the engine records one result per attempt.
+            await js.publish(subject, json.dumps(report).encode(),
+                             headers={"Nats-Msg-Id": task["idempotency_key"] + "/result"})
+            await msg.ack()
+            served += 1
+            print(f"served {task['idempotency_key']}: {report['type']}", flush=True)
+    await nc.drain()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agent", default="reviewer")
+    parser.add_argument("--url", default=os.environ.get("LTMC_NATS_URL", "nats://127.0.0.1:4222"))
+    parser.add_argument("--max-tasks", type=int, default=None, help="exit after this many tasks")
+    args = parser.parse_args()
+    asyncio.run(serve(args.url, args.agent, args.max_tasks))
+
+
+if __name__ == "__main__":
+    main()
