@@ -79,7 +79,8 @@ async def serve(url, agent, max_tasks):
             beating = asyncio.create_task(heartbeats(nc, msg, subject, base, task["heartbeat_secs"]))
             started = time.monotonic()
             try:
-                report = {**base, "type": "completed", **review(task)}
+                # In a thread, so the heartbeats keep going while the work runs.
+                report = {**base, "type": "completed", **(await asyncio.to_thread(review, task))}
             except Exception as e:  # a failed attempt is retried per the agent's policy
                 report = {**base, "type": "failed", "error": f"{type(e).__name__}: {e}"}
             finally:

@@ -1,5 +1,5 @@
-//! Fixtures that pin compatibility: the seed guide's workflow shapes (four run as written, the
-//! event-driven one is refused clearly until it is built), and event histories
+//! Fixtures that pin compatibility: the seed guide's workflow shapes (all five run as written,
+//! with the agents file saying how each agent runs), and event histories
 //! recorded from real runs. A change that stops an old history from folding, or alters the
 //! hash chain's canonical form, fails here.
 
@@ -66,14 +66,35 @@ async fn the_seed_shapes_this_version_runs_run_as_written() -> anyhow::Result<()
     Ok(())
 }
 
-#[test]
-fn the_seed_shape_not_yet_built_is_refused_clearly() -> anyhow::Result<()> {
-    let (name, pattern) = ("event-driven.json", "event_driven");
-    let (text, p) = fixture(&format!("seed/{name}"))?;
-    let err = spec::parse_str(&text, &p.display().to_string(), &seed_options()?).expect_err("not in this version");
-    let msg = err.to_string();
-    assert!(msg.contains(name), "{msg}");
-    assert!(msg.contains(pattern) || msg.contains("triggers"), "{msg}");
+#[tokio::test]
+async fn the_seed_event_driven_dict_runs_with_the_agents_file() -> anyhow::Result<()> {
+    let (store, _dir) = ltmc_tests::sqlite_store().await?;
+    let options = EngineOptions { idle_timeout: std::time::Duration::from_millis(300), ..Default::default() };
+    let engine = Engine::new(store.clone(), options);
+    let (text, p) = fixture("seed/event-driven.json")?;
+    let wf = spec::parse_str(&text, &p.display().to_string(), &seed_options()?)?;
+    assert!(wf.dynamic_agent_allocation);
+    assert_eq!(wf.triggers.keys().collect::<Vec<_>>(), ["code_change", "review_complete", "test_failure"]);
+    let run_id = engine.start(wf, None, None, None).await?;
+    engine.emit(&run_id, "test_failure", serde_json::json!({"test": "login"}), "emit").await?;
+    let state = engine.drive(&run_id, None, None).await?;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.failure);
+    assert_eq!(state.output.as_ref().map(|o| o["ended"].clone()), Some(serde_json::json!("idle")));
+    let events = read_stream_all(&store, &format!("run-{run_id}")).await?;
+    let chain: Vec<String> = events
+        .iter()
+        .filter(|e| e.event_type == "TriggerReceived")
+        .map(|e| format!("{} -> {}", e.data["trigger"].as_str().unwrap_or("?"), e.data["activated"]))
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            r#"test_failure -> ["developer-1"]"#,
+            r#"code_change -> ["tester-2"]"#,
+            r#"review_complete -> ["review_bot-3"]"#
+        ]
+    );
+    assert!(state.facts.contains("tests_pass") && state.facts.contains("review_approved"));
     Ok(())
 }
 

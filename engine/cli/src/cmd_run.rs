@@ -60,7 +60,11 @@ fn progress() -> ltmc_engine::driver::Progress {
         RunEvent::StepFailed(f) => {
             eprintln!("  ✗ {}: {}{}", f.step, f.error, if f.will_retry { " (retrying)" } else { "" })
         }
-        RunEvent::RunCompleted(_) => eprintln!("run completed"),
+        RunEvent::RunCompleted(c) => match c.output.get("ended").and_then(|e| e.as_str()) {
+            Some("idle") => eprintln!("run completed: idle, no agent running and no new event"),
+            Some("max_activations") => eprintln!("run completed: the activation cap was reached"),
+            _ => eprintln!("run completed"),
+        },
         RunEvent::RunFailed(f) => eprintln!("run failed: {}", f.reason),
         RunEvent::HandoffAccepted(h) => {
             eprintln!("  ⇢ {} accepted: prerequisites met ({})", h.step, h.requires.join(", "))
@@ -72,16 +76,58 @@ fn progress() -> ltmc_engine::driver::Progress {
             eprintln!("  Σ {} votes ({agreed}): {}", v.mode, votes.join(", "));
         }
         RunEvent::CoordinationPointReached(c) => eprintln!("  ◆ {} reached (by {})", c.point, c.by),
-        RunEvent::StepReady(_) => {}
+        RunEvent::TriggerReceived(t) if t.activated.is_empty() => {
+            eprintln!("  ⚡ {} (from {}): starts nothing", t.trigger, t.source)
+        }
+        RunEvent::TriggerReceived(t) => {
+            eprintln!("  ⚡ {} (from {}) starts {}", t.trigger, t.source, t.activated.join(", "))
+        }
+        RunEvent::StepReady(_) | RunEvent::AgentActivated(_) => {}
     })
 }
 
-pub(crate) async fn run(file: &Path, agents: Option<&Path>, input: Option<&str>, json: bool) -> anyhow::Result<u8> {
+/// `--emit TYPE` or `--emit TYPE=JSON`, checked against the workflow's triggers.
+fn parse_emits(emits: &[String], workflow: &Workflow) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    if !emits.is_empty() && workflow.triggers.is_empty() {
+        return Err(BadInput("--emit is for `pattern: event_driven` workflows".into()).into());
+    }
+    emits
+        .iter()
+        .map(|e| {
+            let (trigger, data) = match e.split_once('=') {
+                Some((t, json)) => (
+                    t,
+                    serde_json::from_str(json)
+                        .map_err(|err| BadInput(format!("--emit {t}=…: the data is not valid JSON: {err}")))?,
+                ),
+                None => (e.as_str(), serde_json::Value::Null),
+            };
+            if !workflow.triggers.contains_key(trigger) {
+                let known: Vec<&str> = workflow.triggers.keys().map(String::as_str).collect();
+                return Err(BadInput(format!(
+                    "--emit {trigger}: not a trigger of this workflow; its triggers are {}",
+                    known.join(", ")
+                ))
+                .into());
+            }
+            Ok((trigger.to_owned(), data))
+        })
+        .collect()
+}
+
+pub(crate) async fn run(
+    file: &Path,
+    agents: Option<&Path>,
+    input: Option<&str>,
+    emits: &[String],
+    json: bool,
+) -> anyhow::Result<u8> {
     let config = Config::from_env()?;
     let workflow = load_workflow(file, agents)?;
     let input = input
         .map(|s| serde_json::from_str(s).map_err(|e| BadInput(format!("--input is not valid JSON: {e}"))))
         .transpose()?;
+    let emits = parse_emits(emits, &workflow)?;
     let base_dir = file
         .parent()
         .map(Path::to_path_buf)
@@ -90,30 +136,58 @@ pub(crate) async fn run(file: &Path, agents: Option<&Path>, input: Option<&str>,
     let base_dir = base_dir.canonicalize().unwrap_or(base_dir);
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
     let relay = config.relay_options().map(|o| relay::spawn(store.clone(), o));
-    let needs_workers = workflow.agents.values().any(|d| d.kind() == Ok(AgentKind::Worker));
-    let engine = engine(&store, &config, needs_workers).await?;
-    let state = engine.run(workflow, input, base_dir, Some(progress())).await?;
+    let engine = engine(&store, &config, &workflow).await?;
+    let progress = progress();
+    let run_id = engine.start(workflow, input, Some(&base_dir), Some(&progress)).await?;
+    for (trigger, data) in emits {
+        engine.emit(&run_id, &trigger, data, "emit").await?;
+    }
+    let state = engine.drive(&run_id, Some(base_dir), Some(progress)).await?;
     finish(&store, relay, state, json).await
+}
+
+/// `ltmc emit RUN TRIGGER [--data JSON]`: an event into a running event-driven run.
+pub(crate) async fn emit(run_id: &str, trigger: &str, data: Option<&str>) -> anyhow::Result<u8> {
+    let config = Config::from_env()?;
+    let data = data
+        .map(|s| serde_json::from_str(s).map_err(|e| BadInput(format!("--data is not valid JSON: {e}"))))
+        .transpose()?
+        .unwrap_or(serde_json::Value::Null);
+    let store = Store::open(&config.database_url).await.context("opening the event store")?;
+    let engine = Engine::new(store, config.engine.clone());
+    let seq = engine.emit(run_id, trigger, data, "emit").await?;
+    eprintln!("{trigger} emitted into run {run_id} (trigger {seq})");
+    Ok(exit::OK)
 }
 
 pub(crate) async fn resume(run_id: &str, dir: Option<PathBuf>, json: bool) -> anyhow::Result<u8> {
     let config = Config::from_env()?;
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
     let relay = config.relay_options().map(|o| relay::spawn(store.clone(), o));
-    let engine = engine(&store, &config, config.nats_url.is_some()).await?;
+    let pinned = Engine::new(store.clone(), config.engine.clone()).load(run_id).await?.workflow;
+    let engine = match pinned {
+        Some(workflow) => engine(&store, &config, &workflow).await?,
+        None => Engine::new(store.clone(), config.engine.clone()),
+    };
     let state = engine.drive(run_id, dir, Some(progress())).await?;
     finish(&store, relay, state, json).await
 }
 
-/// The engine, connected to NATS workers when `workers` and LTMC_NATS_URL is set.
-pub(crate) async fn engine(store: &Store, config: &Config, workers: bool) -> anyhow::Result<Engine> {
+/// The engine for `workflow`, connected to NATS (with LTMC_NATS_URL) when it has worker agents,
+/// which need it, or is event-driven, which takes `ltmc.emit.<run>.<type>` requests if it can.
+pub(crate) async fn engine(store: &Store, config: &Config, workflow: &Workflow) -> anyhow::Result<Engine> {
     let engine = Engine::new(store.clone(), config.engine.clone());
-    match (&config.nats_url, workers) {
-        (Some(url), true) => {
-            let w = Workers::connect(url).await.context("connecting to NATS for workers")?;
-            Ok(engine.with_workers(w))
+    let workers = workflow.agents.values().any(|d| d.kind() == Ok(AgentKind::Worker));
+    let Some(url) = config.nats_url.as_deref().filter(|_| workers || !workflow.triggers.is_empty()) else {
+        return Ok(engine);
+    };
+    match Workers::connect(url).await {
+        Ok(w) => Ok(engine.with_workers(w)),
+        Err(e) if workers => Err(anyhow::Error::new(e).context("connecting to NATS for the worker agents")),
+        Err(e) => {
+            eprintln!("warning: {e}; events can still be emitted with `ltmc emit`");
+            Ok(engine)
         }
-        _ => Ok(engine),
     }
 }
 

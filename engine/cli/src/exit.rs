@@ -46,7 +46,7 @@ pub(crate) fn code_for(e: &anyhow::Error) -> u8 {
         if let Some(d) = cause.downcast_ref::<driver::Error>() {
             return match d {
                 driver::Error::Store(s) => store_code(s),
-                driver::Error::NotFound(_) | driver::Error::NeedsNats(_) => BAD_INPUT,
+                driver::Error::NotFound(_) | driver::Error::NeedsNats(_) | driver::Error::Rejected(_) => BAD_INPUT,
                 driver::Error::Workers(_) => UNAVAILABLE,
                 _ => RUN_FAILED,
             };

@@ -36,9 +36,22 @@ enum Cmd {
         /// Run input as JSON (overrides the file's `input`).
         #[arg(long)]
         input: Option<String>,
+        /// Event-driven runs: emit this event when the run starts, `TYPE` or `TYPE=JSON` (repeatable).
+        #[arg(long, value_name = "TYPE[=JSON]")]
+        emit: Vec<String>,
         /// Print the run summary as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Emit an event into a running event-driven run (it starts the agents listening for it).
+    Emit {
+        /// Run id.
+        run: String,
+        /// Event type: one of the workflow's triggers.
+        trigger: String,
+        /// Event data as JSON (the input of the agents it starts).
+        #[arg(long)]
+        data: Option<String>,
     },
     /// Resume an interrupted run: re-dispatch its unfinished steps with the same idempotency keys.
     Resume {
@@ -146,9 +159,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Cmd::Run { file, agents, input, json } => {
-                cmd_run::run(&file, agents.as_deref(), input.as_deref(), json).await
+            Cmd::Run { file, agents, input, emit, json } => {
+                cmd_run::run(&file, agents.as_deref(), input.as_deref(), &emit, json).await
             }
+            Cmd::Emit { run, trigger, data } => cmd_run::emit(&run, &trigger, data.as_deref()).await,
             Cmd::Resume { run, dir, json } => cmd_run::resume(&run, dir, json).await,
             Cmd::Runs { limit, json } => cmd_runs::list(limit, json).await,
             Cmd::Status { run, json } => cmd_runs::status(&run, json).await,

@@ -549,6 +549,10 @@ fn random_workflow(rng: &mut Lcg, retries: u32) -> Workflow {
         success_criteria: vec![],
         timeout: None,
         input: json!("in"),
+        triggers: BTreeMap::new(),
+        dynamic_agent_allocation: false,
+        max_activations: None,
+        idle_timeout: None,
     }
 }
 
@@ -579,7 +583,9 @@ fn random_dags_always_fold_and_complete() {
             let work = pending_work(&s);
             assert!(!work.is_empty(), "case {case}: a running run with no pending work is stuck");
             for w in &work {
-                let (Effect::RunAgent { step, .. } | Effect::RetryAfter { step, .. }) = w;
+                let (Effect::RunAgent { step, .. } | Effect::RetryAfter { step, .. }) = w else {
+                    panic!("case {case}: {w:?} in a workflow that is not event-driven");
+                };
                 let st = &plan.steps[*step];
                 assert!(
                     st.needs.iter().all(|&n| s.steps[n].status == StepStatus::Completed),
@@ -596,6 +602,7 @@ fn random_dags_always_fold_and_complete() {
             let (step, attempt, cmd) = match work[rng.below(work.len())].clone() {
                 // A retry's wait is over.
                 Effect::RetryAfter { step, attempt, .. } => (step, attempt, retry(&plan.steps[step].name, attempt)),
+                Effect::IdleAfter { .. } => panic!("case {case}: idle in a workflow that is not event-driven"),
                 Effect::RunAgent { step, attempt } => {
                     let name = plan.steps[step].name.clone();
                     // Fail only while a retry remains, so every run must complete.

@@ -216,7 +216,8 @@ fn agents_file_refuses_bad_names_and_worker() {
     let e = parse_agents_str("a.b: {builtin: noop}\n", "agents.yaml").expect_err("bad name");
     assert!(e.message.contains("a.b"), "{e}");
     assert_eq!(e.line, Some(1), "{e}");
-    let e = parse_agents_str("ok: {builtin: noop}\nremote: {worker: true, builtin: noop}\n", "agents.yaml").expect_err("two kinds");
+    let e = parse_agents_str("ok: {builtin: noop}\nremote: {worker: true, builtin: noop}\n", "agents.yaml")
+        .expect_err("two kinds");
     assert!(e.message.contains("worker"), "{e}");
     assert_eq!(e.line, Some(2), "{e}");
 }
@@ -804,4 +805,72 @@ fn map_form_points_keep_file_order() {
     let wf = ltmc_core::spec::parse_str(src, "w.yaml", &Default::default()).expect("valid");
     let names: Vec<&str> = wf.coordination_points.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["zeta", "alpha"]);
+}
+
+// ------------------------------------------------------------------------------------ event_driven
+
+#[test]
+fn event_driven_listeners_come_from_on_and_from_a_trigger_map() {
+    let src = "pattern: event_driven\ntriggers: [code_change, test_failure]\nagents:\n  dev: {builtin: noop, on: [test_failure]}\n  qa: {builtin: noop, on: [code_change, test_failure]}\n";
+    let wf = parse(src, "e.yaml").expect("valid");
+    assert_eq!(wf.pattern, Pattern::EventDriven);
+    assert!(wf.steps.is_empty(), "activations are added as events arrive");
+    assert_eq!(wf.triggers["test_failure"], ["dev", "qa"]);
+    assert_eq!(wf.triggers["code_change"], ["qa"]);
+    let map = "pattern: event_driven\ntriggers:\n  code_change: [qa]\n  review_complete: []\nmax_activations: 5\nidle_timeout: 2.5\n";
+    let wf = parse_str(map, "m.yaml", &with_agents(&["qa"])).expect("valid");
+    assert_eq!(wf.triggers["code_change"], ["qa"]);
+    assert!(wf.triggers["review_complete"].is_empty(), "a trigger may start nobody (it is still recorded)");
+    assert_eq!((wf.max_activations, wf.idle_timeout), (Some(5), Some(2.5)));
+    // The seed's bare dict: every agents-file agent listening for one of the triggers; an
+    // agents-file agent listening for another workflow's events is left out.
+    let mut opts = with_agents(&["plain"]);
+    opts.agents.insert("dev".into(), AgentDef { on: vec!["test_failure".into()], ..noop() });
+    opts.agents.insert("other".into(), AgentDef { on: vec!["deploy".into()], ..noop() });
+    let seed = r#"{"pattern": "event_driven", "triggers": ["code_change", "test_failure", "review_complete"], "dynamic_agent_allocation": true}"#;
+    let wf = parse_str(seed, "seed.json", &opts).expect("valid");
+    assert_eq!(wf.agents.keys().collect::<Vec<_>>(), ["dev"]);
+    assert!(wf.dynamic_agent_allocation);
+}
+
+#[test]
+fn event_driven_refusals_name_the_field_and_line() {
+    let cases: [(&str, &str, &str, Option<usize>); 7] = [
+        ("pattern: event_driven\nagents:\n  a: {builtin: noop, on: [x]}\n", "triggers", "needs `triggers:`", Some(1)),
+        (
+            "pattern: event_driven\ntriggers: [code_change]\nagents:\n  a: {builtin: noop, on: [code_changed]}\n",
+            "agents.a.on",
+            "listens for `code_changed`, which is not a trigger; the triggers are code_change",
+            Some(4),
+        ),
+        (
+            "pattern: event_driven\ntriggers:\n  code_change: [ghost]\n",
+            "triggers.code_change",
+            "starts `ghost`, which is not a defined agent",
+            Some(3),
+        ),
+        ("pattern: event_driven\ntriggers: [code change]\n", "triggers", "trigger", Some(2)),
+        ("pattern: event_driven\ntriggers: [code_change]\n", "triggers", "no agent listens for any trigger", Some(2)),
+        (
+            "pattern: event_driven\ntriggers: {a: [x]}\nmax_activations: 0\nagents:\n  x: {builtin: noop}\n",
+            "max_activations",
+            "from 1 to 10000",
+            Some(3),
+        ),
+        (
+            "pattern: sequential\ntriggers: [code_change]\nagents:\n  x: {builtin: noop}\n",
+            "triggers",
+            "belongs to `pattern: event_driven`",
+            Some(2),
+        ),
+    ];
+    for (src, field, message, line) in cases {
+        let e = parse_err(src, "e.yaml");
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.message.contains(message), "{e}");
+        assert_eq!(e.line, line, "{e}");
+        assert!(e.to_string().starts_with("e.yaml"), "{e}");
+    }
+    let e = parse_err("pattern: event_driven\ntriggers:\n  a: [x]\n  a: [y]\n", "e.yaml");
+    assert!(e.message.contains("defined twice") || e.message.contains("duplicate"), "{e}");
 }

@@ -54,7 +54,7 @@ pub enum Error {
 }
 
 /// Every setting: its key in `ltmc.toml` and its environment variable.
-const SETTINGS: [(&str, &str); 8] = [
+const SETTINGS: [(&str, &str); 9] = [
     ("database_url", "LTMC_DATABASE_URL"),
     ("nats_url", "LTMC_NATS_URL"),
     ("nats_stream", "LTMC_NATS_STREAM"),
@@ -63,6 +63,7 @@ const SETTINGS: [(&str, &str); 8] = [
     ("default_timeout", "LTMC_DEFAULT_TIMEOUT"),
     ("retry_attempts", "LTMC_RETRY_ATTEMPTS"),
     ("retry_backoff", "LTMC_RETRY_BACKOFF"),
+    ("idle_timeout", "LTMC_IDLE_TIMEOUT"),
 ];
 
 /// Name of the configuration file looked for in the working directory.
@@ -192,6 +193,11 @@ impl Config {
             src.parse::<f64>("retry_backoff", "seconds from 0 to 60", |s| s.is_finite() && (0.0..=60.0).contains(s))?
         {
             engine.retry_backoff = Duration::from_secs_f64(secs);
+        }
+        if let Some(secs) = src.parse::<f64>("idle_timeout", "a positive number of seconds, at most 31536000", |s| {
+            s.is_finite() && *s > 0.0 && *s <= ltmc_core::spec::MAX_TIMEOUT_SECS
+        })? {
+            engine.idle_timeout = Duration::from_secs_f64(secs);
         }
         if let Some(n) = src.parse::<usize>("max_concurrent_agents", "a positive integer", |n| *n > 0)? {
             engine.max_concurrent_agents = n;

@@ -19,8 +19,9 @@ use tokio::task::JoinSet;
 
 use crate::agents::{self, Task};
 use crate::store::{self, EventStore, ExpectedVersion, Store, new_event};
+use crate::triggers;
 use crate::workers::{RunMailbox, Workers};
-use ltmc_core::spec::AgentKind;
+use ltmc_core::spec::{AgentKind, Pattern};
 
 /// Engine settings that shape how runs execute. The per-agent ones (`default_timeout`,
 /// `retry_attempts`, `retry_backoff`) fill what an agent's definition leaves out and are pinned
@@ -35,6 +36,9 @@ pub struct EngineOptions {
     pub retry_backoff: Duration,
     /// Most agents running at once in this engine, across runs (seed: `max_concurrent_agents = 10`).
     pub max_concurrent_agents: usize,
+    /// `event_driven` runs complete after this long with nothing running and no new event, when
+    /// the workflow does not say (pinned at start).
+    pub idle_timeout: Duration,
 }
 
 impl Default for EngineOptions {
@@ -44,6 +48,7 @@ impl Default for EngineOptions {
             retry_attempts: 3,
             retry_backoff: Duration::from_secs_f64(run::DEFAULT_BACKOFF_SECS),
             max_concurrent_agents: 10,
+            idle_timeout: Duration::from_secs_f64(ltmc_core::spec::DEFAULT_IDLE_TIMEOUT_SECS),
         }
     }
 }
@@ -120,6 +125,9 @@ impl Engine {
         {
             return Err(Error::NeedsNats(name.clone()));
         }
+        if workflow.pattern == Pattern::EventDriven {
+            workflow.idle_timeout = workflow.idle_timeout.or(Some(self.options.idle_timeout.as_secs_f64()));
+        }
         let run_id = uuid::Uuid::now_v7().to_string();
         for def in workflow.agents.values_mut() {
             def.timeout = def.timeout.or(Some(self.options.default_timeout.as_secs_f64()));
@@ -135,6 +143,39 @@ impl Engine {
             events.iter().for_each(|e| p(e));
         }
         Ok(run_id)
+    }
+
+    /// Emits an event into an `event_driven` run from outside: appends it to `triggers-<run>`
+    /// (durably) and returns its version there. The run's driver, in this process or another,
+    /// takes it from there. Refused, writing nothing, for an unknown run or trigger, a run that
+    /// is not event-driven or has ended, or data over [`triggers::MAX_DATA_BYTES`].
+    pub async fn emit(&self, run_id: &str, trigger: &str, data: Value, source: &str) -> Result<i64, Error> {
+        ltmc_core::names::validate("trigger", trigger).map_err(|e| store::Error::Invalid(e.to_string()))?;
+        let size = store::json_len(&data);
+        if size > triggers::MAX_DATA_BYTES {
+            return Err(store::Error::PayloadTooLarge {
+                stream: triggers::stream_id(run_id),
+                event_type: triggers::EVENT_TYPE.into(),
+                size,
+                limit: triggers::MAX_DATA_BYTES,
+            }
+            .into());
+        }
+        let state = self.load(run_id).await?;
+        // The same checks the run will make when it takes the event.
+        let probe = Command::Trigger { trigger: trigger.into(), data: Value::Null, source: source.into(), seq: None };
+        run::decide(&state, probe)?;
+        let event = triggers::TriggerEmitted { trigger: trigger.into(), data, source: source.into() };
+        let metadata = Metadata {
+            correlation_id: Some(run_id.to_owned()),
+            actor: Some(source.to_owned()),
+            run_id: Some(run_id.to_owned()),
+            ..Default::default()
+        };
+        let data = serde_json::to_value(&event).unwrap_or(Value::Null);
+        let batch = [new_event(triggers::EVENT_TYPE, 1, data, metadata)];
+        let appended = self.store.append(&triggers::stream_id(run_id), ExpectedVersion::Any, &batch).await?;
+        Ok(appended.next_version)
     }
 
     /// Folds a run from the log.
@@ -189,6 +230,16 @@ impl Engine {
         let (tx, mut rx) = mpsc::unbounded_channel::<Due>();
         let mut in_flight: HashSet<(usize, u32)> = HashSet::new();
         let mut agents_running = JoinSet::new();
+        let mut idle_armed: Option<i64> = None;
+        if state.is_event_driven() {
+            // Events from outside: taken from `triggers-<run>` in order, after the last one taken.
+            let tx = tx.clone();
+            let take = move |seq, t: triggers::TriggerEmitted| tx.send(Due::Trigger(seq, t)).is_ok();
+            agents_running.spawn(triggers::follow(self.store.clone(), run_id.to_owned(), state.triggers_seq, take));
+            if let Some(w) = &self.workers {
+                agents_running.spawn(triggers::serve_nats(w.client(), self.clone(), run_id.to_owned()));
+            }
+        }
         loop {
             if state.status.is_terminal() {
                 agents_running.abort_all();
@@ -232,6 +283,15 @@ impl Engine {
                         agents_running.spawn(async move {
                             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                             let _ = tx.send(Due::Retry(name, attempt));
+                        });
+                    }
+                    // Event-driven and idle: complete unless something happens first.
+                    Effect::IdleAfter { version, delay_ms } if idle_armed != Some(version) => {
+                        idle_armed = Some(version);
+                        let tx = tx.clone();
+                        agents_running.spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                            let _ = tx.send(Due::Idle(version));
                         });
                     }
                     _ => {}
@@ -366,6 +426,10 @@ enum Due {
     Outcome(String, u32, Outcome),
     /// A retry's backoff is over.
     Retry(String, u32),
+    /// An event from outside, with its version in `triggers-<run>`.
+    Trigger(i64, triggers::TriggerEmitted),
+    /// The idle timer armed at this run version is over.
+    Idle(i64),
 }
 
 impl Due {
@@ -373,6 +437,10 @@ impl Due {
         match self {
             Due::Outcome(step, attempt, outcome) => Command::RecordOutcome { step, attempt, outcome },
             Due::Retry(step, attempt) => Command::Retry { step, attempt },
+            Due::Trigger(seq, t) => {
+                Command::Trigger { trigger: t.trigger, data: t.data, source: t.source, seq: Some(seq) }
+            }
+            Due::Idle(version) => Command::Idle { version },
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod driver;
 pub mod relay;
 pub mod store;
+pub mod triggers;
 pub mod workers;
 
 pub use driver::{Engine, EngineOptions};

@@ -2,14 +2,14 @@
 
 use serde_json::{Map, Value};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::aggregate::{COMPLETED_VOTE, FAILED_VOTE, Mode, verdict};
 use super::events::*;
 use super::idempotency_key;
 use super::state::{RunState, RunStatus, StepStatus, evolve};
 use crate::protocol::EmittedEvent;
-use crate::spec::{Pattern, Workflow};
+use crate::spec::{DEFAULT_MAX_ACTIVATIONS, Pattern, Workflow};
 
 /// A request to change a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +46,22 @@ pub enum Command {
     Abort {
         /// Why.
         reason: String,
+    },
+    /// `event_driven`: an event from outside the run (`ltmc emit`, NATS).
+    Trigger {
+        /// Event type; must be one of the workflow's triggers.
+        trigger: String,
+        /// Its data.
+        data: Value,
+        /// Where it came from (`emit`, `nats`).
+        source: String,
+        /// Its version in stream `triggers-<run>`: an event is taken once.
+        seq: Option<i64>,
+    },
+    /// `event_driven`: the idle timeout armed at `version` is over.
+    Idle {
+        /// The run's version when the timer was armed.
+        version: i64,
     },
 }
 
@@ -115,6 +131,18 @@ pub enum Rejection {
         /// Attempt.
         attempt: u32,
     },
+    /// A trigger or idle timeout for a run that is not `event_driven`.
+    #[error("the run's workflow is not event_driven")]
+    NotEventDriven,
+    /// An event type the workflow does not list as a trigger.
+    #[error("`{0}` is not a trigger of this workflow; its triggers are {1}")]
+    UnknownTrigger(String, String),
+    /// An event from outside that was already taken.
+    #[error("trigger {0} was already taken")]
+    AlreadyTaken(i64),
+    /// The idle timer fired, but something happened since it was armed.
+    #[error("the run is not idle")]
+    NotIdle,
     /// The workflow cannot be compiled (should have been caught at parse time).
     #[error("the workflow is invalid: {0}")]
     InvalidWorkflow(String),
@@ -150,6 +178,7 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
             match outcome {
                 Outcome::Completed { output, facts, vote, events, duration_ms } => {
                     let by = step.clone();
+                    let emitted = events.clone();
                     let done = RunEvent::StepCompleted(StepCompleted {
                         step,
                         attempt,
@@ -164,6 +193,18 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
                     for reached in points_reached(&next, &by) {
                         next = fold(&next, &reached)?;
                         out.push(reached);
+                    }
+                    if next.is_event_driven() {
+                        // Emitted events that are triggers start agents; the others are kept
+                        // in StepCompleted as data.
+                        let triggers = next.workflow.as_ref().map(|w| w.triggers.clone()).unwrap_or_default();
+                        let incoming = emitted
+                            .into_iter()
+                            .filter(|e| triggers.contains_key(&e.event_type))
+                            .map(|e| (e.event_type, e.data, format!("step:{by}"), None))
+                            .collect();
+                        out.extend(react(next, incoming)?);
+                        return Ok(out);
                     }
                     if let Some(mode) = aggregation(&next) {
                         out.extend(count_votes(&next, mode));
@@ -225,7 +266,117 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
             check_running(s)?;
             Ok(vec![RunEvent::RunFailed(RunFailed { reason, step: None, unmet: vec![] })])
         }
+        Command::Trigger { trigger, data, source, seq } => {
+            check_running(s)?;
+            let Some(wf) = s.workflow.as_ref().filter(|_| s.is_event_driven()) else {
+                return Err(Rejection::NotEventDriven);
+            };
+            if !wf.triggers.contains_key(&trigger) {
+                let known: Vec<&str> = wf.triggers.keys().map(String::as_str).collect();
+                return Err(Rejection::UnknownTrigger(trigger, known.join(", ")));
+            }
+            if let Some(q) = seq.filter(|q| *q <= s.triggers_seq) {
+                return Err(Rejection::AlreadyTaken(q));
+            }
+            react(s.clone(), vec![(trigger, data, source, seq)])
+        }
+        Command::Idle { version } => {
+            check_running(s)?;
+            if !s.is_event_driven() {
+                return Err(Rejection::NotEventDriven);
+            }
+            if s.version != version || s.steps.iter().any(|st| st.status != StepStatus::Completed) {
+                return Err(Rejection::NotIdle);
+            }
+            Ok(vec![finish_reactive(s, "idle")])
+        }
     }
+}
+
+/// An event reaching an `event_driven` run: (type, data, source, seq).
+type Incoming = (String, Value, String, Option<i64>);
+
+/// `event_driven`: records each incoming event and the agents it starts (while under the
+/// activation cap), dispatches the activations that may run (all of them with
+/// `dynamic_agent_allocation`, else one at a time per agent), and ends the run once the cap is
+/// reached and nothing is left to run.
+fn react(mut s: RunState, incoming: Vec<Incoming>) -> Result<Vec<RunEvent>, Rejection> {
+    let Some(wf) = s.workflow.clone() else { return Ok(vec![]) };
+    let cap = wf.max_activations.unwrap_or(DEFAULT_MAX_ACTIVATIONS);
+    let mut out = Vec::new();
+    for (trigger, data, source, seq) in incoming {
+        let input = serde_json::json!({ "trigger": trigger, "data": data, "source": source });
+        let mut activations = Vec::new();
+        for agent in wf.triggers.get(&trigger).into_iter().flatten() {
+            let n = s.activations + activations.len() as u32;
+            if n >= cap {
+                break;
+            }
+            activations.push(AgentActivated {
+                step: format!("{agent}-{}", n + 1),
+                agent: agent.clone(),
+                trigger: trigger.clone(),
+                input: input.clone(),
+            });
+        }
+        let activated = activations.iter().map(|a| a.step.clone()).collect();
+        let received = RunEvent::TriggerReceived(TriggerReceived { trigger, data, source, seq, activated });
+        s = fold(&s, &received)?;
+        out.push(received);
+        for a in activations {
+            let a = RunEvent::AgentActivated(a);
+            s = fold(&s, &a)?;
+            out.push(a);
+        }
+    }
+    let Some(plan) = s.plan.clone() else { return Ok(out) };
+    let mut busy: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .zip(&s.steps)
+        .filter(|(_, st)| matches!(st.status, StepStatus::Dispatched { .. }))
+        .map(|(p, _)| p.agent.as_str())
+        .collect();
+    for (i, p) in plan.steps.iter().enumerate() {
+        if s.steps[i].status != StepStatus::Ready || (!wf.dynamic_agent_allocation && busy.contains(p.agent.as_str())) {
+            continue;
+        }
+        busy.insert(&p.agent);
+        let dispatched = RunEvent::StepDispatched(StepDispatched {
+            step: p.name.clone(),
+            agent: p.agent.clone(),
+            attempt: 1,
+            idempotency_key: idempotency_key(&s.run_id, &p.name, 1),
+        });
+        s = fold(&s, &dispatched)?;
+        out.push(dispatched);
+    }
+    if s.activations >= cap && s.steps.iter().all(|st| st.status == StepStatus::Completed) {
+        out.push(finish_reactive(&s, "max_activations"));
+    }
+    Ok(out)
+}
+
+/// The end of an `event_driven` run (`ended`: `idle` or `max_activations`): `RunCompleted` with
+/// every activation's output, or `RunFailed` with the unmet success criteria.
+fn finish_reactive(s: &RunState, ended: &str) -> RunEvent {
+    let outputs: Map<String, Value> = s
+        .plan
+        .iter()
+        .flat_map(|p| p.steps.iter())
+        .zip(&s.steps)
+        .map(|(p, st)| (p.name.clone(), st.output.clone().unwrap_or(Value::Null)))
+        .collect();
+    let mut output = serde_json::json!({ "ended": ended, "activations": s.activations, "outputs": outputs });
+    if serde_json::to_vec(&output).map_or(0, |v| v.len()) > MAX_RUN_OUTPUT_BYTES {
+        output = serde_json::json!({
+            "ended": ended,
+            "activations": s.activations,
+            "truncated": true,
+            "limit_bytes": MAX_RUN_OUTPUT_BYTES,
+        });
+    }
+    finish_with(s, output)
 }
 
 fn check_running(s: &RunState) -> Result<(), Rejection> {
@@ -396,10 +547,14 @@ fn cap_output(output: Value, plan: &crate::spec::Plan) -> Value {
 /// The run's last event once every step has completed: `RunCompleted`, or `RunFailed` with the
 /// success criteria that do not hold.
 fn finish(s: &RunState) -> RunEvent {
+    finish_with(s, run_output(s))
+}
+
+fn finish_with(s: &RunState, output: Value) -> RunEvent {
     let criteria = s.workflow.as_ref().map(|w| w.success_criteria.clone()).unwrap_or_default();
     let unmet: Vec<String> = criteria.into_iter().filter(|c| !s.facts.contains(c)).collect();
     if unmet.is_empty() {
-        RunEvent::RunCompleted(RunCompleted { output: run_output(s) })
+        RunEvent::RunCompleted(RunCompleted { output })
     } else {
         RunEvent::RunFailed(RunFailed {
             reason: format!("every step completed but the success criteria are not met: {}", unmet.join(", ")),

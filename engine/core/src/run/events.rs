@@ -137,6 +137,38 @@ pub struct StepFailed {
     pub retry_in_ms: Option<u64>,
 }
 
+/// An event reached an `event_driven` run: emitted by one of its agents, or from outside
+/// (`ltmc emit`, NATS `ltmc.emit.<run>.<type>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerReceived {
+    /// The event type (one of the workflow's triggers).
+    pub trigger: String,
+    /// Its data: the input of the agents it starts.
+    pub data: Value,
+    /// Where it came from: `step:<name>`, `emit`, `nats`.
+    pub source: String,
+    /// For an event from outside: its version in stream `triggers-<run>`, so each is taken once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    /// The steps it started (`<agent>-<n>`); empty when nobody listens or the activation cap
+    /// was reached.
+    #[serde(default)]
+    pub activated: Vec<String>,
+}
+
+/// An agent instance was started for an event: a new step of the run, ready to dispatch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentActivated {
+    /// The new step's name, `<agent>-<n>` (n counts the run's activations).
+    pub step: String,
+    /// The agent.
+    pub agent: String,
+    /// The event type that started it.
+    pub trigger: String,
+    /// The step's input: `{"trigger": type, "data": data, "source": source}`.
+    pub input: Value,
+}
+
 /// Every step completed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunCompleted {
@@ -179,6 +211,10 @@ pub enum RunEvent {
     CoordinationPointReached(CoordinationPointReached),
     /// See [`HandoffRefused`].
     HandoffRefused(HandoffRefused),
+    /// See [`TriggerReceived`].
+    TriggerReceived(TriggerReceived),
+    /// See [`AgentActivated`].
+    AgentActivated(AgentActivated),
     /// See [`RunCompleted`].
     RunCompleted(RunCompleted),
     /// See [`RunFailed`].
@@ -211,6 +247,8 @@ impl RunEvent {
             RunEvent::VotesAggregated(_) => "VotesAggregated",
             RunEvent::CoordinationPointReached(_) => "CoordinationPointReached",
             RunEvent::HandoffRefused(_) => "HandoffRefused",
+            RunEvent::TriggerReceived(_) => "TriggerReceived",
+            RunEvent::AgentActivated(_) => "AgentActivated",
             RunEvent::RunCompleted(_) => "RunCompleted",
             RunEvent::RunFailed(_) => "RunFailed",
         }

@@ -14,8 +14,8 @@ pub use decider::{
     Command, DEFAULT_BACKOFF_SECS, MAX_BACKOFF_MS, MAX_RUN_OUTPUT_BYTES, Outcome, Rejection, decide, retry_delay_ms,
 };
 pub use events::{
-    CoordinationPointReached, HandoffAccepted, HandoffRefused, RunCompleted, RunEvent, RunFailed, RunStarted,
-    StepCompleted, StepDispatched, StepFailed, StepReady, UnknownEvent, VotesAggregated,
+    AgentActivated, CoordinationPointReached, HandoffAccepted, HandoffRefused, RunCompleted, RunEvent, RunFailed,
+    RunStarted, StepCompleted, StepDispatched, StepFailed, StepReady, TriggerReceived, UnknownEvent, VotesAggregated,
 };
 pub use state::{Effect, IllegalTransition, RunState, RunStatus, StepState, StepStatus, evolve, pending_work};
 

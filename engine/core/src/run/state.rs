@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::events::RunEvent;
-use crate::spec::{Plan, Workflow};
+use crate::spec::{Pattern, Plan, PlanStep, Workflow};
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,6 +110,10 @@ pub struct RunState {
     pub unmet: Vec<String>,
     /// Coordination points reached so far.
     pub reached: BTreeSet<String>,
+    /// `event_driven`: agent activations so far (steps added by `AgentActivated`).
+    pub activations: u32,
+    /// `event_driven`: the last event taken from stream `triggers-<run>` (its version).
+    pub triggers_seq: i64,
 }
 
 /// An event that cannot follow the state it was applied to: the history is corrupt or was
@@ -145,6 +149,20 @@ pub enum Effect {
         /// The backoff.
         delay_ms: u64,
     },
+    /// `event_driven`, nothing running: if the run is still at `version` after `delay_ms`, send
+    /// `Command::Idle` (the run completes). Any new event moves the version on.
+    IdleAfter {
+        /// The run's version when it went idle.
+        version: i64,
+        /// The idle timeout.
+        delay_ms: u64,
+    },
+}
+
+impl StepState {
+    fn new(status: StepStatus) -> StepState {
+        StepState { status, attempts: 0, output: None, error: None, retry_in_ms: None, vote: None, facts: vec![] }
+    }
 }
 
 impl RunState {
@@ -191,6 +209,11 @@ impl RunState {
         }
     }
 
+    /// Whether the run's workflow is `event_driven`.
+    pub fn is_event_driven(&self) -> bool {
+        self.workflow.as_ref().is_some_and(|w| w.pattern == Pattern::EventDriven)
+    }
+
     fn illegal(&self, e: &RunEvent, why: &str) -> IllegalTransition {
         IllegalTransition {
             version: self.version + 1,
@@ -208,18 +231,7 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
             let wf: Workflow = serde_json::from_value(ev.definition.clone())
                 .map_err(|err| s.illegal(e, &format!("definition unreadable: {err}")))?;
             let plan = wf.plan().map_err(|err| s.illegal(e, &format!("definition invalid: {err}")))?;
-            s.steps = vec![
-                StepState {
-                    status: StepStatus::Pending,
-                    attempts: 0,
-                    output: None,
-                    error: None,
-                    retry_in_ms: None,
-                    vote: None,
-                    facts: vec![]
-                };
-                plan.steps.len()
-            ];
+            s.steps = vec![StepState::new(StepStatus::Pending); plan.steps.len()];
             s.index = Arc::new(plan.steps.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect());
             s.run_id = ev.run_id.clone();
             s.definition_hash = ev.definition_hash.clone();
@@ -294,6 +306,34 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
                 return Err(s.illegal(e, &format!("coordination point {} is unknown or already reached", ev.point)));
             }
         }
+        (RunStatus::Running, RunEvent::TriggerReceived(ev)) => {
+            if !s.is_event_driven() {
+                return Err(s.illegal(e, "the workflow is not event_driven"));
+            }
+            if let Some(seq) = ev.seq {
+                if seq <= s.triggers_seq {
+                    return Err(s.illegal(e, &format!("trigger {seq} was already taken")));
+                }
+                s.triggers_seq = seq;
+            }
+        }
+        (RunStatus::Running, RunEvent::AgentActivated(ev)) => {
+            let listens = s.workflow.as_ref().is_some_and(|w| w.agents.contains_key(&ev.agent));
+            if !s.is_event_driven() || !listens || s.index.contains_key(&ev.step) {
+                return Err(s.illegal(e, &format!("agent {} cannot be activated as step {}", ev.agent, ev.step)));
+            }
+            if let Some(plan) = s.plan.as_mut() {
+                Arc::make_mut(plan).steps.push(PlanStep {
+                    name: ev.step.clone(),
+                    agent: ev.agent.clone(),
+                    needs: vec![],
+                    input: Some(ev.input.clone()),
+                });
+            }
+            Arc::make_mut(&mut s.index).insert(ev.step.clone(), s.steps.len());
+            s.steps.push(StepState::new(StepStatus::Ready));
+            s.activations += 1;
+        }
         (RunStatus::Running, RunEvent::VotesAggregated(_)) => {
             if s.aggregated {
                 return Err(s.illegal(e, "the votes were already counted"));
@@ -329,6 +369,11 @@ fn step_index(s: &RunState, e: &RunEvent, name: &str) -> Result<usize, IllegalTr
 pub fn pending_work(s: &RunState) -> Vec<Effect> {
     if s.status != RunStatus::Running {
         return vec![];
+    }
+    let idle = s.steps.iter().all(|st| matches!(st.status, StepStatus::Completed | StepStatus::Failed));
+    if s.is_event_driven() && idle {
+        let secs = s.workflow.as_ref().and_then(|w| w.idle_timeout).unwrap_or(crate::spec::DEFAULT_IDLE_TIMEOUT_SECS);
+        return vec![Effect::IdleAfter { version: s.version, delay_ms: (secs * 1000.0) as u64 }];
     }
     s.steps
         .iter()

@@ -33,6 +33,9 @@ pub struct AgentDef {
     /// with jitter (default: the engine's `retry_backoff`, 1 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<f64>,
+    /// In an `event_driven` workflow: the triggers (event types) that start this agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<String>,
     /// Facts that must hold before a hand-over to this agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,

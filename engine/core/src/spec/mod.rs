@@ -27,6 +27,13 @@ pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 pub const MAX_STEPS: usize = 5_000;
 /// Longest timeout accepted, in seconds (a year): longer values are mistakes.
 pub const MAX_TIMEOUT_SECS: f64 = 31_536_000.0;
+/// Activations an `event_driven` run may start when the file gives no `max_activations`.
+pub const DEFAULT_MAX_ACTIVATIONS: u32 = 100;
+/// Largest `max_activations` accepted.
+pub const MAX_ACTIVATIONS: u32 = 10_000;
+/// Seconds an `event_driven` run waits, with nothing running, for the next event before it
+/// completes, when neither the file nor the configuration says.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: f64 = 60.0;
 /// Most retries one agent may have.
 pub const MAX_RETRIES: u32 = 100;
 /// Longest first backoff accepted, in seconds (waits are capped at 60 s anyway).
@@ -45,6 +52,9 @@ pub enum Pattern {
     /// The seed's development flow: the agents run in order, except testing agents, which
     /// start when the step before them completes and run beside the later stages.
     SequentialWithParallelTesting,
+    /// Agents start when events they listen for arrive (`triggers`); their results may emit
+    /// more events. The run ends when idle for `idle_timeout` or after `max_activations`.
+    EventDriven,
 }
 
 /// A validated workflow: every step's agent is defined, names are valid, the graph is acyclic.
@@ -80,6 +90,19 @@ pub struct Workflow {
     /// Input given to the first steps.
     #[serde(default)]
     pub input: Value,
+    /// `event_driven`: each trigger (event type) and the agents it activates, in order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub triggers: BTreeMap<String, Vec<String>>,
+    /// `event_driven`: start a new instance of an agent for every event (`true`), or queue
+    /// events for an agent that is already running so it runs one at a time (`false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dynamic_agent_allocation: bool,
+    /// `event_driven`: most agent activations in one run; later events are recorded, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_activations: Option<u32>,
+    /// `event_driven`: seconds without a running agent or a new event after which the run completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<f64>,
 }
 
 /// A named barrier: reached when every step of `after` has completed, or, when `after` is

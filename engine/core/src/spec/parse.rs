@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::source::{Ctx, contains_word, declares, deserialize, refuse_non_map};
 use super::{
-    AgentDef, CoordinationPoint, Error, MAX_BACKOFF_SECS, MAX_RETRIES, MAX_STEPS, MAX_TIMEOUT_SECS, Pattern, StepDef,
-    Workflow,
+    AgentDef, CoordinationPoint, Error, MAX_ACTIVATIONS, MAX_BACKOFF_SECS, MAX_RETRIES, MAX_STEPS, MAX_TIMEOUT_SECS,
+    Pattern, StepDef, Workflow,
 };
 use crate::names;
 
@@ -43,7 +43,7 @@ pub(crate) struct WorkflowFile {
     rollback_on_failure: Option<bool>,
     /// Named barriers: a list of names (each reached when an agent reports that fact) or a map of
     /// name -> steps (reached when they have completed); recorded as CoordinationPointReached.
-    coordination_points: Option<PointsField>,
+    coordination_points: Option<NamesOrMap<Points>>,
     /// Facts the run must hold at the end (reported by agents in their results' `facts`).
     success_criteria: Option<Vec<String>>,
     /// Seed option: `true` (= `all`) or an aggregation name.
@@ -54,6 +54,16 @@ pub(crate) struct WorkflowFile {
     timeout: Option<f64>,
     /// Input given to the first steps.
     input: Option<Value>,
+    /// `event_driven`: the event types that start agents: a list (agents say which they listen
+    /// for with `on:`) or a map of event type -> agents.
+    triggers: Option<NamesOrMap<Triggers>>,
+    /// `event_driven`: a new agent instance per event (`true`) or one at a time per agent.
+    dynamic_agent_allocation: Option<bool>,
+    /// `event_driven`: most agent activations in one run (default 100, at most 10000).
+    max_activations: Option<u32>,
+    /// `event_driven`: seconds with no agent running and no new event before the run completes
+    /// (default: the `idle_timeout` setting, 60).
+    idle_timeout: Option<f64>,
 }
 
 /// A YAML/JSON list of strings, read by the hand-written list-or-map fields below.
@@ -147,49 +157,74 @@ impl OrderedAgents {
     }
 }
 
+/// What a list-or-map field holds, for its messages and schema.
+trait ListOrMapKind {
+    const EXPECTING: &'static str;
+    const WHAT: &'static str;
+    const SCHEMA: &'static str;
+}
+
 /// `coordination_points:` as the seed's list of names (each reached when the fact of that name
 /// holds) or a map of name -> the steps after which it is reached.
 #[derive(Debug)]
-enum PointsField {
-    Names(Vec<String>),
-    After(Vec<(String, Vec<String>)>),
+struct Points;
+impl ListOrMapKind for Points {
+    const EXPECTING: &'static str = "a list of point names or a map of point name -> list of steps";
+    const WHAT: &'static str = "coordination point";
+    const SCHEMA: &'static str = "CoordinationPoints";
 }
 
-impl<'de> Deserialize<'de> for PointsField {
+/// `triggers:` as a list of event types (agents listen with `on:`) or a map of event type ->
+/// the agents it starts.
+#[derive(Debug)]
+struct Triggers;
+impl ListOrMapKind for Triggers {
+    const EXPECTING: &'static str = "a list of event types or a map of event type -> list of agents";
+    const WHAT: &'static str = "trigger";
+    const SCHEMA: &'static str = "Triggers";
+}
+
+/// A list of names, or a map of name -> list of names in file order (duplicates refused).
+#[derive(Debug)]
+enum NamesOrMap<K> {
+    Names(Vec<String>),
+    Map(Vec<(String, Vec<String>)>, std::marker::PhantomData<K>),
+}
+
+impl<'de, K: ListOrMapKind> Deserialize<'de> for NamesOrMap<K> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = PointsField;
+        struct Visit<K>(std::marker::PhantomData<K>);
+        impl<'de, K: ListOrMapKind> serde::de::Visitor<'de> for Visit<K> {
+            type Value = NamesOrMap<K>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of point names or a map of point name -> list of steps")
+                f.write_str(K::EXPECTING)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<PointsField, A::Error> {
-                names_of(seq).map(PointsField::Names)
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<NamesOrMap<K>, A::Error> {
+                names_of(seq).map(NamesOrMap::Names)
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PointsField, A::Error> {
-                // File order: points reached by the same completion are recorded in it.
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NamesOrMap<K>, A::Error> {
                 let mut out: Vec<(String, Vec<String>)> = Vec::new();
                 while let Some((k, v)) = map.next_entry::<String, Vec<String>>()? {
                     if out.iter().any(|(n, _)| n == &k) {
-                        return Err(serde::de::Error::custom(format!("coordination point `{k}` is defined twice")));
+                        return Err(serde::de::Error::custom(format!("{} `{k}` is defined twice", K::WHAT)));
                     }
                     out.push((k, v));
                 }
-                Ok(PointsField::After(out))
+                Ok(NamesOrMap::Map(out, std::marker::PhantomData))
             }
         }
-        d.deserialize_any(Visit)
+        d.deserialize_any(Visit::<K>(std::marker::PhantomData))
     }
 }
 
-impl JsonSchema for PointsField {
+impl<K: ListOrMapKind> JsonSchema for NamesOrMap<K> {
     fn schema_name() -> std::borrow::Cow<'static, str> {
-        "CoordinationPoints".into()
+        K::SCHEMA.into()
     }
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         let names = generator.subschema_for::<Vec<String>>();
-        let after = generator.subschema_for::<BTreeMap<String, Vec<String>>>();
-        schemars::json_schema!({ "anyOf": [names, after] })
+        let map = generator.subschema_for::<BTreeMap<String, Vec<String>>>();
+        schemars::json_schema!({ "anyOf": [names, map] })
     }
 }
 
@@ -243,6 +278,7 @@ fn refine(base: &mut AgentDef, inline: &AgentDef) {
         retries,
         backoff,
         requires,
+        on,
         compensate,
         env,
         cwd,
@@ -258,6 +294,9 @@ fn refine(base: &mut AgentDef, inline: &AgentDef) {
     if !requires.is_empty() {
         base.requires = requires;
     }
+    if !on.is_empty() {
+        base.on = on;
+    }
     base.compensate = compensate.or(base.compensate.take());
     base.env.extend(env);
     base.cwd = cwd.or(base.cwd.take());
@@ -265,6 +304,119 @@ fn refine(base: &mut AgentDef, inline: &AgentDef) {
     base.role = role.or(base.role.take());
     base.duration = duration.or(base.duration.take());
     base.description = description.or(base.description.take());
+}
+
+/// The checks every agent a workflow uses must pass: a way to run and sane limits.
+fn check_agent(cx: &Ctx<'_>, name: &str, def: &AgentDef) -> Result<(), Error> {
+    def.kind().map_err(|m| cx.err(format!("agents.{name}"), &[name], format!("agent `{name}` {m}")))?;
+    if let Some(t) = def.timeout
+        && !(t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS)
+    {
+        return Err(cx.err(
+            format!("agents.{name}.timeout"),
+            &["timeout"],
+            "timeout must be a positive number of seconds, at most 31536000 (a year)",
+        ));
+    }
+    if let Some(t) = def.backoff
+        && !(t.is_finite() && (0.0..=MAX_BACKOFF_SECS).contains(&t))
+    {
+        return Err(cx.err(
+            format!("agents.{name}.backoff"),
+            &["backoff"],
+            "backoff must be a number of seconds from 0 to 60",
+        ));
+    }
+    if let Some(n) = def.retries
+        && n > MAX_RETRIES
+    {
+        return Err(cx.err(format!("agents.{name}.retries"), &["retries"], "retries must be at most 100"));
+    }
+    Ok(())
+}
+
+/// `event_driven`: each trigger and the agents it starts, from the `triggers:` map and the
+/// agents' `on:` lists. The agents considered are the ones the workflow lists, or, when it lists
+/// none (the seed's dict), every agent of the agents file; a listed agent listening for an event
+/// that is not a trigger is refused, an agents-file agent listening for another workflow's
+/// events is left out.
+fn listeners(
+    cx: &Ctx<'_>,
+    raw: &WorkflowFile,
+    listed: &[String],
+    defs: &BTreeMap<String, AgentDef>,
+    used: &mut BTreeMap<String, AgentDef>,
+) -> Result<BTreeMap<String, Vec<String>>, Error> {
+    let Some(field) = &raw.triggers else {
+        return Err(cx.err(
+            "triggers",
+            &["pattern"],
+            "the event_driven pattern needs `triggers:`, the event types that start agents (for example [code_change, test_failure])",
+        ));
+    };
+    let mut triggers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let entries: Vec<(String, Vec<String>)> = match field {
+        NamesOrMap::Names(names) => names.iter().map(|n| (n.clone(), vec![])).collect(),
+        NamesOrMap::Map(map, _) => map.clone(),
+    };
+    for (t, agents) in entries {
+        names::validate("trigger", &t).map_err(|e| cx.err("triggers", &[&t], e.to_string()))?;
+        let list = triggers.entry(t.clone()).or_default();
+        for a in agents {
+            if !defs.contains_key(&a) {
+                return Err(cx.err(
+                    format!("triggers.{t}"),
+                    &[&a],
+                    format!("trigger `{t}` starts `{a}`, which is not a defined agent; define it under `agents:` or in an agents file"),
+                ));
+            }
+            if !list.contains(&a) {
+                list.push(a);
+            }
+        }
+    }
+    if triggers.is_empty() {
+        return Err(cx.err("triggers", &["triggers"], "`triggers:` is empty; name the event types that start agents"));
+    }
+    let explicit = !listed.is_empty();
+    let candidates: Vec<&String> = if explicit { listed.iter().collect() } else { defs.keys().collect() };
+    for a in candidates {
+        let Some(def) = defs.get(a) else { continue };
+        for t in &def.on {
+            match triggers.get_mut(t) {
+                Some(list) if !list.contains(a) => list.push(a.clone()),
+                Some(_) => {}
+                None if explicit => {
+                    let known: Vec<&str> = triggers.keys().map(String::as_str).collect();
+                    return Err(cx.err(
+                        format!("agents.{a}.on"),
+                        &[t],
+                        format!(
+                            "agent `{a}` listens for `{t}`, which is not a trigger; the triggers are {}",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                None => {}
+            }
+        }
+    }
+    for (t, agents) in &triggers {
+        for a in agents {
+            let def = &defs[a];
+            names::validate("agent", a).map_err(|e| cx.err(format!("triggers.{t}"), &[a], e.to_string()))?;
+            check_agent(cx, a, def)?;
+            used.insert(a.clone(), def.clone());
+        }
+    }
+    if used.is_empty() {
+        return Err(cx.err(
+            "triggers",
+            &["triggers"],
+            "no agent listens for any trigger; give agents `on: [code_change]`, or map triggers to agents (`triggers: {code_change: [developer]}`)",
+        ));
+    }
+    Ok(triggers)
 }
 
 /// Removes repeated names, keeping the first of each.
@@ -352,16 +504,18 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         Some("parallel") => Pattern::Parallel,
         Some("dependency" | "dag") => Pattern::Dependency,
         Some("sequential_with_parallel_testing") => Pattern::SequentialWithParallelTesting,
+        Some("event_driven") => Pattern::EventDriven,
         Some(other) => {
             return Err(cx.err(
                 "pattern",
                 &["pattern", other],
                 format!(
-                    "pattern `{other}` is not supported by this version; use sequential, parallel, dependency or sequential_with_parallel_testing"
+                    "pattern `{other}` is unknown; use sequential, parallel, dependency, sequential_with_parallel_testing or event_driven"
                 ),
             ));
         }
     };
+    let event_driven = pattern == Pattern::EventDriven;
 
     let steps: Vec<StepDef> = match (pattern, &raw.steps) {
         (Pattern::Dependency, Some(steps)) => steps
@@ -380,9 +534,10 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
             return Err(cx.err(
                 "steps",
                 &["steps"],
-                "`steps:` belongs to the dependency form; with `pattern: sequential`, `parallel` or `sequential_with_parallel_testing` list `agents:` instead",
+                "`steps:` belongs to the dependency form; with `pattern: sequential`, `parallel` or `sequential_with_parallel_testing` list `agents:` instead (event_driven agents start from `triggers:`)",
             ));
         }
+        (Pattern::EventDriven, None) => vec![],
         (Pattern::Sequential, None) => {
             let mut out: Vec<StepDef> = Vec::with_capacity(listed.len());
             for (i, a) in listed.iter().enumerate() {
@@ -417,7 +572,7 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         }
     };
 
-    if steps.is_empty() {
+    if steps.is_empty() && !event_driven {
         return Err(cx.err("agents", &["agents"], "the workflow has no steps; list at least one agent"));
     }
     if steps.len() > MAX_STEPS {
@@ -453,32 +608,39 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
                 ),
             ));
         };
-        def.kind()
-            .map_err(|m| cx.err(format!("agents.{}", s.agent), &[&s.agent], format!("agent `{}` {m}", s.agent)))?;
-        if let Some(t) = def.timeout
-            && !(t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS)
-        {
-            return Err(cx.err(
-                format!("agents.{}.timeout", s.agent),
-                &["timeout"],
-                "timeout must be a positive number of seconds, at most 31536000 (a year)",
-            ));
-        }
-        if let Some(t) = def.backoff
-            && !(t.is_finite() && (0.0..=MAX_BACKOFF_SECS).contains(&t))
-        {
-            return Err(cx.err(
-                format!("agents.{}.backoff", s.agent),
-                &["backoff"],
-                "backoff must be a number of seconds from 0 to 60",
-            ));
-        }
-        if let Some(n) = def.retries
-            && n > MAX_RETRIES
-        {
-            return Err(cx.err(format!("agents.{}.retries", s.agent), &["retries"], "retries must be at most 100"));
-        }
+        check_agent(&cx, &s.agent, def)?;
         used.insert(s.agent.clone(), def.clone());
+    }
+    let triggers = if event_driven {
+        listeners(&cx, &raw, &listed, &defs, &mut used)?
+    } else {
+        if let Some(key) = [
+            raw.triggers.as_ref().map(|_| "triggers"),
+            raw.dynamic_agent_allocation.map(|_| "dynamic_agent_allocation"),
+            raw.max_activations.map(|_| "max_activations"),
+            raw.idle_timeout.map(|_| "idle_timeout"),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        {
+            return Err(cx.err(key, &[key], format!("`{key}` belongs to `pattern: event_driven`")));
+        }
+        BTreeMap::new()
+    };
+    if let Some(n) = raw.max_activations
+        && !(1..=MAX_ACTIVATIONS).contains(&n)
+    {
+        return Err(cx.err("max_activations", &["max_activations"], "max_activations must be from 1 to 10000"));
+    }
+    if let Some(t) = raw.idle_timeout
+        && !(t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS)
+    {
+        return Err(cx.err(
+            "idle_timeout",
+            &["idle_timeout"],
+            "idle_timeout must be a positive number of seconds, at most 31536000 (a year)",
+        ));
     }
     for (i, s) in steps.iter().enumerate() {
         for n in &s.needs {
@@ -524,12 +686,12 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
     }
     let coordination_points: Vec<CoordinationPoint> = match &raw.coordination_points {
         None => vec![],
-        Some(PointsField::Names(names)) => {
+        Some(NamesOrMap::Names(names)) => {
             let mut names = names.clone();
             dedupe(&mut names);
             names.into_iter().map(|name| CoordinationPoint { name, after: vec![] }).collect()
         }
-        Some(PointsField::After(map)) => {
+        Some(NamesOrMap::Map(map, _)) => {
             map.iter().map(|(name, after)| CoordinationPoint { name: name.clone(), after: after.clone() }).collect()
         }
     };
@@ -566,6 +728,10 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         aggregation,
         timeout: raw.timeout,
         input: raw.input.clone().unwrap_or(Value::Null),
+        triggers,
+        dynamic_agent_allocation: raw.dynamic_agent_allocation.unwrap_or(false),
+        max_activations: raw.max_activations,
+        idle_timeout: raw.idle_timeout,
     };
     // Cycles are found by compiling the plan; report them against this file, at the `needs`
     // of the cycle's second step (it needs the first), else at that step's name.

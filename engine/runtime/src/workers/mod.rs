@@ -66,6 +66,11 @@ impl Workers {
         Ok(Workers { js })
     }
 
+    /// The NATS connection (also used to take `ltmc.emit.<run>.<type>` requests).
+    pub fn client(&self) -> async_nats::Client {
+        self.js.client()
+    }
+
     /// Opens a run's mailbox: reads its reports (past ones first) until dropped.
     pub async fn open_run(&self, run_id: &str) -> Result<RunMailbox, Error> {
         RunMailbox::open(self.js.clone(), run_id).await
