@@ -65,6 +65,7 @@ on_both_backends!(
     builtin_agents_honour_their_timeout,
     facts_gate_hand_overs_and_decide_success,
     votes_decide_parallel_runs,
+    a_waiting_hand_over_proceeds_when_another_branch_reports_the_facts,
 );
 
 async fn sequential_hands_each_output_to_the_next(store: Store, dir: &Path) -> anyhow::Result<()> {
@@ -355,6 +356,41 @@ async fn facts_gate_hand_overs_and_decide_success(store: Store, dir: &Path) -> a
     let w = wf("pattern: sequential\nagents:\n  a: {builtin: noop, params: {facts: [1]}, retries: 0}\n");
     let state = engine.run(w, None, dir.to_path_buf(), None).await?;
     assert!(state.failure.as_deref().is_some_and(|f| f.contains("invalid fact")), "{:?}", state.failure);
+    Ok(())
+}
+
+/// `design` reports `design_ok` late, on a branch `build` does not need: with the `fail` policy
+/// the hand-over to `build` is refused at once; with `wait` it proceeds when the fact arrives;
+/// when no step is left to report it, the waiting run fails with the unmet list.
+async fn a_waiting_hand_over_proceeds_when_another_branch_reports_the_facts(
+    store: Store,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let yaml = |policy: &str, fact: &str| {
+        format!(
+            "handoff_validation: true\nhandoff_policy: {policy}\nagents:\n  prep: {{builtin: noop}}\n  designer: {{builtin: sleep, params: {{ms: 150, facts: [{fact}]}}}}\n  builder: {{builtin: noop, requires: [design_ok]}}\nsteps:\n  - {{name: prepare, agent: prep}}\n  - {{name: design, agent: designer}}\n  - {{name: build, agent: builder, needs: [prepare]}}\n"
+        )
+    };
+    let failed = engine.run(wf(&yaml("fail", "design_ok")), None, dir.to_path_buf(), None).await?;
+    assert_eq!(failed.status, RunStatus::Failed, "fail: only the facts of the steps it needs count");
+    assert_eq!(failed.unmet, ["design_ok"]);
+
+    let state = engine.run(wf(&yaml("wait", "design_ok")), None, dir.to_path_buf(), None).await?;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.failure);
+    let evs = events(&store, &state.run_id).await;
+    let pos = |t: &str, step: &str| evs.iter().position(|e| e.event_type == t && e.data["step"] == step);
+    let refused = pos("HandoffRefused", "build").expect("refused first");
+    assert_eq!(evs[refused].data["waiting"], json!(true));
+    assert_eq!(evs[refused].data["unmet"], json!(["design_ok"]));
+    assert!(pos("StepCompleted", "design") < pos("HandoffAccepted", "build"), "accepted once the fact arrived");
+    assert!(pos("HandoffAccepted", "build") < pos("StepDispatched", "build"));
+
+    let stuck = engine.run(wf(&yaml("wait", "something_else")), None, dir.to_path_buf(), None).await?;
+    assert_eq!(stuck.status, RunStatus::Failed);
+    assert_eq!(stuck.unmet, ["design_ok"]);
+    let reason = stuck.failure.clone().unwrap_or_default();
+    assert!(reason.contains("no step is left running"), "{reason}");
     Ok(())
 }
 

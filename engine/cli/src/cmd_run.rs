@@ -102,6 +102,15 @@ fn parse_emits(emits: &[String], workflow: &Workflow) -> anyhow::Result<Vec<(Str
                 ),
                 None => (e.as_str(), serde_json::Value::Null),
             };
+            // Checked before the run starts, so a refused event never leaves a run without a driver.
+            let size = ltmc_engine::store::json_len(&data);
+            if size > ltmc_engine::triggers::MAX_DATA_BYTES {
+                return Err(BadInput(format!(
+                    "--emit {trigger}: the data is {size} bytes of JSON; the limit is {}",
+                    ltmc_engine::triggers::MAX_DATA_BYTES
+                ))
+                .into());
+            }
             if !workflow.triggers.contains_key(trigger) {
                 let known: Vec<&str> = workflow.triggers.keys().map(String::as_str).collect();
                 return Err(BadInput(format!(

@@ -543,6 +543,7 @@ fn random_workflow(rng: &mut Lcg, retries: u32) -> Workflow {
         agents: BTreeMap::from([("w".to_owned(), agent)]),
         steps,
         handoff_validation: false,
+        handoff_policy: Default::default(),
         rollback_on_failure: false,
         coordination_points: vec![],
         aggregation: None,

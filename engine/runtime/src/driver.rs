@@ -126,7 +126,9 @@ impl Engine {
             return Err(Error::NeedsNats(name.clone()));
         }
         if workflow.pattern == Pattern::EventDriven {
+            // Pinned with the run, so a later change of the defaults does not alter it.
             workflow.idle_timeout = workflow.idle_timeout.or(Some(self.options.idle_timeout.as_secs_f64()));
+            workflow.max_activations = workflow.max_activations.or(Some(ltmc_core::spec::DEFAULT_MAX_ACTIVATIONS));
         }
         let run_id = uuid::Uuid::now_v7().to_string();
         for def in workflow.agents.values_mut() {

@@ -17,7 +17,7 @@ use crate::store::{EventStore, Store};
 pub const EVENT_TYPE: &str = "TriggerEmitted";
 /// Largest event data accepted from outside, as JSON.
 pub const MAX_DATA_BYTES: usize = 256 * 1024;
-/// How often the driver looks for new events when nothing wakes it.
+/// How often the driver looks for new events (it polls; nothing wakes it early).
 pub const POLL_EVERY: Duration = Duration::from_millis(50);
 
 /// Stream of a run's external events.

@@ -83,3 +83,47 @@ pub(super) async fn throughput(
         raw: median(r),
     })
 }
+
+const K_STEPS: usize = 50;
+
+/// K50: per-step time of 50 sequential `worker: true` steps served over NATS by a worker (in
+/// this process, performing `noop`) beside the same 50 steps run in-process, in ms. The target
+/// is the difference: at most 2 ms.
+pub(super) async fn worker_step(
+    backend: &'static str,
+    engine: &Engine,
+    nats: &str,
+    repeat: usize,
+) -> anyhow::Result<Row> {
+    use ltmc_core::spec::{AgentDef, Builtin};
+    use ltmc_engine::workers::{self, Workers, serve};
+    let agent = format!("bench_worker_{}", std::process::id());
+    let remote = workflow(&json!({"name": "k50", "agents": {&agent: {"worker": true, "timeout": 30}},
+        "steps": chain(K_STEPS, &agent)}))?;
+    let local = workflow(&json!({"name": "k50local", "agents": {"noop": {"builtin": "noop"}},
+        "steps": chain(K_STEPS, "noop")}))?;
+    let engine = engine.clone().with_workers(Workers::connect(nats).await?);
+    let def = AgentDef { builtin: Some(Builtin::Noop), ..Default::default() };
+    let server = tokio::spawn(serve::serve(serve::WorkerOptions::new(nats, &agent, def)));
+    let (mut e, mut r) = (vec![], vec![]);
+    // One warm-up run: the worker's consumer and the run's mailbox are set up, not measured.
+    for i in 0..=repeat {
+        let t = Instant::now();
+        let s = engine.run(remote.clone(), None, PathBuf::from("."), None).await?;
+        anyhow::ensure!(s.failure.is_none(), "K50 run failed: {:?}", s.failure);
+        let remote_ms = ms(t.elapsed()) / K_STEPS as f64;
+        let t = Instant::now();
+        let s = engine.run(local.clone(), None, PathBuf::from("."), None).await?;
+        anyhow::ensure!(s.failure.is_none(), "K50 local run failed: {:?}", s.failure);
+        if i > 0 {
+            e.push(remote_ms);
+            r.push(ms(t.elapsed()) / K_STEPS as f64);
+        }
+    }
+    server.abort();
+    let js = ltmc_engine::relay::jetstream(nats).await?;
+    if let Ok(stream) = js.get_stream(workers::TASKS_STREAM).await {
+        let _ = stream.delete_consumer(&workers::consumer_name(&agent)).await;
+    }
+    Ok(Row { backend, workload: "K50 worker step vs in-process", unit: "ms", ltmc: median(e), raw: median(r) })
+}

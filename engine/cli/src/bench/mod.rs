@@ -5,7 +5,7 @@
 //! - W2: one workflow of 500 parallel `noop` steps then one aggregate step; wall time vs
 //!   inserting as many rows as the run wrote, 500 rows per commit.
 //! - A1/A10/A100: one append of 1, 10 or 100 events vs one transaction inserting as many rows.
-//! - C100 and W3: see `concurrency.rs`.
+//! - C100, W3 and K50 (worker steps over NATS): see `concurrency.rs`.
 //!
 //! Every figure is the median of `--repeat` repetitions.
 
@@ -38,7 +38,8 @@ pub(crate) struct Args {
     /// Postgres for the postgres backend; a scratch schema `ltmc_bench` is (re)created in it.
     #[arg(long, env = "LTMC_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
     postgres: String,
-    /// NATS for the relay on the postgres backend; a scratch stream `LTMC_BENCH` is used.
+    /// NATS for the relay on the postgres backend (a scratch stream `LTMC_BENCH` is used) and
+    /// for the worker-step workload K50 on both.
     #[arg(long, env = "LTMC_BENCH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
     /// Measure Postgres alone, without the JetStream relay running beside it.
@@ -97,6 +98,7 @@ async fn measure(
     store: Store,
     mut raw: Raw,
     relay_opts: Option<RelayOptions>,
+    nats: &str,
     repeat: usize,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
@@ -196,13 +198,17 @@ async fn measure(
     }
     rows.push(concurrency::overhead(backend, &engine, repeat).await?);
     rows.push(concurrency::throughput(backend, &engine, &mut raw, repeat).await?);
+    match concurrency::worker_step(backend, &engine, nats, repeat).await {
+        Ok(row) => rows.push(row),
+        Err(e) => eprintln!("warning: K50 (worker steps) not measured: {e:#}"),
+    }
     if let Some(r) = relay {
         r.stop();
     }
     Ok(())
 }
 
-async fn sqlite(repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn sqlite(nats: &str, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
     let path = dir.path().join("bench.db");
     let store = Store::Sqlite(SqliteStore::open(&path.display().to_string()).await?);
@@ -211,7 +217,7 @@ async fn sqlite(repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
          CREATE TABLE bench_raw (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);",
     )?;
-    measure("sqlite", store, Raw::Sqlite(conn), None, repeat, rows).await
+    measure("sqlite", store, Raw::Sqlite(conn), None, nats, repeat, rows).await
 }
 
 async fn postgres(url: &str, nats: &str, relay: bool, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
@@ -234,7 +240,7 @@ async fn postgres(url: &str, nats: &str, relay: bool, repeat: usize, rows: &mut 
     };
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
     let (name, opts) = if relay { ("postgres+jetstream", Some(opts)) } else { ("postgres", None) };
-    let result = measure(name, store, Raw::Pg(raw, url_with_schema(url, "ltmc_bench")), opts, repeat, rows).await;
+    let result = measure(name, store, Raw::Pg(raw, url_with_schema(url, "ltmc_bench")), opts, nats, repeat, rows).await;
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
     client.batch_execute("DROP SCHEMA IF EXISTS ltmc_bench CASCADE").await?;
     result
@@ -257,7 +263,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
     let mut rows = Vec::new();
     if do_sqlite {
         eprintln!("measuring sqlite ({} repetitions)…", args.repeat);
-        sqlite(args.repeat, &mut rows).await?;
+        sqlite(&args.nats, args.repeat, &mut rows).await?;
     }
     if do_pg {
         eprintln!("measuring postgres + jetstream ({} repetitions)…", args.repeat);

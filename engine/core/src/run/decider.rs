@@ -9,7 +9,7 @@ use super::events::*;
 use super::idempotency_key;
 use super::state::{RunState, RunStatus, StepStatus, evolve};
 use crate::protocol::EmittedEvent;
-use crate::spec::{DEFAULT_MAX_ACTIVATIONS, Pattern, Workflow};
+use crate::spec::{DEFAULT_MAX_ACTIVATIONS, HandoffPolicy, Pattern, Workflow};
 
 /// A request to change a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -393,18 +393,16 @@ fn fold(s: &RunState, e: &RunEvent) -> Result<RunState, Rejection> {
 
 /// `StepReady` + `StepDispatched` for every pending step whose needs have all completed.
 /// Dispatch is recorded in the same append as readiness: intent before effect, one commit.
-/// With `handoff_validation`, a step whose agent `requires` facts is handed over only if the
-/// steps it needs (directly or not) reported them all (`HandoffAccepted`); otherwise the
-/// hand-over is refused and the run fails. Facts of unrelated branches do not count, so the
-/// answer does not depend on which branch finished first.
+/// With `handoff_validation`, a step whose agent `requires` facts is handed over only if they
+/// hold (`HandoffAccepted`); otherwise the hand-over is refused (`HandoffRefused` with the unmet
+/// list) and, by `handoff_policy`:
+/// - `fail`: the run fails. Only the facts of the steps it needs (directly or not) count, so
+///   the answer does not depend on which branch finished first.
+/// - `wait`: the step waits until the run's facts (from any step) include them, re-checked
+///   after every completion; the run fails once nothing is left running that could report them.
 fn release_ready(s: &RunState) -> Vec<RunEvent> {
     let (Some(plan), Some(wf)) = (&s.plan, &s.workflow) else { return vec![] };
-    let ready: Vec<usize> = (0..plan.steps.len())
-        .filter(|&i| {
-            s.steps[i].status == StepStatus::Pending
-                && plan.steps[i].needs.iter().all(|&n| s.steps[n].status == StepStatus::Completed)
-        })
-        .collect();
+    let wait = wf.handoff_policy == HandoffPolicy::Wait;
     let requires = |i: usize| -> Vec<String> {
         if !wf.handoff_validation {
             return vec![];
@@ -412,42 +410,68 @@ fn release_ready(s: &RunState) -> Vec<RunEvent> {
         wf.agents.get(&plan.steps[i].agent).map(|a| a.requires.clone()).unwrap_or_default()
     };
     let from = |i: usize| -> Vec<String> { plan.steps[i].needs.iter().map(|&n| plan.steps[n].name.clone()).collect() };
-    let mut out = Vec::new();
-    for &i in &ready {
-        let requires = requires(i);
-        if requires.is_empty() {
-            continue; // nothing to check; spare the walk over the step's ancestors
-        }
-        let before = s.facts_before(i);
-        let unmet: Vec<String> = requires.iter().filter(|f| !before.contains(*f)).cloned().collect();
-        if !unmet.is_empty() {
-            let step = plan.steps[i].name.clone();
-            let reason = format!("hand-over to step {step} refused: unmet prerequisites {}", unmet.join(", "));
-            return vec![
-                RunEvent::StepReady(StepReady { step: step.clone() }),
-                RunEvent::HandoffRefused(HandoffRefused {
-                    step: step.clone(),
-                    from: from(i),
-                    requires,
-                    unmet: unmet.clone(),
-                }),
-                RunEvent::RunFailed(RunFailed { reason, step: Some(step), unmet }),
-            ];
-        }
-    }
-    for &i in &ready {
+    let unmet_of = |i: usize, requires: &[String]| -> Vec<String> {
+        // Spare the walk over the step's ancestors when nothing is required.
+        let facts = if requires.is_empty() || wait { None } else { Some(s.facts_before(i)) };
+        let holds = |f: &String| facts.as_ref().map_or_else(|| s.facts.contains(f), |b| b.contains(f));
+        requires.iter().filter(|f| !holds(f)).cloned().collect()
+    };
+    let dispatch = |i: usize| {
         let p = &plan.steps[i];
-        out.push(RunEvent::StepReady(StepReady { step: p.name.clone() }));
-        let requires = requires(i);
-        if !requires.is_empty() {
-            out.push(RunEvent::HandoffAccepted(HandoffAccepted { step: p.name.clone(), from: from(i), requires }));
-        }
-        out.push(RunEvent::StepDispatched(StepDispatched {
+        RunEvent::StepDispatched(StepDispatched {
             step: p.name.clone(),
             agent: p.agent.clone(),
             attempt: 1,
             idempotency_key: idempotency_key(&s.run_id, &p.name, 1),
-        }));
+        })
+    };
+    let mut out = Vec::new();
+    let (mut dispatched, mut waiting) = (false, Vec::new());
+    for i in 0..plan.steps.len() {
+        let st = &s.steps[i];
+        let name = plan.steps[i].name.clone();
+        let newly_ready = st.status == StepStatus::Pending
+            && plan.steps[i].needs.iter().all(|&n| s.steps[n].status == StepStatus::Completed);
+        let still_waiting = st.status == StepStatus::Ready && !st.waiting.is_empty();
+        if !newly_ready && !still_waiting {
+            continue;
+        }
+        let requires = requires(i);
+        let unmet = unmet_of(i, &requires);
+        if newly_ready {
+            out.push(RunEvent::StepReady(StepReady { step: name.clone() }));
+        }
+        if unmet.is_empty() {
+            if !requires.is_empty() {
+                out.push(RunEvent::HandoffAccepted(HandoffAccepted { step: name, from: from(i), requires }));
+            }
+            out.push(dispatch(i));
+            dispatched = true;
+        } else if !wait {
+            let reason = format!("hand-over to step {name} refused: unmet prerequisites {}", unmet.join(", "));
+            let refused =
+                HandoffRefused { step: name.clone(), from: from(i), requires, unmet: unmet.clone(), waiting: false };
+            return vec![
+                RunEvent::StepReady(StepReady { step: name.clone() }),
+                RunEvent::HandoffRefused(refused),
+                RunEvent::RunFailed(RunFailed { reason, step: Some(name), unmet }),
+            ];
+        } else {
+            if newly_ready {
+                let refused =
+                    HandoffRefused { step: name.clone(), from: from(i), requires, unmet: unmet.clone(), waiting: true };
+                out.push(RunEvent::HandoffRefused(refused));
+            }
+            waiting.push((name, unmet));
+        }
+    }
+    let running = s.steps.iter().any(|st| matches!(st.status, StepStatus::Dispatched { .. }));
+    if let Some((step, unmet)) = waiting.first().filter(|_| !running && !dispatched) {
+        let reason = format!(
+            "hand-over to step {step} is waiting for {}, and no step is left running that could report them",
+            unmet.join(", ")
+        );
+        out.push(RunEvent::RunFailed(RunFailed { reason, step: Some(step.clone()), unmet: unmet.clone() }));
     }
     out
 }

@@ -116,6 +116,10 @@ pub struct HandoffRefused {
     pub requires: Vec<String>,
     /// The ones that did not hold.
     pub unmet: Vec<String>,
+    /// With `handoff_policy: wait`: the step waits for the facts (from any step of the run)
+    /// instead of failing the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
 }
 
 /// The agent failed (non-zero exit, timeout, bad output, or a builtin `fail`).

@@ -73,6 +73,8 @@ pub struct StepState {
     pub vote: Option<String>,
     /// The facts its agent reported, once completed.
     pub facts: Vec<String>,
+    /// With `handoff_policy: wait`: the prerequisites a ready step is waiting for.
+    pub waiting: Vec<String>,
 }
 
 /// A run folded from its stream.
@@ -161,7 +163,16 @@ pub enum Effect {
 
 impl StepState {
     fn new(status: StepStatus) -> StepState {
-        StepState { status, attempts: 0, output: None, error: None, retry_in_ms: None, vote: None, facts: vec![] }
+        StepState {
+            status,
+            attempts: 0,
+            output: None,
+            error: None,
+            retry_in_ms: None,
+            vote: None,
+            facts: vec![],
+            waiting: vec![],
+        }
     }
 }
 
@@ -293,11 +304,15 @@ pub fn evolve(mut s: RunState, e: &RunEvent) -> Result<RunState, IllegalTransiti
             if s.steps[i].status != StepStatus::Ready {
                 return Err(s.illegal(e, &format!("step {} is not ready", ev.step)));
             }
+            s.steps[i].waiting.clear();
         }
         (RunStatus::Running, RunEvent::HandoffRefused(ev)) => {
             let i = step_index(&s, e, &ev.step)?;
-            if s.steps[i].status != StepStatus::Ready {
-                return Err(s.illegal(e, &format!("step {} is not ready", ev.step)));
+            if s.steps[i].status != StepStatus::Ready || !s.steps[i].waiting.is_empty() {
+                return Err(s.illegal(e, &format!("step {} is not ready, or already waiting", ev.step)));
+            }
+            if ev.waiting {
+                s.steps[i].waiting = ev.unmet.clone();
             }
         }
         (RunStatus::Running, RunEvent::CoordinationPointReached(ev)) => {
@@ -370,7 +385,8 @@ pub fn pending_work(s: &RunState) -> Vec<Effect> {
     if s.status != RunStatus::Running {
         return vec![];
     }
-    let idle = s.steps.iter().all(|st| matches!(st.status, StepStatus::Completed | StepStatus::Failed));
+    // The same test `Command::Idle` makes (a failed activation has already failed the run).
+    let idle = s.steps.iter().all(|st| st.status == StepStatus::Completed);
     if s.is_event_driven() && idle {
         let secs = s.workflow.as_ref().and_then(|w| w.idle_timeout).unwrap_or(crate::spec::DEFAULT_IDLE_TIMEOUT_SECS);
         return vec![Effect::IdleAfter { version: s.version, delay_ms: (secs * 1000.0) as u64 }];

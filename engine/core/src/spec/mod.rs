@@ -72,6 +72,10 @@ pub struct Workflow {
     /// Seed option: check the next agent's `requires` facts at each hand-over.
     #[serde(default)]
     pub handoff_validation: bool,
+    /// With `handoff_validation`, what an unmet prerequisite does: `fail` the run (default) or
+    /// `wait` until steps of the run report the missing facts.
+    #[serde(default, skip_serializing_if = "HandoffPolicy::is_fail")]
+    pub handoff_policy: HandoffPolicy,
     /// Seed option: undo completed steps when the run fails.
     #[serde(default)]
     pub rollback_on_failure: bool,
@@ -103,6 +107,24 @@ pub struct Workflow {
     /// `event_driven`: seconds without a running agent or a new event after which the run completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<f64>,
+}
+
+/// What a refused hand-over does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffPolicy {
+    /// The run fails with the unmet prerequisites.
+    #[default]
+    Fail,
+    /// The step waits until the facts hold (reported by any step of the run); the run fails
+    /// only when nothing is left running that could report them.
+    Wait,
+}
+
+impl HandoffPolicy {
+    fn is_fail(&self) -> bool {
+        *self == HandoffPolicy::Fail
+    }
 }
 
 /// A named barrier: reached when every step of `after` has completed, or, when `after` is

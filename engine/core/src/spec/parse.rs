@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::source::{Ctx, contains_word, declares, deserialize, refuse_non_map};
 use super::{
-    AgentDef, CoordinationPoint, Error, MAX_ACTIVATIONS, MAX_BACKOFF_SECS, MAX_RETRIES, MAX_STEPS, MAX_TIMEOUT_SECS,
-    Pattern, StepDef, Workflow,
+    AgentDef, CoordinationPoint, Error, HandoffPolicy, MAX_ACTIVATIONS, MAX_BACKOFF_SECS, MAX_RETRIES, MAX_STEPS,
+    MAX_TIMEOUT_SECS, Pattern, StepDef, Workflow,
 };
 use crate::names;
 
@@ -39,6 +39,9 @@ pub(crate) struct WorkflowFile {
     steps: Option<Vec<StepFile>>,
     /// Check each step's agent `requires` facts before handing over to it; unmet ones fail the run.
     handoff_validation: Option<bool>,
+    /// With handoff_validation: `fail` (default) the run on an unmet prerequisite, or `wait`
+    /// until other steps report the facts.
+    handoff_policy: Option<HandoffPolicy>,
     /// Seed option, recorded with the run.
     rollback_on_failure: Option<bool>,
     /// Named barriers: a list of names (each reached when an agent reports that fact) or a map of
@@ -722,6 +725,7 @@ pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workfl
         agents: used,
         steps,
         handoff_validation: raw.handoff_validation.unwrap_or(false),
+        handoff_policy: raw.handoff_policy.unwrap_or_default(),
         rollback_on_failure: raw.rollback_on_failure.unwrap_or(false),
         coordination_points,
         success_criteria,
