@@ -200,8 +200,12 @@ pub(crate) async fn engine(store: &Store, config: &Config, workflow: &Workflow) 
     }
 }
 
-/// Prints the result, waits briefly for the relay to publish the run, and picks the exit code.
+/// Prints the result, waits briefly for the relay to publish the run, brings the SQL views up to
+/// date, and picks the exit code.
 async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunState, json: bool) -> anyhow::Result<u8> {
+    if let Err(e) = ltmc_engine::projector::catch_up(store).await {
+        eprintln!("warning: the SQL views were not updated ({e}); `ltmc projections follow` catches up");
+    }
     if let Some(relay) = relay {
         // Give the relay (ours, or another process holding the lease) a moment to publish the
         // run, but never hang on NATS: stop waiting once it makes no progress for 2 s.

@@ -8,6 +8,7 @@ mod cmd_admin;
 mod cmd_events;
 mod cmd_run;
 mod cmd_runs;
+mod cmd_views;
 mod cmd_worker;
 mod exit;
 
@@ -137,8 +138,31 @@ enum Cmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// The SQL views kept from the log: `status`, `rebuild [--until POS]`, `follow`.
+    Projections {
+        #[command(subcommand)]
+        action: ViewsCmd,
+    },
     /// Measure the engine against raw database commits on this machine.
     Bench(bench::Args),
+}
+
+#[derive(Subcommand)]
+enum ViewsCmd {
+    /// Each view's checkpoint, the log's head and the lag.
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay the log into the views in one transaction (readers see the old rows until it commits).
+    Rebuild {
+        /// Only the events up to this position (the views as they were then).
+        #[arg(long)]
+        until: Option<i64>,
+    },
+    /// Keep the views up to date until stopped.
+    Follow,
 }
 
 fn main() -> ExitCode {
@@ -176,6 +200,11 @@ fn main() -> ExitCode {
                 let args = cmd_worker::Args { agent, command, builtin, concurrency, ack_wait, max_tasks, dir };
                 cmd_worker::worker(args).await
             }
+            Cmd::Projections { action } => match action {
+                ViewsCmd::Status { json } => cmd_views::status(json).await,
+                ViewsCmd::Rebuild { until } => cmd_views::rebuild(until).await,
+                ViewsCmd::Follow => cmd_views::follow().await,
+            },
             Cmd::Bench(args) => bench::run(args).await,
         }
     });

@@ -8,6 +8,9 @@ mod head_cache;
 pub mod postgres;
 pub mod sqlite;
 mod subscription;
+pub(crate) mod views_sql;
+
+pub use views_sql::CHECKPOINT as VIEWS_CHECKPOINT;
 
 pub use subscription::{POLL_INTERVAL, Subscription};
 
@@ -275,6 +278,33 @@ impl Store {
         match self {
             Store::Postgres(_) => "postgres",
             Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// The projector's checkpoint: the last position the SQL views include.
+    pub async fn views_checkpoint(&self) -> Result<i64> {
+        match self {
+            Store::Postgres(s) => s.views_checkpoint().await,
+            Store::Sqlite(s) => s.views_checkpoint().await,
+        }
+    }
+
+    /// Applies a batch of view changes and moves the checkpoint from `from` to `to`, in one
+    /// transaction; `false` (nothing written) when the checkpoint was not at `from`.
+    pub async fn apply_views(&self, from: i64, to: i64, changes: Vec<ltmc_projections::Change>) -> Result<bool> {
+        match self {
+            Store::Postgres(s) => s.apply_views(from, to, &changes).await,
+            Store::Sqlite(s) => s.apply_views(from, to, changes).await,
+        }
+    }
+
+    /// Rebuilds every view from the log (up to `until`) in one transaction.
+    pub async fn rebuild_views(&self, until: Option<i64>, batch: usize) -> Result<i64> {
+        let tables: Vec<&'static str> =
+            ltmc_projections::all().iter().flat_map(|p| p.tables().iter().copied()).collect();
+        match self {
+            Store::Postgres(s) => s.rebuild_views(&tables, until, batch).await,
+            Store::Sqlite(s) => s.rebuild_views(tables, until, batch).await,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Embedded SQLite backend: one file, WAL, `synchronous=FULL` (an acknowledged append survives
 //! power loss). SQLite allows one writer at a time, which also makes the global order gap-safe.
 
+mod views;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use ltmc_core::event::to_micros;
 use ltmc_core::{Metadata, NewEvent, RecordedEvent};

@@ -1,0 +1,52 @@
+//! `ltmc projections status|rebuild|follow`: the SQL views (`runs`, `steps`, `handoffs`,
+//! `audit_log`) kept from the log.
+
+use anyhow::Context;
+use ltmc_engine::config::Config;
+use ltmc_engine::{Store, projector};
+
+use crate::exit::{self, BadInput};
+
+async fn open() -> anyhow::Result<Store> {
+    let config = Config::from_env()?;
+    Store::open(&config.database_url).await.context("opening the event store")
+}
+
+/// Prints the views' checkpoint, the log's head and the lag.
+pub(crate) async fn status(json: bool) -> anyhow::Result<u8> {
+    let store = open().await?;
+    let s = projector::status(&store).await?;
+    if json {
+        let views: Vec<&str> = ltmc_projections::all().iter().map(|p| p.name()).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"views": views, "status": s}))?);
+    } else {
+        println!("{:<12} {:>12} {:>12} {:>8}  HEALTH", "VIEW", "CHECKPOINT", "HEAD", "LAG");
+        for p in ltmc_projections::all() {
+            let health = if s.lag == 0 { "up to date" } else { "behind: `ltmc projections follow` catches up" };
+            println!("{:<12} {:>12} {:>12} {:>8}  {health}", p.name(), s.checkpoint, s.head, s.lag);
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Replays the log into the views in one transaction (up to `until`).
+pub(crate) async fn rebuild(until: Option<i64>) -> anyhow::Result<u8> {
+    if until.is_some_and(|u| u < 0) {
+        return Err(BadInput("--until must be a position (0 or more)".into()).into());
+    }
+    let store = open().await?;
+    let started = std::time::Instant::now();
+    let at = projector::rebuild(&store, until).await?;
+    eprintln!("views rebuilt up to position {at} in {:.2}s", started.elapsed().as_secs_f64());
+    Ok(exit::OK)
+}
+
+/// Keeps the views up to date until stopped.
+pub(crate) async fn follow() -> anyhow::Result<u8> {
+    let store = open().await?;
+    let handle = projector::spawn(store);
+    eprintln!("keeping the views up to date; Ctrl-C stops");
+    tokio::signal::ctrl_c().await.ok();
+    handle.stop();
+    Ok(exit::OK)
+}

@@ -1,0 +1,130 @@
+//! The projector: keeps the SQL views (`runs`, `steps`, `handoffs`, `audit_log`) up to date.
+//!
+//! It follows the log from its checkpoint (woken by LISTEN/NOTIFY or this process's appends,
+//! polling as a fallback), maps each batch of events to row changes with the pure projections
+//! of `ltmc-projections`, and applies them in the same transaction that moves the checkpoint,
+//! under a lock on the checkpoint row: a crash anywhere leaves rows and checkpoint consistent,
+//! and two projectors never apply a batch twice. The views can be rebuilt from the log at any
+//! time ([`rebuild`]); a rebuild is one transaction, so readers never see a half-built view.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::store::{self, EventStore, Store};
+
+/// Most events applied per transaction.
+pub const BATCH: usize = 500;
+
+/// Applies every event up to the log's head; returns the checkpoint.
+pub async fn catch_up(store: &Store) -> Result<i64, store::Error> {
+    loop {
+        let from = store.views_checkpoint().await?;
+        let events = store.read_all(from, BATCH).await?;
+        let Some(last) = events.last() else { return Ok(from) };
+        let to = last.global_position;
+        // `false`: another projector moved the checkpoint; read from where it is now.
+        store.apply_views(from, to, ltmc_projections::changes(&events)).await?;
+    }
+}
+
+/// Rebuilds every view from the log, up to `until` (the whole log when `None`).
+pub async fn rebuild(store: &Store, until: Option<i64>) -> Result<i64, store::Error> {
+    store.rebuild_views(until, 5_000).await
+}
+
+/// A running projector.
+pub struct ProjectorHandle {
+    position: watch::Receiver<i64>,
+    last_error: Arc<Mutex<Option<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl ProjectorHandle {
+    /// The last position applied by this projector.
+    pub fn position(&self) -> i64 {
+        *self.position.borrow()
+    }
+
+    /// Waits until the views include `position`, or `timeout` passes; returns whether they do.
+    pub async fn wait_for(&mut self, position: i64, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.position.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Why the projector is not advancing, if it is failing.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Stops it (at any point: the views stay consistent with the checkpoint).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a projector on its own task; it retries after errors until stopped.
+pub fn spawn(store: Store) -> ProjectorHandle {
+    let (tx, position) = watch::channel(0);
+    let last_error = Arc::new(Mutex::new(None));
+    let errors = last_error.clone();
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match follow(&store, &tx).await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    tracing::warn!(error = %e, "projector interrupted; retrying");
+                    if let Ok(mut slot) = errors.lock() {
+                        *slot = Some(e.to_string());
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    });
+    ProjectorHandle { position, last_error, task }
+}
+
+/// Follows the log from the checkpoint, a batch per transaction. Returns (to start again from
+/// the stored checkpoint) when another projector moved it.
+async fn follow(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Error> {
+    let mut from = store.views_checkpoint().await?;
+    tx.send_replace(from);
+    let mut sub = store.subscribe(from);
+    loop {
+        let mut events = vec![sub.next().await?];
+        // Whatever is already readable joins the batch (cancelling a read changes nothing).
+        while events.len() < BATCH {
+            match tokio::time::timeout(Duration::ZERO, sub.next()).await {
+                Ok(Ok(e)) => events.push(e),
+                _ => break,
+            }
+        }
+        let to = events.last().map_or(from, |e| e.global_position);
+        if !store.apply_views(from, to, ltmc_projections::changes(&events)).await? {
+            return Ok(());
+        }
+        from = to;
+        tx.send_replace(to);
+    }
+}
+
+/// Where the views are.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Last position the views include.
+    pub checkpoint: i64,
+    /// Last position in the log.
+    pub head: i64,
+    /// Events not yet in the views.
+    pub lag: i64,
+}
+
+/// The views' checkpoint beside the log's head.
+pub async fn status(store: &Store) -> Result<Status, store::Error> {
+    let checkpoint = store.views_checkpoint().await?;
+    let head = store.head_position().await?;
+    Ok(Status { checkpoint, head, lag: head - checkpoint })
+}

@@ -1,0 +1,104 @@
+//! The projector's transactions on SQLite: the batch of row changes and the checkpoint move
+//! together in one write transaction on the store's one writer connection.
+
+use ltmc_projections::{Change, Val};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{EVENT_COLUMNS, SqliteStore, collect, row_to_event, sql_err};
+use crate::store::Result;
+use crate::store::views_sql::{CHECKPOINT, Dialect, render, sqlite_time};
+
+fn to_sql(v: Val) -> SqlValue {
+    match v {
+        Val::Null => SqlValue::Null,
+        Val::Int(i) => SqlValue::Integer(i),
+        Val::Real(f) => SqlValue::Real(f),
+        Val::Text(s) => SqlValue::Text(s),
+        Val::Json(j) => SqlValue::Text(j.to_string()),
+        Val::Time(t) => SqlValue::Text(sqlite_time(&t)),
+        Val::Bool(b) => SqlValue::Integer(i64::from(b)),
+    }
+}
+
+fn checkpoint(conn: &Connection) -> Result<i64> {
+    let p: Option<i64> = conn
+        .query_row("SELECT position FROM checkpoints WHERE name = ?1", params![CHECKPOINT], |r| r.get(0))
+        .optional()
+        .map_err(sql_err)?;
+    Ok(p.unwrap_or(0))
+}
+
+fn set_checkpoint(conn: &Connection, position: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO checkpoints (name, position, updated_at) VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        params![CHECKPOINT, position],
+    )
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+fn execute_all(conn: &Connection, changes: &[Change]) -> Result<()> {
+    for c in changes {
+        let (sql, vals) = render(c, Dialect::Sqlite);
+        let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
+        stmt.execute(rusqlite::params_from_iter(vals.into_iter().map(to_sql))).map_err(sql_err)?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// The projector's checkpoint (0 before the first batch).
+    pub async fn views_checkpoint(&self) -> Result<i64> {
+        self.with_reader(checkpoint).await
+    }
+
+    /// Applies `changes` and moves the checkpoint from `from` to `to` in one transaction;
+    /// `false`, writing nothing, when the checkpoint is not at `from`.
+    pub async fn apply_views(&self, from: i64, to: i64, changes: Vec<Change>) -> Result<bool> {
+        self.with_writer(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
+            if checkpoint(&tx)? != from {
+                return Ok(false);
+            }
+            execute_all(&tx, &changes)?;
+            set_checkpoint(&tx, to)?;
+            tx.commit().map_err(sql_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Empties `tables` and replays the log (up to `until`) into them in one transaction; readers
+    /// keep seeing the old rows until it commits. Returns the checkpoint.
+    pub async fn rebuild_views(&self, tables: Vec<&'static str>, until: Option<i64>, batch: usize) -> Result<i64> {
+        self.with_writer(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
+            for t in &tables {
+                tx.execute(&format!("DELETE FROM {t}"), []).map_err(sql_err)?;
+            }
+            let until = until.unwrap_or(i64::MAX);
+            let mut position = 0i64;
+            loop {
+                let events = {
+                    let mut stmt = tx
+                        .prepare_cached(&format!(
+                            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?1 AND global_position <= ?2 \
+                             ORDER BY global_position LIMIT ?3"
+                        ))
+                        .map_err(sql_err)?;
+                    let rows = stmt.query_map(params![position, until, batch as i64], row_to_event).map_err(sql_err)?;
+                    collect(rows)?
+                };
+                let Some(last) = events.last() else { break };
+                position = last.global_position;
+                execute_all(&tx, &ltmc_projections::changes(&events))?;
+            }
+            set_checkpoint(&tx, position)?;
+            tx.commit().map_err(sql_err)?;
+            Ok(position)
+        })
+        .await
+    }
+}

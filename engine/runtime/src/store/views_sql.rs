@@ -1,0 +1,102 @@
+//! Renders the projections' row changes as parameterised SQL for either backend. Table and
+//! column names come from the projections' code, never from input; every value is a parameter.
+
+use ltmc_projections::{Change, Set, Val};
+
+/// Checkpoint row of the projector (`checkpoints.name`).
+pub const CHECKPOINT: &str = "projections";
+
+#[derive(Clone, Copy)]
+pub(crate) enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+impl Dialect {
+    fn param(self, n: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${n}"),
+            Dialect::Sqlite => format!("?{n}"),
+        }
+    }
+}
+
+/// The statement and its parameters, in order.
+pub(crate) fn render(change: &Change, d: Dialect) -> (String, Vec<Val>) {
+    match change {
+        Change::Upsert { table, key, cols } => {
+            let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
+            let params: Vec<String> = (1..=cols.len()).map(|n| d.param(n)).collect();
+            let updates: Vec<String> =
+                names.iter().filter(|c| !key.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
+            let on_conflict = if updates.is_empty() {
+                "DO NOTHING".to_owned()
+            } else {
+                format!("DO UPDATE SET {}", updates.join(", "))
+            };
+            let sql = format!(
+                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) {on_conflict}",
+                names.join(", "),
+                params.join(", "),
+                key.join(", ")
+            );
+            (sql, cols.iter().map(|(_, v)| v.clone()).collect())
+        }
+        Change::Update { table, key, set } => {
+            let mut values: Vec<Val> = Vec::with_capacity(set.len() + key.len());
+            let mut assignments = Vec::with_capacity(set.len());
+            for (col, how) in set {
+                let p = d.param(values.len() + 1);
+                let (expr, v) = match how {
+                    Set::To(v) => (p, v.clone()),
+                    Set::Add(n) => (format!("{col} + {p}"), Val::Int(*n)),
+                    Set::IfNull(v) => (format!("COALESCE({col}, {p})"), v.clone()),
+                };
+                values.push(v);
+                assignments.push(format!("{col} = {expr}"));
+            }
+            let mut conditions = Vec::with_capacity(key.len());
+            for (col, v) in key {
+                conditions.push(format!("{col} = {}", d.param(values.len() + 1)));
+                values.push(v.clone());
+            }
+            (format!("UPDATE {table} SET {} WHERE {}", assignments.join(", "), conditions.join(" AND ")), values)
+        }
+    }
+}
+
+/// The SQL text of a time value on SQLite (the same form as `events.recorded_at`).
+pub(crate) fn sqlite_time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_render_as_parameterised_sql() {
+        let up = Change::Upsert {
+            table: "runs",
+            key: &["run_id"],
+            cols: vec![("run_id", Val::Text("r".into())), ("status", Val::Text("running".into()))],
+        };
+        let (sql, params) = render(&up, Dialect::Postgres);
+        assert_eq!(
+            sql,
+            "INSERT INTO runs (run_id, status) VALUES ($1, $2) ON CONFLICT (run_id) DO UPDATE SET status = excluded.status"
+        );
+        assert_eq!(params.len(), 2);
+        let upd = Change::Update {
+            table: "steps",
+            key: vec![("run_id", Val::Text("r".into())), ("step", Val::Text("s".into()))],
+            set: vec![("retries", Set::Add(1)), ("first_dispatched_at", Set::IfNull(Val::Null))],
+        };
+        let (sql, params) = render(&upd, Dialect::Sqlite);
+        assert_eq!(
+            sql,
+            "UPDATE steps SET retries = retries + ?1, first_dispatched_at = COALESCE(first_dispatched_at, ?2) WHERE run_id = ?3 AND step = ?4"
+        );
+        assert_eq!(params[0], Val::Int(1));
+    }
+}

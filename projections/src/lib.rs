@@ -1,0 +1,51 @@
+//! LTMC's SQL views, as pure functions from events to row changes.
+//!
+//! Each projection maps an event to [`Change`]s on its tables, once; the runtime's projector
+//! turns them into parameterised SQL for Postgres or SQLite and applies a batch of them in the
+//! same transaction as the checkpoint. No IO here: a projection is tested by feeding it events.
+
+mod audit;
+mod change;
+mod handoffs;
+mod runs;
+mod steps;
+
+pub use change::{Change, Set, Val};
+
+use ltmc_core::RecordedEvent;
+
+/// One view: the tables it owns and how an event changes them.
+pub trait Projection: Sync {
+    /// Name shown by `ltmc projections status`.
+    fn name(&self) -> &'static str;
+    /// Tables it writes (cleared by a rebuild).
+    fn tables(&self) -> &'static [&'static str];
+    /// The row changes `event` makes, appended to `out` (none for events it ignores).
+    fn apply(&self, event: &RecordedEvent, out: &mut Vec<Change>);
+}
+
+/// Every projection, in the order their changes are applied.
+pub fn all() -> [&'static dyn Projection; 4] {
+    [&runs::Runs, &steps::Steps, &handoffs::Handoffs, &audit::AuditLog]
+}
+
+/// The changes of a batch of events, for every projection, in event order.
+pub fn changes(events: &[RecordedEvent]) -> Vec<Change> {
+    let mut out = Vec::with_capacity(events.len() * 3);
+    for e in events {
+        for p in all() {
+            p.apply(e, &mut out);
+        }
+    }
+    out
+}
+
+/// The run id of a `run-<id>` stream.
+pub(crate) fn run_of(stream_id: &str) -> Option<&str> {
+    stream_id.strip_prefix("run-")
+}
+
+/// A string field of an event's data.
+pub(crate) fn text(e: &RecordedEvent, field: &str) -> Val {
+    e.data.get(field).and_then(|v| v.as_str()).map_or(Val::Null, |s| Val::Text(s.to_owned()))
+}
