@@ -386,6 +386,14 @@ async fn a_waiting_hand_over_proceeds_when_another_branch_reports_the_facts(
     assert!(pos("StepCompleted", "design") < pos("HandoffAccepted", "build"), "accepted once the fact arrived");
     assert!(pos("HandoffAccepted", "build") < pos("StepDispatched", "build"));
 
+    // In a parallel group with aggregation too: the waiting reviewer votes once the fact arrives.
+    let parallel = "pattern: parallel\naggregation: all\nhandoff_validation: true\nhandoff_policy: wait\nagents:\n  \
+                    designer: {builtin: sleep, params: {ms: 100, facts: [design_ok]}}\n  \
+                    reviewer: {builtin: noop, requires: [design_ok]}\n";
+    let voted = engine.run(wf(parallel), None, dir.to_path_buf(), None).await?;
+    assert_eq!(voted.status, RunStatus::Completed, "{:?}", voted.failure);
+    assert_eq!(voted.steps[1].attempts, 1, "the waiting reviewer was handed over and voted");
+
     let stuck = engine.run(wf(&yaml("wait", "something_else")), None, dir.to_path_buf(), None).await?;
     assert_eq!(stuck.status, RunStatus::Failed);
     assert_eq!(stuck.unmet, ["design_ok"]);

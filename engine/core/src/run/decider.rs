@@ -207,7 +207,12 @@ pub fn decide(s: &RunState, cmd: Command) -> Result<Vec<RunEvent>, Rejection> {
                         return Ok(out);
                     }
                     if let Some(mode) = aggregation(&next) {
-                        out.extend(count_votes(&next, mode));
+                        // Until the votes decide, a hand-over waiting for facts may now proceed.
+                        let counted = count_votes(&next, mode);
+                        if counted.is_empty() {
+                            out.extend(release_ready(&next));
+                        }
+                        out.extend(counted);
                     } else if next.steps.iter().all(|st| st.status == StepStatus::Completed) {
                         out.push(finish(&next));
                     } else {
