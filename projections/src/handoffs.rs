@@ -25,6 +25,9 @@ impl Projection for Handoffs {
             "HandoffRefused" => "refused",
             _ => return,
         };
+        if text(e, "step") == Val::Null {
+            return;
+        }
         let list = |f: &str| Val::Json(e.data.get(f).cloned().unwrap_or(Value::Array(vec![])));
         out.push(Change::Upsert {
             table: "handoffs",

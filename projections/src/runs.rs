@@ -48,6 +48,8 @@ impl Projection for Runs {
                         ("retries", Val::Int(0)),
                         ("activations", Val::Int(0)),
                         ("failure", Val::Null),
+                        ("decision", Val::Null),
+                        ("agreed", Val::Null),
                         ("output", Val::Null),
                         ("last_position", Val::Int(e.global_position)),
                         ("updated_at", Val::Time(e.recorded_at)),
@@ -60,6 +62,10 @@ impl Projection for Runs {
                 update(vec![("retries", Set::Add(1))])
             }
             "StepFailed" => update(vec![("steps_failed", Set::Add(1))]),
+            "VotesAggregated" => update(vec![
+                ("decision", Set::To(text(e, "decision"))),
+                ("agreed", Set::To(e.data.get("agreed").and_then(Value::as_bool).map_or(Val::Null, Val::Bool))),
+            ]),
             "AgentActivated" => update(vec![("activations", Set::Add(1)), ("steps_total", Set::Add(1))]),
             "RunCompleted" => update(vec![
                 ("status", Set::To(Val::Text("completed".into()))),

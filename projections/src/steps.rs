@@ -20,6 +20,9 @@ impl Projection for Steps {
     fn apply(&self, e: &RecordedEvent, out: &mut Vec<Change>) {
         let Some(run_id) = run_of(&e.stream_id) else { return };
         let step = text(e, "step");
+        if step == Val::Null {
+            return; // not a step event (or a malformed one: it is in the audit log, not here)
+        }
         let key = || vec![("run_id", Val::Text(run_id.to_owned())), ("step", step.clone())];
         let ready = |agent: Val| Change::Upsert {
             table: "steps",

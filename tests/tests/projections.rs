@@ -99,6 +99,20 @@ async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, sqlite: Option<
     let status = projector::status(&store).await?;
     assert_eq!((status.checkpoint, status.lag), (head, 0));
 
+    // The metrics view, from the same rows: the mix twice.
+    let m = ltmc_engine::metrics::read(&store).await?;
+    assert_eq!(
+        (m.completed_workflows, m.failed_workflows, m.running_workflows, m.active_agents),
+        (6, 4, 0, 0),
+        "{m:?}"
+    );
+    assert_eq!((m.retries, m.refused_handoffs, m.consensus_disagreements), (4, 2, 2), "{m:?}");
+    let p50 = m.p50_coordination_ms.expect("steps were timed");
+    assert!(p50 >= 0.0 && m.p95_coordination_ms >= Some(p50), "{m:?}");
+    let text = ltmc_engine::metrics::prometheus(&m);
+    assert!(text.contains("ltmc_workflows{status=\"completed\"} 6\n"), "{text}");
+    assert!(text.contains("# TYPE ltmc_active_agents gauge\nltmc_active_agents 0\n"), "{text}");
+
     // What the views say.
     let audit = after.iter().filter(|r| r.starts_with("audit_log:")).count() as i64;
     assert_eq!(audit, head, "one audit row per event");

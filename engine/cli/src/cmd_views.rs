@@ -50,3 +50,39 @@ pub(crate) async fn follow() -> anyhow::Result<u8> {
     handle.stop();
     Ok(exit::OK)
 }
+
+/// `ltmc metrics`: brings the views up to date, then prints `coordination_metrics`.
+pub(crate) async fn metrics(json: bool, prometheus: bool) -> anyhow::Result<u8> {
+    if json && prometheus {
+        return Err(BadInput("give --json or --prometheus, not both".into()).into());
+    }
+    let store = open().await?;
+    projector::catch_up(&store).await?;
+    let m = ltmc_engine::metrics::read(&store).await?;
+    if prometheus {
+        print!("{}", ltmc_engine::metrics::prometheus(&m));
+    } else if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3} ms"));
+        let rows: [(&str, String); 13] = [
+            ("active_agents", m.active_agents.to_string()),
+            ("running_workflows", m.running_workflows.to_string()),
+            ("completed_workflows", m.completed_workflows.to_string()),
+            ("failed_workflows", m.failed_workflows.to_string()),
+            ("avg_coordination_time_ms", ms(m.avg_coordination_time_ms)),
+            ("p50_coordination_ms", ms(m.p50_coordination_ms)),
+            ("p95_coordination_ms", ms(m.p95_coordination_ms)),
+            ("p50_step_ms", ms(m.p50_step_ms)),
+            ("p95_step_ms", ms(m.p95_step_ms)),
+            ("retries", m.retries.to_string()),
+            ("avg_handoff_latency_ms", ms(m.avg_handoff_latency_ms)),
+            ("refused_handoffs", m.refused_handoffs.to_string()),
+            ("consensus_disagreements", m.consensus_disagreements.to_string()),
+        ];
+        for (k, v) in rows {
+            println!("{k:<26} {v}");
+        }
+    }
+    Ok(exit::OK)
+}

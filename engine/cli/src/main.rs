@@ -143,6 +143,15 @@ enum Cmd {
         #[command(subcommand)]
         action: ViewsCmd,
     },
+    /// Coordination metrics from the SQL views (table, --json, or --prometheus text).
+    Metrics {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Prometheus text exposition format.
+        #[arg(long)]
+        prometheus: bool,
+    },
     /// Measure the engine against raw database commits on this machine.
     Bench(bench::Args),
 }
@@ -205,6 +214,7 @@ fn main() -> ExitCode {
                 ViewsCmd::Rebuild { until } => cmd_views::rebuild(until).await,
                 ViewsCmd::Follow => cmd_views::follow().await,
             },
+            Cmd::Metrics { json, prometheus } => cmd_views::metrics(json, prometheus).await,
             Cmd::Bench(args) => bench::run(args).await,
         }
     });

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod config;
 pub mod driver;
+pub mod metrics;
 pub mod projector;
 pub mod relay;
 pub mod store;

@@ -102,3 +102,30 @@ impl SqliteStore {
         .await
     }
 }
+
+impl SqliteStore {
+    /// Reads the `coordination_metrics` view (`sql` selects its columns in order).
+    pub(crate) async fn read_metrics(&self, sql: String) -> Result<crate::metrics::Metrics> {
+        self.with_reader(move |conn| {
+            conn.query_row(&sql, [], |r| {
+                Ok(crate::metrics::Metrics {
+                    active_agents: r.get(0)?,
+                    running_workflows: r.get(1)?,
+                    completed_workflows: r.get(2)?,
+                    failed_workflows: r.get(3)?,
+                    avg_coordination_time_ms: r.get(4)?,
+                    p50_coordination_ms: r.get(5)?,
+                    p95_coordination_ms: r.get(6)?,
+                    p50_step_ms: r.get(7)?,
+                    p95_step_ms: r.get(8)?,
+                    retries: r.get(9)?,
+                    avg_handoff_latency_ms: r.get(10)?,
+                    refused_handoffs: r.get(11)?,
+                    consensus_disagreements: r.get(12)?,
+                })
+            })
+            .map_err(sql_err)
+        })
+        .await
+    }
+}
