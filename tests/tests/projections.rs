@@ -185,3 +185,62 @@ async fn postgres_killing_the_projector_keeps_views_consistent() -> anyhow::Resu
     killing_the_projector_keeps_views_consistent(schema.store().await?, None).await?;
     schema.drop().await
 }
+
+/// Time travel: the views as of a position, built into another schema or file; the live views
+/// are untouched, and the snapshot equals a rebuild of the same prefix.
+async fn time_travel_builds_views_elsewhere(store: Store, into: &str, sqlite: Option<&Path>) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let ids = run_mix(&engine, 1).await?;
+    projector::catch_up(&store).await?;
+    let live = dump(&store, sqlite).await?;
+    // Just after the first run's RunStarted and first dispatch: it is running in the snapshot.
+    let first = store.read_stream(&format!("run-{}", ids[0]), 0, 3).await?;
+    let until = first[2].global_position;
+    assert_eq!(projector::snapshot(&store, until, into).await?, until);
+    assert_eq!(live, dump(&store, sqlite).await?, "the live views were not touched");
+    let err = projector::snapshot(&store, until, into).await.expect_err("exists");
+    assert!(err.to_string().contains("exists"), "{err}");
+    let (status, position): (String, i64) = match &store {
+        Store::Postgres(pg) => {
+            let c = pg.client().await?;
+            let s = c.query_one(&format!("SELECT status FROM \"{into}\".runs WHERE run_id = $1"), &[&ids[0]]).await?;
+            let p = c.query_one(&format!("SELECT position FROM \"{into}\".checkpoints"), &[]).await?;
+            let n: i64 = c.query_one(&format!("SELECT count(*) FROM \"{into}\".audit_log"), &[]).await?.get(0);
+            assert_eq!(n, until);
+            c.batch_execute(&format!("DROP SCHEMA \"{into}\" CASCADE")).await?;
+            (s.get(0), p.get(0))
+        }
+        Store::Sqlite(_) => {
+            let c = rusqlite::Connection::open(into)?;
+            let s = c.query_row("SELECT status FROM runs WHERE run_id = ?1", [&ids[0]], |r| r.get(0))?;
+            let p = c.query_row("SELECT position FROM checkpoints", [], |r| r.get(0))?;
+            let n: i64 = c.query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))?;
+            assert_eq!(n, until);
+            (s, p)
+        }
+    };
+    assert_eq!((status.as_str(), position), ("running", until));
+    // --at: the position of a time is the last event recorded at or before it.
+    let head = store.head_position().await?;
+    assert_eq!(store.position_at(chrono::Utc::now()).await?, head);
+    assert_eq!(
+        store.position_at(first[0].recorded_at - chrono::Duration::seconds(1)).await?,
+        first[0].global_position - 1
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_time_travel_builds_views_elsewhere() -> anyhow::Result<()> {
+    let (store, dir) = ltmc_tests::sqlite_store().await?;
+    let into = dir.path().join("as-of.db").display().to_string();
+    time_travel_builds_views_elsewhere(store, &into, Some(&dir.path().join("ltmc.db"))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_time_travel_builds_views_elsewhere() -> anyhow::Result<()> {
+    let schema = ltmc_tests::PgSchema::new().await?;
+    let into = format!("{}_asof", schema.name);
+    time_travel_builds_views_elsewhere(schema.store().await?, &into, None).await?;
+    schema.drop().await
+}

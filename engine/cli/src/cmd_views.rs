@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use ltmc_engine::config::Config;
-use ltmc_engine::{Store, projector};
+use ltmc_engine::{EventStore, Store, projector};
 
 use crate::exit::{self, BadInput};
 
@@ -29,15 +29,45 @@ pub(crate) async fn status(json: bool) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// Replays the log into the views in one transaction (up to `until`).
-pub(crate) async fn rebuild(until: Option<i64>) -> anyhow::Result<u8> {
+/// Replays the log into the views in one transaction; with `--until`/`--at` and `--into`, builds
+/// the views as of that point into a separate schema or file instead (time travel).
+pub(crate) async fn rebuild(until: Option<i64>, at: Option<&str>, into: Option<&str>) -> anyhow::Result<u8> {
     if until.is_some_and(|u| u < 0) {
         return Err(BadInput("--until must be a position (0 or more)".into()).into());
     }
+    let at = at
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| BadInput(format!("--at {t:?}: expected an RFC 3339 time like 2026-11-27T06:00:00Z: {e}")))
+        })
+        .transpose()?;
     let store = open().await?;
+    let until = match (until, at) {
+        (Some(_), Some(_)) => return Err(BadInput("give --until or --at, not both".into()).into()),
+        (Some(u), None) => Some(u),
+        (None, Some(t)) => Some(store.position_at(t).await?),
+        (None, None) => None,
+    };
     let started = std::time::Instant::now();
-    let at = projector::rebuild(&store, until).await?;
-    eprintln!("views rebuilt up to position {at} in {:.2}s", started.elapsed().as_secs_f64());
+    match into {
+        Some(into) => {
+            let until = match until {
+                Some(u) => u,
+                None => store.head_position().await?,
+            };
+            let at = projector::snapshot(&store, until, into).await?;
+            let kind = if store.backend() == "postgres" { "schema" } else { "file" };
+            eprintln!(
+                "views as of position {at} built into {kind} {into} in {:.2}s; the live views are unchanged",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        None => {
+            let at = projector::rebuild(&store, until).await?;
+            eprintln!("views rebuilt up to position {at} in {:.2}s", started.elapsed().as_secs_f64());
+        }
+    }
     Ok(exit::OK)
 }
 

@@ -164,11 +164,18 @@ enum ViewsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Replay the log into the views in one transaction (readers see the old rows until it commits).
+    /// Replay the log into the views in one transaction (readers see the old rows until it
+    /// commits); with --into, build them as of --until/--at into a new schema or file instead.
     Rebuild {
         /// Only the events up to this position (the views as they were then).
         #[arg(long)]
         until: Option<i64>,
+        /// Only the events recorded up to this time (RFC 3339).
+        #[arg(long)]
+        at: Option<String>,
+        /// Build into this new Postgres schema or SQLite file, leaving the live views alone.
+        #[arg(long)]
+        into: Option<String>,
     },
     /// Keep the views up to date until stopped.
     Follow,
@@ -211,7 +218,9 @@ fn main() -> ExitCode {
             }
             Cmd::Projections { action } => match action {
                 ViewsCmd::Status { json } => cmd_views::status(json).await,
-                ViewsCmd::Rebuild { until } => cmd_views::rebuild(until).await,
+                ViewsCmd::Rebuild { until, at, into } => {
+                    cmd_views::rebuild(until, at.as_deref(), into.as_deref()).await
+                }
                 ViewsCmd::Follow => cmd_views::follow().await,
             },
             Cmd::Metrics { json, prometheus } => cmd_views::metrics(json, prometheus).await,

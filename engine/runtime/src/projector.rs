@@ -34,6 +34,12 @@ pub async fn rebuild(store: &Store, until: Option<i64>) -> Result<i64, store::Er
     store.rebuild_views(until, 5_000).await
 }
 
+/// Builds the views as of `until` into schema (Postgres) or file (SQLite) `into`, for
+/// inspection; the live views are not touched.
+pub async fn snapshot(store: &Store, until: i64, into: &str) -> Result<i64, store::Error> {
+    store.snapshot_views(until, into).await
+}
+
 /// A running projector.
 pub struct ProjectorHandle {
     position: watch::Receiver<i64>,

@@ -308,6 +308,41 @@ impl Store {
         }
     }
 
+    /// Builds the views as of position `until` somewhere new, leaving the live views alone: into
+    /// schema `into` on Postgres (`[A-Za-z0-9_]{1,63}`), into the new file at path `into` on
+    /// SQLite. Returns the position the snapshot includes.
+    pub async fn snapshot_views(&self, until: i64, into: &str) -> Result<i64> {
+        let tables: Vec<&'static str> =
+            ltmc_projections::all().iter().flat_map(|p| p.tables().iter().copied()).collect();
+        match self {
+            Store::Postgres(s) => {
+                let ok = !into.is_empty()
+                    && into.len() <= 63
+                    && !into.starts_with("pg_")
+                    && into.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    return Err(Error::Invalid(format!(
+                        "{into:?} cannot be a schema name: use [A-Za-z0-9_], at most 63 characters, not starting with pg_"
+                    )));
+                }
+                s.snapshot_views(&tables, until, into, include_str!("../../../../migrations/postgres/V2__views.sql"))
+                    .await
+            }
+            Store::Sqlite(s) => {
+                let ddl = include_str!("../../../../migrations/sqlite/V2__views.sql");
+                s.snapshot_views(tables, until, std::path::PathBuf::from(into), ddl).await
+            }
+        }
+    }
+
+    /// The last position recorded at or before `at` (0 if none).
+    pub async fn position_at(&self, at: chrono::DateTime<chrono::Utc>) -> Result<i64> {
+        match self {
+            Store::Postgres(s) => s.position_at(at).await,
+            Store::Sqlite(s) => s.position_at(at).await,
+        }
+    }
+
     /// Subscribes to the whole log after `position`: catch-up reads, then live events.
     pub fn subscribe(&self, after: i64) -> Subscription {
         Subscription::new(self.clone(), after)

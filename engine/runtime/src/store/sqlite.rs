@@ -72,7 +72,7 @@ fn lock_file(db: &Path, name: &str) -> Result<(std::fs::File, PathBuf)> {
 }
 
 /// Runs blocking SQLite work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Backend(format!("store task failed: {e}")))?
 }
 

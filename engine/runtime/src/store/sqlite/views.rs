@@ -6,8 +6,9 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{EVENT_COLUMNS, SqliteStore, collect, row_to_event, sql_err};
-use crate::store::Result;
 use crate::store::views_sql::{CHECKPOINT, Dialect, render, sqlite_time};
+use crate::store::{Error, Result};
+use std::path::PathBuf;
 
 fn to_sql(v: Val) -> SqlValue {
     match v {
@@ -75,32 +76,86 @@ impl SqliteStore {
     pub async fn rebuild_views(&self, tables: Vec<&'static str>, until: Option<i64>, batch: usize) -> Result<i64> {
         self.with_writer(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
-            for t in &tables {
-                tx.execute(&format!("DELETE FROM {t}"), []).map_err(sql_err)?;
-            }
-            let until = until.unwrap_or(i64::MAX);
-            let mut position = 0i64;
-            loop {
-                let events = {
-                    let mut stmt = tx
-                        .prepare_cached(&format!(
-                            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?1 AND global_position <= ?2 \
-                             ORDER BY global_position LIMIT ?3"
-                        ))
-                        .map_err(sql_err)?;
-                    let rows = stmt.query_map(params![position, until, batch as i64], row_to_event).map_err(sql_err)?;
-                    collect(rows)?
-                };
-                let Some(last) = events.last() else { break };
-                position = last.global_position;
-                execute_all(&tx, &ltmc_projections::changes(&events))?;
-            }
-            set_checkpoint(&tx, position)?;
+            let position = rebuild_in(&tx, &tables, "events", until, batch)?;
             tx.commit().map_err(sql_err)?;
             Ok(position)
         })
         .await
     }
+
+    /// Builds the views as of `until` into a new SQLite file `into` (which must not exist),
+    /// leaving the live views alone: time travel for inspection with `sqlite3`.
+    pub async fn snapshot_views(
+        &self,
+        tables: Vec<&'static str>,
+        until: i64,
+        into: PathBuf,
+        ddl: &'static str,
+    ) -> Result<i64> {
+        let source = self.path().to_path_buf();
+        crate::store::sqlite::blocking(move || {
+            if into.exists() {
+                return Err(Error::Invalid(format!(
+                    "{} exists; choose another file or remove it first",
+                    into.display()
+                )));
+            }
+            let mut conn = Connection::open(&into)
+                .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", into.display())))?;
+            conn.execute_batch(CHECKPOINTS_DDL).map_err(sql_err)?;
+            conn.execute_batch(ddl).map_err(sql_err)?;
+            conn.execute("ATTACH DATABASE ?1 AS source", params![source.display().to_string()]).map_err(sql_err)?;
+            let tx = conn.transaction().map_err(sql_err)?;
+            let position = rebuild_in(&tx, &tables, "source.events", Some(until), 5_000)?;
+            tx.commit().map_err(sql_err)?;
+            conn.execute("DETACH DATABASE source", []).map_err(sql_err)?;
+            Ok(position)
+        })
+        .await
+    }
+
+    /// The last position recorded at or before `at`.
+    pub async fn position_at(&self, at: chrono::DateTime<chrono::Utc>) -> Result<i64> {
+        let at = sqlite_time(&at);
+        self.with_reader(move |conn| {
+            conn.query_row(
+                "SELECT coalesce(max(global_position), 0) FROM events WHERE recorded_at <= ?1",
+                params![at],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)
+        })
+        .await
+    }
+}
+
+const CHECKPOINTS_DDL: &str = "CREATE TABLE checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL, \
+                               updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));";
+
+/// Empties `tables` and replays `events_table` (up to `until`) into them, inside `tx`.
+fn rebuild_in(tx: &Connection, tables: &[&str], events_table: &str, until: Option<i64>, batch: usize) -> Result<i64> {
+    for t in tables {
+        tx.execute(&format!("DELETE FROM {t}"), []).map_err(sql_err)?;
+    }
+    let until = until.unwrap_or(i64::MAX);
+    let mut position = 0i64;
+    loop {
+        let events = {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM {events_table} WHERE global_position > ?1 AND global_position <= ?2 \
+                     ORDER BY global_position LIMIT ?3"
+                ))
+                .map_err(sql_err)?;
+            let rows = stmt.query_map(params![position, until, batch as i64], row_to_event).map_err(sql_err)?;
+            collect(rows)?
+        };
+        let Some(last) = events.last() else { break };
+        position = last.global_position;
+        execute_all(tx, &ltmc_projections::changes(&events))?;
+    }
+    set_checkpoint(tx, position)?;
+    Ok(position)
 }
 
 impl SqliteStore {
