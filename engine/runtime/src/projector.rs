@@ -58,6 +58,11 @@ impl ProjectorHandle {
         tokio::time::timeout(timeout, self.position.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
     }
 
+    /// A receiver of the applied position, for waiting on it from other tasks.
+    pub fn watch(&self) -> watch::Receiver<i64> {
+        self.position.clone()
+    }
+
     /// Why the projector is not advancing, if it is failing.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())

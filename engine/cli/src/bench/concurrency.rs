@@ -22,7 +22,7 @@ fn c100() -> anyhow::Result<Workflow> {
     workflow(&json!({"name": "c100", "agents": agents, "steps": chain(100, "sleep")}))
 }
 
-fn w3() -> anyhow::Result<Workflow> {
+pub(super) fn w3() -> anyhow::Result<Workflow> {
     workflow(&json!({"name": "w3", "pattern": "sequential",
         "agents": {"a": {"builtin": "noop"}, "b": {"builtin": "noop"}, "c": {"builtin": "noop"}}}))
 }

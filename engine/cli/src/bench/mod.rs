@@ -23,6 +23,7 @@ use crate::exit::{self, BadInput};
 
 mod concurrency;
 mod raw;
+mod views;
 
 use raw::{Raw, payload};
 
@@ -48,6 +49,12 @@ pub(crate) struct Args {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Only the SQL-view workloads: rebuild from --views-events events, and the live lag.
+    #[arg(long)]
+    views: bool,
+    /// Events in the log for the rebuild workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    views_events: usize,
 }
 
 pub(super) struct Row {
@@ -99,11 +106,20 @@ async fn measure(
     mut raw: Raw,
     relay_opts: Option<RelayOptions>,
     nats: &str,
+    views: Option<usize>,
     repeat: usize,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let mut relay = relay_opts.map(|o| relay::spawn(store.clone(), o));
     let engine = Engine::new(store.clone(), EngineOptions::default());
+    if let Some(events) = views {
+        rows.push(views::live_lag(backend, &engine, &mut raw).await?);
+        rows.push(views::rebuild(backend, &store, &mut raw, events, repeat).await?);
+        if let Some(r) = relay {
+            r.stop();
+        }
+        return Ok(());
+    }
     let dir = PathBuf::from(".");
     let (wf1, wf2) = (w1()?, w2()?);
     // One warm-up run of each so connection set-up and statement preparation are not measured.
@@ -208,7 +224,7 @@ async fn measure(
     Ok(())
 }
 
-async fn sqlite(nats: &str, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn sqlite(nats: &str, views: Option<usize>, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
     let path = dir.path().join("bench.db");
     let store = Store::Sqlite(SqliteStore::open(&path.display().to_string()).await?);
@@ -217,10 +233,17 @@ async fn sqlite(nats: &str, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Resul
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
          CREATE TABLE bench_raw (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);",
     )?;
-    measure("sqlite", store, Raw::Sqlite(conn), None, nats, repeat, rows).await
+    measure("sqlite", store, Raw::Sqlite(conn), None, nats, views, repeat, rows).await
 }
 
-async fn postgres(url: &str, nats: &str, relay: bool, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn postgres(
+    url: &str,
+    nats: &str,
+    relay: bool,
+    views: Option<usize>,
+    repeat: usize,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
     tokio::spawn(conn);
     client
@@ -240,7 +263,8 @@ async fn postgres(url: &str, nats: &str, relay: bool, repeat: usize, rows: &mut 
     };
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
     let (name, opts) = if relay { ("postgres+jetstream", Some(opts)) } else { ("postgres", None) };
-    let result = measure(name, store, Raw::Pg(raw, url_with_schema(url, "ltmc_bench")), opts, nats, repeat, rows).await;
+    let result =
+        measure(name, store, Raw::Pg(raw, url_with_schema(url, "ltmc_bench")), opts, nats, views, repeat, rows).await;
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
     client.batch_execute("DROP SCHEMA IF EXISTS ltmc_bench CASCADE").await?;
     result
@@ -260,14 +284,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
         "postgres" => (false, true),
         other => return Err(BadInput(format!("--backend {other:?}: use sqlite, postgres or all")).into()),
     };
+    let views = args.views.then_some(args.views_events);
+    if views == Some(0) || args.views_events > 100_000_000 {
+        return Err(BadInput("--views-events must be between 1 and 100000000".into()).into());
+    }
     let mut rows = Vec::new();
     if do_sqlite {
         eprintln!("measuring sqlite ({} repetitions)…", args.repeat);
-        sqlite(&args.nats, args.repeat, &mut rows).await?;
+        sqlite(&args.nats, views, args.repeat, &mut rows).await?;
     }
     if do_pg {
         eprintln!("measuring postgres + jetstream ({} repetitions)…", args.repeat);
-        postgres(&args.postgres, &args.nats, !args.without_relay, args.repeat, &mut rows).await?;
+        postgres(&args.postgres, &args.nats, !args.without_relay, views, args.repeat, &mut rows).await?;
     }
     if args.json {
         let out: Vec<Value> = rows

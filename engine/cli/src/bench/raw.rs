@@ -67,6 +67,33 @@ impl Raw {
         Ok(t.elapsed())
     }
 
+    /// Bulk-loads `rows` rows: `COPY … FROM STDIN` on Postgres, inserts in transactions of
+    /// 10,000 rows on SQLite.
+    pub(super) async fn bulk(&mut self, rows: usize) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        match self {
+            Raw::Pg(c, _) => {
+                use futures::SinkExt;
+                let sink = c.copy_in("COPY bench_raw (payload) FROM STDIN").await?;
+                futures::pin_mut!(sink);
+                let mut chunk = Vec::with_capacity(1 << 20);
+                for i in 0..rows {
+                    chunk.extend_from_slice(payload(i).as_bytes());
+                    chunk.push(b'\n');
+                    if chunk.len() >= 1 << 20 {
+                        sink.send(std::io::Cursor::new(std::mem::take(&mut chunk))).await?;
+                    }
+                }
+                sink.send(std::io::Cursor::new(chunk)).await?;
+                sink.finish().await?;
+            }
+            Raw::Sqlite(_) => {
+                self.batched(rows, 10_000).await?;
+            }
+        }
+        Ok(t.elapsed())
+    }
+
     /// `clients` concurrent writers each making `per_client` single-row commits (Postgres); on
     /// SQLite the same number of commits from its one writer.
     pub(super) async fn concurrent_commits(&mut self, clients: usize, per_client: usize) -> anyhow::Result<Duration> {
