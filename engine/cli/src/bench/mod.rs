@@ -105,11 +105,10 @@ async fn measure(
     store: Store,
     mut raw: Raw,
     relay_opts: Option<RelayOptions>,
-    nats: &str,
-    views: Option<usize>,
-    repeat: usize,
+    how: &How<'_>,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
+    let How { nats, views, repeat } = *how;
     let mut relay = relay_opts.map(|o| relay::spawn(store.clone(), o));
     let engine = Engine::new(store.clone(), EngineOptions::default());
     if let Some(events) = views {
@@ -224,7 +223,18 @@ async fn measure(
     Ok(())
 }
 
-async fn sqlite(nats: &str, views: Option<usize>, repeat: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+/// What to measure, shared by both backends.
+#[derive(Clone, Copy)]
+struct How<'a> {
+    /// NATS for the relay and K50.
+    nats: &'a str,
+    /// `Some(events)`: only the view workloads, with this many events.
+    views: Option<usize>,
+    /// Repetitions.
+    repeat: usize,
+}
+
+async fn sqlite(how: &How<'_>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
     let path = dir.path().join("bench.db");
     let store = Store::Sqlite(SqliteStore::open(&path.display().to_string()).await?);
@@ -233,17 +243,11 @@ async fn sqlite(nats: &str, views: Option<usize>, repeat: usize, rows: &mut Vec<
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
          CREATE TABLE bench_raw (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);",
     )?;
-    measure("sqlite", store, Raw::Sqlite(conn), None, nats, views, repeat, rows).await
+    measure("sqlite", store, Raw::Sqlite(conn), None, how, rows).await
 }
 
-async fn postgres(
-    url: &str,
-    nats: &str,
-    relay: bool,
-    views: Option<usize>,
-    repeat: usize,
-    rows: &mut Vec<Row>,
-) -> anyhow::Result<()> {
+async fn postgres(url: &str, relay: bool, how: &How<'_>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let nats = how.nats;
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
     tokio::spawn(conn);
     client
@@ -263,8 +267,7 @@ async fn postgres(
     };
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
     let (name, opts) = if relay { ("postgres+jetstream", Some(opts)) } else { ("postgres", None) };
-    let result =
-        measure(name, store, Raw::Pg(raw, url_with_schema(url, "ltmc_bench")), opts, nats, views, repeat, rows).await;
+    let result = measure(name, store, Raw::Pg(raw, url_with_schema(url, "ltmc_bench")), opts, how, rows).await;
     let _ = nats_client.delete_stream("LTMC_BENCH").await;
     client.batch_execute("DROP SCHEMA IF EXISTS ltmc_bench CASCADE").await?;
     result
@@ -288,14 +291,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
     if views == Some(0) || args.views_events > 100_000_000 {
         return Err(BadInput("--views-events must be between 1 and 100000000".into()).into());
     }
+    let how = How { nats: &args.nats, views, repeat: args.repeat };
     let mut rows = Vec::new();
     if do_sqlite {
         eprintln!("measuring sqlite ({} repetitions)…", args.repeat);
-        sqlite(&args.nats, views, args.repeat, &mut rows).await?;
+        sqlite(&how, &mut rows).await?;
     }
     if do_pg {
         eprintln!("measuring postgres + jetstream ({} repetitions)…", args.repeat);
-        postgres(&args.postgres, &args.nats, !args.without_relay, views, args.repeat, &mut rows).await?;
+        postgres(&args.postgres, !args.without_relay, &how, &mut rows).await?;
     }
     if args.json {
         let out: Vec<Value> = rows
