@@ -6,11 +6,13 @@
 
 mod audit;
 mod change;
+mod compact;
 mod handoffs;
 mod runs;
 mod steps;
 
 pub use change::{Change, Set, Val};
+pub use compact::compact;
 
 use ltmc_core::RecordedEvent;
 
@@ -29,7 +31,7 @@ pub fn all() -> [&'static dyn Projection; 4] {
     [&runs::Runs, &steps::Steps, &handoffs::Handoffs, &audit::AuditLog]
 }
 
-/// The changes of a batch of events, for every projection, in event order.
+/// The changes of a batch of events, for every projection, folded by [`compact`].
 pub fn changes(events: &[RecordedEvent]) -> Vec<Change> {
     let mut out = Vec::with_capacity(events.len() * 3);
     for e in events {
@@ -37,7 +39,7 @@ pub fn changes(events: &[RecordedEvent]) -> Vec<Change> {
             p.apply(e, &mut out);
         }
     }
-    out
+    compact(out)
 }
 
 /// The run id of a `run-<id>` stream.

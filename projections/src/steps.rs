@@ -35,6 +35,14 @@ impl Projection for Steps {
                 ("attempts", Val::Int(0)),
                 ("retries", Val::Int(0)),
                 ("ready_at", Val::Time(e.recorded_at)),
+                // A step becomes ready once: a fresh row, every column written, so the
+                // updates that follow in the same batch fold into this insert.
+                ("first_dispatched_at", Val::Null),
+                ("dispatched_at", Val::Null),
+                ("finished_at", Val::Null),
+                ("duration_ms", Val::Null),
+                ("error", Val::Null),
+                ("vote", Val::Null),
             ],
         };
         let status = |s: &str| ("status", Set::To(Val::Text(s.into())));

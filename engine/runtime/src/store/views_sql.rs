@@ -21,6 +21,67 @@ impl Dialect {
     }
 }
 
+/// Most parameters in one statement (both backends allow more; this keeps statements modest).
+const MAX_PARAMS: usize = 30_000;
+
+/// The statements for a batch, in order: runs of consecutive upserts into the same table with
+/// the same columns (and no key twice, which one statement could not update twice) become one
+/// multi-row `INSERT … ON CONFLICT`; anything else is one statement per change.
+pub(crate) fn render_all(changes: &[Change], d: Dialect) -> Vec<(String, Vec<Val>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < changes.len() {
+        let Change::Upsert { table, key, cols } = &changes[i] else {
+            out.push(render(&changes[i], d));
+            i += 1;
+            continue;
+        };
+        let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
+        let key_of = |cols: &[(&str, Val)]| -> String {
+            key.iter().map(|k| format!("{:?}", cols.iter().find(|(c, _)| c == k).map(|(_, v)| v))).collect()
+        };
+        let mut keys = std::collections::HashSet::new();
+        keys.insert(key_of(cols));
+        let mut j = i + 1;
+        while j < changes.len() && (j - i + 1) * names.len() <= MAX_PARAMS {
+            match &changes[j] {
+                Change::Upsert { table: t, cols: c, .. }
+                    if t == table
+                        && c.len() == names.len()
+                        && c.iter().zip(&names).all(|((a, _), b)| a == b)
+                        && keys.insert(key_of(c)) =>
+                {
+                    j += 1
+                }
+                _ => break,
+            }
+        }
+        let rows = &changes[i..j];
+        let mut values = Vec::with_capacity(rows.len() * names.len());
+        let mut tuples = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Change::Upsert { cols, .. } = row {
+                let params: Vec<String> = (0..cols.len()).map(|n| d.param(values.len() + n + 1)).collect();
+                tuples.push(format!("({})", params.join(", ")));
+                values.extend(cols.iter().map(|(_, v)| v.clone()));
+            }
+        }
+        let updates: Vec<String> =
+            names.iter().filter(|c| !key.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
+        let on_conflict =
+            if updates.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({}) {on_conflict}",
+            names.join(", "),
+            tuples.join(", "),
+            key.join(", ")
+        );
+        out.push((sql, values));
+        i = j;
+    }
+    out
+}
+
 /// The statement and its parameters, in order.
 pub(crate) fn render(change: &Change, d: Dialect) -> (String, Vec<Val>) {
     match change {
@@ -73,6 +134,16 @@ pub(crate) fn sqlite_time(t: &chrono::DateTime<chrono::Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consecutive_upserts_become_one_statement_without_repeating_a_key() {
+        let row =
+            |p: i64| Change::Upsert { table: "audit_log", key: &["position"], cols: vec![("position", Val::Int(p))] };
+        let out = render_all(&[row(1), row(2), row(2), row(3)], Dialect::Postgres);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].0, "INSERT INTO audit_log (position) VALUES ($1), ($2) ON CONFLICT (position) DO NOTHING");
+        assert_eq!(out[1].1, vec![Val::Int(2), Val::Int(3)]);
+    }
 
     #[test]
     fn changes_render_as_parameterised_sql() {

@@ -8,7 +8,7 @@ use tokio_postgres::Transaction;
 use tokio_postgres::types::{IsNull, ToSql, Type, private::BytesMut, to_sql_checked};
 
 use super::{EVENT_COLUMNS, PgStore, db_err, row_to_event};
-use crate::store::views_sql::{CHECKPOINT, Dialect, render};
+use crate::store::views_sql::{CHECKPOINT, Dialect, render_all};
 use crate::store::{Error, Result};
 
 /// A value bound to whatever type the column has (the projections' types match the tables).
@@ -62,12 +62,9 @@ async fn set_checkpoint(tx: &Transaction<'_>, position: i64) -> Result<()> {
 /// every execution is sent without waiting for the previous one's answer (the connection keeps
 /// them in order).
 async fn execute_all(tx: &Transaction<'_>, changes: &[Change]) -> Result<()> {
-    let rendered: Vec<(String, Vec<PgVal>)> = changes
-        .iter()
-        .map(|c| {
-            let (sql, vals) = render(c, Dialect::Postgres);
-            (sql, vals.into_iter().map(PgVal).collect())
-        })
+    let rendered: Vec<(String, Vec<PgVal>)> = render_all(changes, Dialect::Postgres)
+        .into_iter()
+        .map(|(sql, vals)| (sql, vals.into_iter().map(PgVal).collect()))
         .collect();
     let mut statements = HashMap::new();
     for (sql, _) in &rendered {

@@ -6,7 +6,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{EVENT_COLUMNS, SqliteStore, collect, row_to_event, sql_err};
-use crate::store::views_sql::{CHECKPOINT, Dialect, render, sqlite_time};
+use crate::store::views_sql::{CHECKPOINT, Dialect, render_all, sqlite_time};
 use crate::store::{Error, Result};
 use std::path::PathBuf;
 
@@ -41,8 +41,7 @@ fn set_checkpoint(conn: &Connection, position: i64) -> Result<()> {
 }
 
 fn execute_all(conn: &Connection, changes: &[Change]) -> Result<()> {
-    for c in changes {
-        let (sql, vals) = render(c, Dialect::Sqlite);
+    for (sql, vals) in render_all(changes, Dialect::Sqlite) {
         let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
         stmt.execute(rusqlite::params_from_iter(vals.into_iter().map(to_sql))).map_err(sql_err)?;
     }
