@@ -244,3 +244,30 @@ async fn postgres_time_travel_builds_views_elsewhere() -> anyhow::Result<()> {
     time_travel_builds_views_elsewhere(schema.store().await?, &into, None).await?;
     schema.drop().await
 }
+
+/// A reporting database fed from JetStream ends up with the same views as the database whose
+/// log the relay published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_fed_from_nats_equal_views_fed_from_the_log() -> anyhow::Result<()> {
+    let (source, target) = (ltmc_tests::PgSchema::new().await?, ltmc_tests::PgSchema::new().await?);
+    let (src, dst) = (source.store().await?, target.store().await?);
+    let opts = ltmc_tests::relay_options(&ltmc_tests::nats_url());
+    let mut relay = ltmc_engine::relay::spawn(src.clone(), opts.clone());
+    let engine = Engine::new(src.clone(), EngineOptions::default());
+    run_mix(&engine, 2).await?;
+    let head = src.head_position().await?;
+    assert!(relay.wait_for(head, Duration::from_secs(30)).await, "relayed: {:?}", relay.last_error());
+    relay.stop();
+    projector::catch_up(&src).await?;
+    let fed = tokio::time::timeout(Duration::from_secs(60), projector::from_nats(&dst, &opts, Some(head))).await??;
+    assert_eq!(fed, head);
+    assert_eq!(dst.head_position().await?, 0, "the copy never read or wrote a log of its own");
+    assert_eq!(dump(&src, None).await?, dump(&dst, None).await?, "the NATS-fed views differ");
+    // Started again, it skips what it has.
+    assert_eq!(projector::from_nats(&dst, &opts, Some(head)).await?, head);
+    if let Ok(js) = ltmc_engine::relay::jetstream(&ltmc_tests::nats_url()).await {
+        let _ = js.delete_stream(&opts.stream_name).await;
+    }
+    source.drop().await?;
+    target.drop().await
+}

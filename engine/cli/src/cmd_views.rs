@@ -116,3 +116,19 @@ pub(crate) async fn metrics(json: bool, prometheus: bool) -> anyhow::Result<u8> 
     }
     Ok(exit::OK)
 }
+
+/// `ltmc project --from-nats`: keeps this database's views from the JetStream stream instead of
+/// its own log (a reporting copy elsewhere).
+pub(crate) async fn project_from_nats() -> anyhow::Result<u8> {
+    let config = Config::from_env()?;
+    let Some(opts) = config.relay_options() else {
+        return Err(BadInput("`ltmc project --from-nats` needs LTMC_NATS_URL".into()).into());
+    };
+    let store = open().await?;
+    eprintln!("projecting stream {} from {} into the views; Ctrl-C stops", opts.stream_name, opts.nats_url);
+    tokio::select! {
+        done = projector::from_nats(&store, &opts, None) => { done?; }
+        _ = tokio::signal::ctrl_c() => eprintln!("stopped"),
+    }
+    Ok(exit::OK)
+}

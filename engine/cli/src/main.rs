@@ -143,6 +143,13 @@ enum Cmd {
         #[command(subcommand)]
         action: ViewsCmd,
     },
+    /// Keep this database's SQL views from the JetStream stream (LTMC_NATS_URL, LTMC_NATS_STREAM)
+    /// instead of its own log: a reporting copy in another database.
+    Project {
+        /// Read the events from NATS JetStream (the only source for now).
+        #[arg(long, required = true)]
+        from_nats: bool,
+    },
     /// Coordination metrics from the SQL views (table, --json, or --prometheus text).
     Metrics {
         /// JSON output.
@@ -223,6 +230,7 @@ fn main() -> ExitCode {
                 }
                 ViewsCmd::Follow => cmd_views::follow().await,
             },
+            Cmd::Project { from_nats: _ } => cmd_views::project_from_nats().await,
             Cmd::Metrics { json, prometheus } => cmd_views::metrics(json, prometheus).await,
             Cmd::Bench(args) => bench::run(args).await,
         }

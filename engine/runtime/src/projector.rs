@@ -139,3 +139,58 @@ pub async fn status(store: &Store) -> Result<Status, store::Error> {
     let head = store.head_position().await?;
     Ok(Status { checkpoint, head, lag: head - checkpoint })
 }
+
+/// Projects from the JetStream stream the relay publishes (`LTMC_EVENTS` by default) into the
+/// views of `target`, another database: a reporting copy that never reads the source log. Each
+/// batch is applied with the target's checkpoint as on the source, so it is crash-consistent
+/// and ends up identical to views fed from the log. Returns once the target's checkpoint reaches
+/// `until` (or never, with `None`).
+pub async fn from_nats(
+    target: &Store,
+    opts: &crate::relay::RelayOptions,
+    until: Option<i64>,
+) -> Result<i64, crate::relay::Error> {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+    let nats = |e: &dyn std::fmt::Display| crate::relay::Error::Nats(e.to_string());
+    let js = crate::relay::jetstream(&opts.nats_url).await?;
+    let stream = js.get_stream(&opts.stream_name).await.map_err(|e| nats(&e))?;
+    let mut from = target.views_checkpoint().await?;
+    if until.is_some_and(|u| from >= u) {
+        return Ok(from);
+    }
+    // The stream is an exact prefix of the log in position order; events the target already has
+    // are skipped.
+    let consumer = stream.create_consumer(consumer::pull::OrderedConfig::default()).await.map_err(|e| nats(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| nats(&e))?;
+    loop {
+        let mut events = Vec::new();
+        let first = messages.next().await.ok_or_else(|| nats(&"the stream ended"))?.map_err(|e| nats(&e))?;
+        events.push(first);
+        while events.len() < BATCH {
+            match tokio::time::timeout(Duration::from_millis(2), messages.next()).await {
+                Ok(Some(Ok(m))) => events.push(m),
+                _ => break,
+            }
+        }
+        let events: Vec<ltmc_core::RecordedEvent> = events
+            .iter()
+            .map(|m| {
+                serde_json::from_slice::<ltmc_core::RecordedEvent>(&m.payload)
+                    .map_err(|e| nats(&format!("a message is not an event: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|e| e.global_position > from)
+            .collect();
+        let Some(last) = events.last() else { continue };
+        let to = last.global_position;
+        if !target.apply_views(from, to, ltmc_projections::changes(&events)).await? {
+            return Err(nats(&"another projector moved the target's checkpoint; start again"));
+        }
+        from = to;
+        if until.is_some_and(|u| from >= u) {
+            return Ok(from);
+        }
+    }
+}
