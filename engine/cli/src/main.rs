@@ -138,7 +138,7 @@ enum Cmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// The SQL views kept from the log: `status`, `rebuild [--until POS]`, `follow`.
+    /// The SQL views kept from the log: `status`, `rebuild [--until POS | --at TIME] [--into NAME]`, `follow`.
     Projections {
         #[command(subcommand)]
         action: ViewsCmd,
