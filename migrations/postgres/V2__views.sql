@@ -77,7 +77,8 @@ FROM steps;
 -- (percentile_disc), the same definition as on SQLite.
 CREATE VIEW coordination_metrics AS
 SELECT
-    (SELECT count(DISTINCT agent) FROM steps WHERE status IN ('running', 'retrying'))      AS active_agents,
+    (SELECT count(DISTINCT s.agent) FROM steps s JOIN runs r ON r.run_id = s.run_id
+       WHERE s.status IN ('running', 'retrying') AND r.status = 'running')                  AS active_agents,
     (SELECT count(*) FROM runs WHERE status = 'running')                                   AS running_workflows,
     (SELECT count(*) FROM runs WHERE status = 'completed')                                 AS completed_workflows,
     (SELECT count(*) FROM runs WHERE status = 'failed')                                    AS failed_workflows,

@@ -81,7 +81,8 @@ WITH c AS (SELECT coordination_ms AS x, row_number() OVER (ORDER BY coordination
      a AS (SELECT agent_ms AS x, row_number() OVER (ORDER BY agent_ms) AS rn, count(*) OVER () AS n
            FROM step_times WHERE agent_ms IS NOT NULL)
 SELECT
-    (SELECT count(DISTINCT agent) FROM steps WHERE status IN ('running', 'retrying'))      AS active_agents,
+    (SELECT count(DISTINCT s.agent) FROM steps s JOIN runs r ON r.run_id = s.run_id
+       WHERE s.status IN ('running', 'retrying') AND r.status = 'running')                  AS active_agents,
     (SELECT count(*) FROM runs WHERE status = 'running')                                   AS running_workflows,
     (SELECT count(*) FROM runs WHERE status = 'completed')                                 AS completed_workflows,
     (SELECT count(*) FROM runs WHERE status = 'failed')                                    AS failed_workflows,

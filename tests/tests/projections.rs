@@ -271,3 +271,20 @@ async fn views_fed_from_nats_equal_views_fed_from_the_log() -> anyhow::Result<()
     source.drop().await?;
     target.drop().await
 }
+
+/// A step left `running` by a run that ended (here `aggregation: first` abandons the slow one)
+/// is not an active agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_ended_runs_are_not_active() -> anyhow::Result<()> {
+    let (store, _dir) = ltmc_tests::sqlite_store().await?;
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let w = wf(
+        "pattern: parallel\naggregation: first\nagents:\n  fast: {builtin: noop}\n  slow: {builtin: sleep, params: {ms: 2000}}\n",
+    );
+    let state = engine.run(w, None, PathBuf::from("."), None).await?;
+    assert_eq!(state.status, ltmc_core::run::RunStatus::Completed);
+    projector::catch_up(&store).await?;
+    let m = ltmc_engine::metrics::read(&store).await?;
+    assert_eq!((m.active_agents, m.running_workflows, m.completed_workflows), (0, 0, 1), "{m:?}");
+    Ok(())
+}
