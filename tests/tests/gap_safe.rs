@@ -97,6 +97,63 @@ fn check(seen: &[(i64, Uuid)], committed: &HashSet<Uuid>) {
     assert_eq!(&unique_ids, committed, "the reader saw events that never committed");
 }
 
+/// WRITERS concurrent appenders: half through the store, half in explicit transactions held
+/// open for a random while, 30 % of them rolled back. Fills `committed` with what committed.
+async fn write_concurrently(
+    schema: &PgSchema,
+    store: &Store,
+    committed: &Arc<Mutex<HashSet<Uuid>>>,
+) -> anyhow::Result<()> {
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let committed = committed.clone();
+        let client = schema.client().await?;
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for _ in 0..APPENDS_PER_WRITER {
+                if w % 2 == 0 {
+                    if let Some(ids) = slow_append(&client).await? {
+                        committed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.extend(ids);
+                    }
+                } else {
+                    let e = new_event("GapProbed", 1, Value::Null, Metadata::default());
+                    store
+                        .append(&format!("gap-{}", unique()), ExpectedVersion::NoStream, std::slice::from_ref(&e))
+                        .await?;
+                    committed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(e.event_id);
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for w in writers {
+        w.await??;
+    }
+    Ok(())
+}
+
+/// The projector follows the log while the appenders run: its `audit_log` ends with exactly the
+/// committed events, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_projector_never_misses_an_event() -> anyhow::Result<()> {
+    let schema = PgSchema::new().await?;
+    let store = schema.store().await?;
+    let committed = Arc::new(Mutex::new(HashSet::new()));
+    let mut projector = ltmc_engine::projector::spawn(store.clone());
+    write_concurrently(&schema, &store, &committed).await?;
+    let head = store.head_position().await?;
+    assert!(projector.wait_for(head, Duration::from_secs(20)).await, "{:?}", projector.last_error());
+    projector.stop();
+    let rows = schema.client().await?.query("SELECT position, event_id FROM audit_log ORDER BY position", &[]).await?;
+    let seen: Vec<(i64, Uuid)> = rows
+        .iter()
+        .map(|r| Ok((r.get::<_, i64>(0), r.get::<_, String>(1).parse::<Uuid>()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let committed = committed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    check(&seen, &committed);
+    schema.drop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_reader_never_misses_an_event() -> anyhow::Result<()> {
     let schema = PgSchema::new().await?;
@@ -130,31 +187,7 @@ async fn postgres_reader_never_misses_an_event() -> anyhow::Result<()> {
         })
     };
 
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let committed = committed.clone();
-        let client = schema.client().await?;
-        let store = store.clone();
-        writers.push(tokio::spawn(async move {
-            for _ in 0..APPENDS_PER_WRITER {
-                if w % 2 == 0 {
-                    if let Some(ids) = slow_append(&client).await? {
-                        committed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.extend(ids);
-                    }
-                } else {
-                    let e = new_event("GapProbed", 1, Value::Null, Metadata::default());
-                    store
-                        .append(&format!("gap-{}", unique()), ExpectedVersion::NoStream, std::slice::from_ref(&e))
-                        .await?;
-                    committed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(e.event_id);
-                }
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for w in writers {
-        w.await??;
-    }
+    write_concurrently(&schema, &store, &committed).await?;
     let head = store.head_position().await?;
     let _ = head_tx.send(head);
     reader.await??;

@@ -288,3 +288,21 @@ async fn agents_of_ended_runs_are_not_active() -> anyhow::Result<()> {
     assert_eq!((m.active_agents, m.running_workflows, m.completed_workflows), (0, 0, 1), "{m:?}");
     Ok(())
 }
+
+/// `status` says when the views are behind with nobody applying events, never silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_views_that_stand_still() -> anyhow::Result<()> {
+    let (store, _dir) = ltmc_tests::sqlite_store().await?;
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    run_mix(&engine, 1).await?;
+    let s = projector::status(&store).await?;
+    assert_eq!((s.checkpoint, s.health), (0, "stalled"), "behind and never moved: {s:?}");
+    assert!(s.lag > 0);
+    projector::catch_up(&store).await?;
+    let s = projector::status(&store).await?;
+    assert_eq!((s.lag, s.health), (0, "up_to_date"), "{s:?}");
+    run_mix(&engine, 1).await?;
+    let s = projector::status(&store).await?;
+    assert_eq!(s.health, "catching_up", "behind, but the checkpoint moved just now: {s:?}");
+    Ok(())
+}

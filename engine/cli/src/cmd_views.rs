@@ -21,8 +21,16 @@ pub(crate) async fn status(json: bool) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"views": views, "status": s}))?);
     } else {
         println!("{:<12} {:>12} {:>12} {:>8}  HEALTH", "VIEW", "CHECKPOINT", "HEAD", "LAG");
+        let since = s
+            .updated_at
+            .map(|t| format!(" (checkpoint last moved {})", t.format("%Y-%m-%dT%H:%M:%SZ")))
+            .unwrap_or_default();
         for p in ltmc_projections::all() {
-            let health = if s.lag == 0 { "up to date" } else { "behind: `ltmc projections follow` catches up" };
+            let health = match s.health {
+                "up_to_date" => "up to date".to_owned(),
+                "catching_up" => "catching up".to_owned(),
+                _ => format!("STALLED{since}: no projector is applying events; `ltmc projections follow` catches up"),
+            };
             println!("{:<12} {:>12} {:>12} {:>8}  {health}", p.name(), s.checkpoint, s.head, s.lag);
         }
     }

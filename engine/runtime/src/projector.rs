@@ -129,15 +129,31 @@ pub struct Status {
     pub checkpoint: i64,
     /// Last position in the log.
     pub head: i64,
-    /// Events not yet in the views.
+    /// Positions not yet in the views.
     pub lag: i64,
+    /// When the checkpoint last moved.
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `up_to_date`, `catching_up` (behind, and the checkpoint moved in the last
+    /// [`STALL_AFTER`]), or `stalled` (behind, and it has not moved for longer: no projector is
+    /// running, or the one running keeps failing).
+    pub health: &'static str,
 }
+
+/// How long a checkpoint that is behind may stand still before the views are called stalled.
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
 /// The views' checkpoint beside the log's head.
 pub async fn status(store: &Store) -> Result<Status, store::Error> {
     let checkpoint = store.views_checkpoint().await?;
     let head = store.head_position().await?;
-    Ok(Status { checkpoint, head, lag: head - checkpoint })
+    let updated_at = store.views_updated_at().await?;
+    let still = updated_at.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default());
+    let health = match (head - checkpoint, still) {
+        (0, _) => "up_to_date",
+        (_, Some(s)) if s < STALL_AFTER => "catching_up",
+        _ => "stalled",
+    };
+    Ok(Status { checkpoint, head, lag: head - checkpoint, updated_at, health })
 }
 
 /// Projects from the JetStream stream the relay publishes (`LTMC_EVENTS` by default) into the

@@ -289,6 +289,14 @@ impl Store {
         }
     }
 
+    /// When the projector's checkpoint last moved (`None` before the first batch).
+    pub async fn views_updated_at(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        match self {
+            Store::Postgres(s) => s.views_updated_at().await,
+            Store::Sqlite(s) => s.views_updated_at().await,
+        }
+    }
+
     /// Applies a batch of view changes and moves the checkpoint from `from` to `to`, in one
     /// transaction; `false` (nothing written) when the checkpoint was not at `from`.
     pub async fn apply_views(&self, from: i64, to: i64, changes: Vec<ltmc_projections::Change>) -> Result<bool> {

@@ -93,6 +93,17 @@ impl PgStore {
         Ok(row.map_or(0, |r| r.get(0)))
     }
 
+    /// When the projector's checkpoint last moved (`None` before the first batch).
+    pub async fn views_updated_at(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT updated_at FROM checkpoints WHERE name = $1", &[&CHECKPOINT])
+            .await
+            .map_err(db_err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Applies `changes` (from the events after `from` up to `to`) and moves the checkpoint to
     /// `to`, in one transaction. `false`, writing nothing, when the checkpoint is not at `from`
     /// (another projector got there first).

@@ -54,6 +54,18 @@ impl SqliteStore {
         self.with_reader(checkpoint).await
     }
 
+    /// When the projector's checkpoint last moved (`None` before the first batch).
+    pub async fn views_updated_at(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let text: Option<String> = self
+            .with_reader(|conn| {
+                conn.query_row("SELECT updated_at FROM checkpoints WHERE name = ?1", params![CHECKPOINT], |r| r.get(0))
+                    .optional()
+                    .map_err(sql_err)
+            })
+            .await?;
+        Ok(text.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&chrono::Utc)))
+    }
+
     /// Applies `changes` and moves the checkpoint from `from` to `to` in one transaction;
     /// `false`, writing nothing, when the checkpoint is not at `from`.
     pub async fn apply_views(&self, from: i64, to: i64, changes: Vec<Change>) -> Result<bool> {
