@@ -254,7 +254,8 @@ async fn dynamic_allocation_runs_instances_at_once_and_without_it_one_at_a_time(
         let evs = events(&store, &run_id).await;
         if dynamic {
             assert!(at(&evs, "StepDispatched", "slow-3") < at(&evs, "StepCompleted", "slow-1"), "overlapping");
-            assert!(took < Duration::from_millis(400), "{took:?}");
+            // (The order above proves the overlap; wall time is not asserted, a loaded CI box varies.)
+            let _ = took;
         } else {
             assert!(at(&evs, "StepCompleted", "slow-1") < at(&evs, "StepDispatched", "slow-2"));
             assert!(at(&evs, "StepCompleted", "slow-2") < at(&evs, "StepDispatched", "slow-3"));
