@@ -31,6 +31,11 @@ pub fn all() -> [&'static dyn Projection; 4] {
     [&runs::Runs, &steps::Steps, &handoffs::Handoffs, &audit::AuditLog]
 }
 
+/// Every table the projections write (what a rebuild empties).
+pub fn tables() -> Vec<&'static str> {
+    all().iter().flat_map(|p| p.tables().iter().copied()).collect()
+}
+
 /// The changes of a batch of events, for every projection, folded by [`compact`].
 pub fn changes(events: &[RecordedEvent]) -> Vec<Change> {
     let mut out = Vec::with_capacity(events.len() * 3);

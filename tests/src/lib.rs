@@ -111,3 +111,23 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Each event as `Type` or `Type:step` (for asserting the order of a run's events).
+pub fn types_and_steps(events: &[ltmc_core::RecordedEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e.data.get("step").and_then(serde_json::Value::as_str) {
+            Some(s) => format!("{}:{s}", e.event_type),
+            None => e.event_type.clone(),
+        })
+        .collect()
+}
+
+/// Drives run `run_id` on its own task (so a test can act while it runs, or abort it as a crash).
+pub fn drive_in_background(
+    engine: &ltmc_engine::Engine,
+    run_id: &str,
+) -> tokio::task::JoinHandle<Result<ltmc_core::run::RunState, ltmc_engine::driver::Error>> {
+    let (engine, run_id) = (engine.clone(), run_id.to_owned());
+    tokio::spawn(async move { engine.drive(&run_id, None, None).await })
+}

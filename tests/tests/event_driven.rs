@@ -146,10 +146,7 @@ agents:
     let engine = engine(&store, 60_000);
     let outside = engine_on(&other);
     let run_id = engine.start(wf(yaml), None, None, None).await?;
-    let driving = tokio::spawn({
-        let (engine, run_id) = (engine.clone(), run_id.clone());
-        async move { engine.drive(&run_id, None, None).await }
-    });
+    let driving = ltmc_tests::drive_in_background(&engine, &run_id);
     outside.emit(&run_id, "code_change", json!({"n": 1}), "emit").await?;
     let taken = ltmc_tests::eventually(Duration::from_secs(10), || async {
         of_type(&events(&store, &run_id).await, "StepCompleted").len() == 1
@@ -305,10 +302,7 @@ async fn programs_emit_over_nats_with_a_reply() -> anyhow::Result<()> {
     let nats = ltmc_tests::nats_url();
     let engine = engine(&store, 60_000).with_workers(Workers::connect(&nats).await?);
     let run_id = engine.start(wf(yaml), None, None, None).await?;
-    let driving = tokio::spawn({
-        let (engine, run_id) = (engine.clone(), run_id.clone());
-        async move { engine.drive(&run_id, None, None).await }
-    });
+    let driving = ltmc_tests::drive_in_background(&engine, &run_id);
     let client = async_nats::connect(&nats).await?;
     let ask = |subject: String, body: &'static str| {
         let client = client.clone();

@@ -18,16 +18,6 @@ async fn events(store: &Store, run_id: &str) -> Vec<RecordedEvent> {
     read_stream_all(store, &stream_id(run_id)).await.expect("readable stream")
 }
 
-fn types_and_steps(events: &[RecordedEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| match e.data.get("step").and_then(Value::as_str) {
-            Some(s) => format!("{}:{s}", e.event_type),
-            None => e.event_type.clone(),
-        })
-        .collect()
-}
-
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -78,7 +68,7 @@ async fn sequential_hands_each_output_to_the_next(store: Store, dir: &Path) -> a
     assert_eq!(state.output, Some(json!({"n": 1})));
     let evs = events(&store, &state.run_id).await;
     assert_eq!(
-        types_and_steps(&evs),
+        ltmc_tests::types_and_steps(&evs),
         [
             "RunStarted",
             "StepReady:dev",
@@ -133,7 +123,7 @@ async fn dependency_graph_joins_outputs(store: Store, dir: &Path) -> anyhow::Res
     let state = engine.run(w, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Completed);
     assert_eq!(state.output, Some(json!({"b": 1, "c": 3})));
-    let order = types_and_steps(&events(&store, &state.run_id).await);
+    let order = ltmc_tests::types_and_steps(&events(&store, &state.run_id).await);
     let at = |s: &str| order.iter().position(|x| x == s).unwrap_or(usize::MAX);
     assert!(at("StepCompleted:a") < at("StepDispatched:b") && at("StepCompleted:a") < at("StepDispatched:c"));
     assert!(at("StepCompleted:b") < at("StepDispatched:d") && at("StepCompleted:c") < at("StepDispatched:d"));
@@ -170,7 +160,7 @@ async fn failures_retry_then_fail_the_run(store: Store, dir: &Path) -> anyhow::R
     );
     let state = engine.run(broken, None, dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Failed);
-    let order = types_and_steps(&events(&store, &state.run_id).await);
+    let order = ltmc_tests::types_and_steps(&events(&store, &state.run_id).await);
     assert_eq!(order.iter().filter(|e| *e == "StepFailed:b").count(), 2, "one retry, then give up");
     assert_eq!(order.last().map(String::as_str), Some("RunFailed:b"));
     assert!(!order.iter().any(|e| e.ends_with(":c")), "nothing runs after a failed step");
@@ -326,7 +316,7 @@ async fn facts_gate_hand_overs_and_decide_success(store: Store, dir: &Path) -> a
     // The prerequisite holds: the hand-over is accepted and recorded, the criteria are met.
     let state = engine.run(w.clone(), Some(json!(["code_review_passed"])), dir.to_path_buf(), None).await?;
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.failure);
-    let order = types_and_steps(&events(&store, &state.run_id).await);
+    let order = ltmc_tests::types_and_steps(&events(&store, &state.run_id).await);
     let at = |s: &str| order.iter().position(|x| x == s).unwrap_or(usize::MAX);
     assert!(
         at("StepReady:test") < at("HandoffAccepted:test") && at("HandoffAccepted:test") < at("StepDispatched:test"),

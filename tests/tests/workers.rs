@@ -94,14 +94,7 @@ async fn cleanup(js: &jetstream::Context, agent: &str) {
 }
 
 async fn event_types(store: &Store, run_id: &str) -> Vec<String> {
-    let events = read_stream_all(store, &stream_id(run_id)).await.expect("readable");
-    events
-        .iter()
-        .map(|e| match e.data.get("step").and_then(Value::as_str) {
-            Some(s) => format!("{}:{s}", e.event_type),
-            None => e.event_type.clone(),
-        })
-        .collect()
+    ltmc_tests::types_and_steps(&read_stream_all(store, &stream_id(run_id)).await.expect("readable"))
 }
 
 async fn served_by_ltmc_worker(store: Store) -> anyhow::Result<()> {
@@ -157,10 +150,7 @@ async fn the_task_carries_the_idempotency_key_as_its_message_id() -> anyhow::Res
     let (js, agent) = (js().await?, agent_name());
     let engine = engine(store).await?;
     let run_id = engine.start(workflow(&agent, 10.0, 0), None, None, None).await?;
-    let driving = tokio::spawn({
-        let (engine, run_id) = (engine.clone(), run_id.clone());
-        async move { engine.drive(&run_id, None, None).await }
-    });
+    let driving = ltmc_tests::drive_in_background(&engine, &run_id);
     let (task, msg) = take_task(&js, &agent, Duration::from_secs(30)).await?.expect("a task");
     assert_eq!(task.task.idempotency_key, format!("{run_id}/review/1"));
     assert_eq!(
@@ -186,10 +176,7 @@ async fn heartbeats_extend_the_deadline_and_silence_fails_the_attempt() -> anyho
     let engine = engine(store.clone()).await?;
     // Timeout 0.6 s; the worker works for 1.5 s but says so every 0.2 s.
     let run_id = engine.start(workflow(&agent, 0.6, 1), None, None, None).await?;
-    let driving = tokio::spawn({
-        let (engine, run_id) = (engine.clone(), run_id.clone());
-        async move { engine.drive(&run_id, None, None).await }
-    });
+    let driving = ltmc_tests::drive_in_background(&engine, &run_id);
     let (task, msg) = take_task(&js, &agent, Duration::from_secs(30)).await?.expect("a task");
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1500) {
@@ -204,10 +191,7 @@ async fn heartbeats_extend_the_deadline_and_silence_fails_the_attempt() -> anyho
 
     // Silence: one heartbeat, then nothing. Each attempt fails 0.6 s after the last report.
     let run_id = engine.start(workflow(&agent, 0.6, 1), None, None, None).await?;
-    let driving = tokio::spawn({
-        let (engine, run_id) = (engine.clone(), run_id.clone());
-        async move { engine.drive(&run_id, None, None).await }
-    });
+    let driving = ltmc_tests::drive_in_background(&engine, &run_id);
     let started = Instant::now();
     for attempt in 1..=2 {
         let (task, msg) = take_task(&js, &agent, Duration::from_secs(30)).await?.expect("a task");
@@ -232,15 +216,15 @@ async fn a_result_delivered_twice_is_recorded_once() -> anyhow::Result<()> {
     let (js, agent) = (js().await?, agent_name());
     let engine = engine(store.clone()).await?;
     let run_id = engine.start(workflow(&agent, 10.0, 2), None, None, None).await?;
-    let driving = tokio::spawn({
-        let (engine, run_id) = (engine.clone(), run_id.clone());
-        async move { engine.drive(&run_id, None, None).await }
-    });
+    let driving = ltmc_tests::drive_in_background(&engine, &run_id);
     let (task, msg) = take_task(&js, &agent, Duration::from_secs(30)).await?.expect("a task");
-    // Distinct message ids, so JetStream's own de-duplication does not hide the repeats.
-    report(&js, &task, completed(json!("first")), "a").await?;
-    report(&js, &task, completed(json!("second")), "b").await?;
-    report(&js, &task, ReportBody::Failed { error: "late failure".into(), duration_ms: 0 }, "c").await?;
+    // Distinct message ids, so JetStream's own de-duplication does not hide the repeats (and
+    // unique ones: the stream's 2-minute window spans test runs).
+    let key = &task.task.idempotency_key;
+    report(&js, &task, completed(json!("first")), &format!("{key}/a")).await?;
+    report(&js, &task, completed(json!("second")), &format!("{key}/b")).await?;
+    report(&js, &task, ReportBody::Failed { error: "late failure".into(), duration_ms: 0 }, &format!("{key}/c"))
+        .await?;
     msg.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = driving.await??;
     assert_eq!(state.status, RunStatus::Completed);
@@ -258,10 +242,7 @@ async fn a_result_sent_while_the_engine_was_down_is_used_on_resume() -> anyhow::
     let (js, agent) = (js().await?, agent_name());
     let engine = engine(store.clone()).await?;
     let run_id = engine.start(workflow(&agent, 10.0, 0), None, None, None).await?;
-    let driving = tokio::spawn({
-        let (engine, run_id) = (engine.clone(), run_id.clone());
-        async move { engine.drive(&run_id, None, None).await }
-    });
+    let driving = ltmc_tests::drive_in_background(&engine, &run_id);
     let (task, msg) = take_task(&js, &agent, Duration::from_secs(30)).await?.expect("a task");
     driving.abort(); // the engine "crashes" with the attempt out at a worker
     let _ = driving.await;
@@ -288,10 +269,7 @@ async fn a_task_whose_worker_died_goes_to_another_worker() -> anyhow::Result<()>
     let (js, agent) = (js().await?, agent_name());
     let engine = engine(store.clone()).await?;
     let run_id = engine.start(workflow(&agent, 10.0, 0), None, None, None).await?;
-    let driving = tokio::spawn({
-        let (engine, run_id) = (engine.clone(), run_id.clone());
-        async move { engine.drive(&run_id, None, None).await }
-    });
+    let driving = ltmc_tests::drive_in_background(&engine, &run_id);
     // The first worker takes the task and dies: no heartbeat, no ack.
     let (first, msg) = take_task(&js, &agent, Duration::from_secs(1)).await?.expect("a task");
     drop(msg);
@@ -318,10 +296,7 @@ async fn a_malformed_report_fails_the_attempt_with_the_reason() -> anyhow::Resul
     let (js, agent) = (js().await?, agent_name());
     let engine = engine(store.clone()).await?;
     let run_id = engine.start(workflow(&agent, 10.0, 0), None, None, None).await?;
-    let driving = tokio::spawn({
-        let (engine, run_id) = (engine.clone(), run_id.clone());
-        async move { engine.drive(&run_id, None, None).await }
-    });
+    let driving = ltmc_tests::drive_in_background(&engine, &run_id);
     let (task, msg) = take_task(&js, &agent, Duration::from_secs(30)).await?.expect("a task");
     let bad = json!({"run_id": run_id, "step": "review", "attempt": 1, "type": "completed", "facts": "all good"});
     js.publish(task.reply_subject.clone(), serde_json::to_vec(&bad)?.into()).await?.await?;

@@ -268,13 +268,7 @@ impl Engine {
                         );
                         agents_running.spawn(async move {
                             let _permit = slots.acquire_owned().await;
-                            let outcome = match (def.kind(), mailbox) {
-                                (Ok(AgentKind::Worker), Some(m)) => {
-                                    let t = def.timeout.and_then(|t| Duration::try_from_secs_f64(t).ok());
-                                    agents::normalize(m.perform(&task, t.unwrap_or(timeout)).await)
-                                }
-                                _ => agents::perform(&def, &task, &base_dir, timeout).await,
-                            };
+                            let outcome = agents::perform(&def, &task, &base_dir, timeout, mailbox.as_deref()).await;
                             let _ = tx.send(Due::Outcome(task.step, task.attempt, outcome));
                         });
                     }

@@ -42,27 +42,38 @@ const COLUMNS: &str = "active_agents, running_workflows, completed_workflows, fa
     avg_coordination_time_ms, p50_coordination_ms, p95_coordination_ms, p50_step_ms, p95_step_ms, retries, \
     avg_handoff_latency_ms, refused_handoffs, consensus_disagreements";
 
+impl Metrics {
+    /// Builds a reading from the view's columns, in [`COLUMNS`] order, given how a backend reads
+    /// a count and a time.
+    pub(crate) fn from_columns<E>(
+        int: impl Fn(usize) -> Result<i64, E>,
+        ms: impl Fn(usize) -> Result<Option<f64>, E>,
+    ) -> Result<Metrics, E> {
+        Ok(Metrics {
+            active_agents: int(0)?,
+            running_workflows: int(1)?,
+            completed_workflows: int(2)?,
+            failed_workflows: int(3)?,
+            avg_coordination_time_ms: ms(4)?,
+            p50_coordination_ms: ms(5)?,
+            p95_coordination_ms: ms(6)?,
+            p50_step_ms: ms(7)?,
+            p95_step_ms: ms(8)?,
+            retries: int(9)?,
+            avg_handoff_latency_ms: ms(10)?,
+            refused_handoffs: int(11)?,
+            consensus_disagreements: int(12)?,
+        })
+    }
+}
+
 /// Reads the view (bring the views up to date first with [`crate::projector::catch_up`]).
 pub async fn read(store: &Store) -> Result<Metrics, store::Error> {
     let sql = format!("SELECT {COLUMNS} FROM coordination_metrics");
     match store {
         Store::Postgres(pg) => {
             let row = pg.client().await?.query_one(&sql, &[]).await.map_err(store::postgres::db_err)?;
-            Ok(Metrics {
-                active_agents: row.get(0),
-                running_workflows: row.get(1),
-                completed_workflows: row.get(2),
-                failed_workflows: row.get(3),
-                avg_coordination_time_ms: row.get(4),
-                p50_coordination_ms: row.get(5),
-                p95_coordination_ms: row.get(6),
-                p50_step_ms: row.get(7),
-                p95_step_ms: row.get(8),
-                retries: row.get(9),
-                avg_handoff_latency_ms: row.get(10),
-                refused_handoffs: row.get(11),
-                consensus_disagreements: row.get(12),
-            })
+            Metrics::from_columns(|i| row.try_get(i), |i| row.try_get(i)).map_err(store::postgres::db_err)
         }
         Store::Sqlite(s) => s.read_metrics(sql).await,
     }

@@ -26,9 +26,16 @@ pub const MAX_EVENTS_JSON_BYTES: usize = 256 * 1024;
 /// preview, so an outcome always fits in an event (`MAX_EVENT_BYTES`).
 pub const MAX_OUTPUT_JSON_BYTES: usize = 512 * 1024;
 
-/// Runs one attempt of an agent and reports its outcome. Never panics; every failure is an
-/// [`Outcome::Failed`] with a reason.
-pub async fn perform(def: &AgentDef, task: &Task, base_dir: &Path, default_timeout: Duration) -> Outcome {
+/// Runs one attempt of an agent and reports its outcome: in-process, as a local command, or
+/// through the run's worker `mailbox` for a `worker: true` agent. Never panics; every failure is
+/// an [`Outcome::Failed`] with a reason.
+pub async fn perform(
+    def: &AgentDef,
+    task: &Task,
+    base_dir: &Path,
+    default_timeout: Duration,
+    mailbox: Option<&crate::workers::RunMailbox>,
+) -> Outcome {
     let timeout = def.timeout.and_then(|t| Duration::try_from_secs_f64(t).ok()).unwrap_or(default_timeout);
     let outcome = match def.kind() {
         Ok(AgentKind::Builtin(b)) => {
@@ -41,9 +48,16 @@ pub async fn perform(def: &AgentDef, task: &Task, base_dir: &Path, default_timeo
             }
         }
         Ok(AgentKind::Command(argv)) => command::perform(&argv, def, task, base_dir, timeout).await,
-        Ok(AgentKind::Worker) => {
-            Outcome::Failed { error: format!("agent {} is served by workers over NATS", task.agent), duration_ms: 0 }
-        }
+        Ok(AgentKind::Worker) => match mailbox {
+            Some(m) => m.perform(task, timeout).await,
+            None => Outcome::Failed {
+                error: format!(
+                    "agent {} is served by workers over NATS, and this engine has no NATS connection",
+                    task.agent
+                ),
+                duration_ms: 0,
+            },
+        },
         Err(why) => Outcome::Failed { error: format!("agent {} {why}", task.agent), duration_ms: 0 },
     };
     normalize(outcome)
@@ -51,7 +65,7 @@ pub async fn perform(def: &AgentDef, task: &Task, base_dir: &Path, default_timeo
 
 /// Makes an outcome safe to record: no U+0000 (Postgres cannot store it; it becomes U+FFFD) and
 /// an output no larger than [`MAX_OUTPUT_JSON_BYTES`].
-pub(crate) fn normalize(outcome: Outcome) -> Outcome {
+fn normalize(outcome: Outcome) -> Outcome {
     match outcome {
         Outcome::Completed { output, facts, vote, events, duration_ms } => {
             // Facts and votes gate hand-overs and decide runs: a malformed one fails the attempt.

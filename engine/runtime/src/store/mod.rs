@@ -308,8 +308,7 @@ impl Store {
 
     /// Rebuilds every view from the log (up to `until`) in one transaction.
     pub async fn rebuild_views(&self, until: Option<i64>, batch: usize) -> Result<i64> {
-        let tables: Vec<&'static str> =
-            ltmc_projections::all().iter().flat_map(|p| p.tables().iter().copied()).collect();
+        let tables = ltmc_projections::tables();
         match self {
             Store::Postgres(s) => s.rebuild_views(&tables, until, batch).await,
             Store::Sqlite(s) => s.rebuild_views(tables, until, batch).await,
@@ -320,8 +319,7 @@ impl Store {
     /// schema `into` on Postgres (`[A-Za-z0-9_]{1,63}`), into the new file at path `into` on
     /// SQLite. Returns the position the snapshot includes.
     pub async fn snapshot_views(&self, until: i64, into: &str) -> Result<i64> {
-        let tables: Vec<&'static str> =
-            ltmc_projections::all().iter().flat_map(|p| p.tables().iter().copied()).collect();
+        let tables = ltmc_projections::tables();
         match self {
             Store::Postgres(s) => {
                 let ok = !into.is_empty()

@@ -146,16 +146,7 @@ impl SqliteStore {
     /// Stores a checkpoint.
     pub async fn save_checkpoint(&self, name: &str, position: i64) -> Result<()> {
         let name = name.to_owned();
-        self.with_writer(move |c| {
-            c.execute(
-                "INSERT INTO checkpoints (name, position, updated_at) VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-                params![name, position],
-            )
-            .map_err(sql_err)?;
-            Ok(())
-        })
-        .await
+        self.with_writer(move |c| write_checkpoint(c, &name, position)).await
     }
 
     /// Tries to take the lease `name`: an exclusive lock on `<db>.<name>.lock`, released by the
@@ -201,6 +192,17 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<std::result::Result<R
         })
     })();
     Ok(parsed)
+}
+
+/// Sets checkpoint `name` (creating it) on `conn`, inside whatever transaction it is in.
+fn write_checkpoint(conn: &Connection, name: &str, position: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO checkpoints (name, position, updated_at) VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        params![name, position],
+    )
+    .map_err(sql_err)?;
+    Ok(())
 }
 
 fn collect(

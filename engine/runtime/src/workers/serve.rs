@@ -136,7 +136,7 @@ async fn handle(js: &jetstream::Context, opts: &WorkerOptions, msg: jetstream::M
         .unwrap_or(Duration::from_secs(10))
         .max(Duration::from_millis(50));
     let timeout = Duration::try_from_secs_f64(wire.timeout_secs).unwrap_or(Duration::from_secs(300));
-    let work = super::super::agents::perform(&opts.def, &task, &opts.base_dir, timeout);
+    let work = crate::agents::perform(&opts.def, &task, &opts.base_dir, timeout, None);
     tokio::pin!(work);
     let outcome = loop {
         // A heartbeat now (the task was taken) and then every `heartbeat_secs`; each also tells

@@ -5,7 +5,7 @@ use ltmc_projections::{Change, Val};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{EVENT_COLUMNS, SqliteStore, collect, row_to_event, sql_err};
+use super::{EVENT_COLUMNS, SqliteStore, collect, row_to_event, sql_err, write_checkpoint};
 use crate::store::views_sql::{CHECKPOINT, Dialect, render_all, sqlite_time};
 use crate::store::{Error, Result};
 use std::path::PathBuf;
@@ -31,13 +31,7 @@ fn checkpoint(conn: &Connection) -> Result<i64> {
 }
 
 fn set_checkpoint(conn: &Connection, position: i64) -> Result<()> {
-    conn.execute(
-        "INSERT INTO checkpoints (name, position, updated_at) VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
-         ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-        params![CHECKPOINT, position],
-    )
-    .map_err(sql_err)?;
-    Ok(())
+    write_checkpoint(conn, CHECKPOINT, position)
 }
 
 fn execute_all(conn: &Connection, changes: &[Change]) -> Result<()> {
@@ -173,24 +167,8 @@ impl SqliteStore {
     /// Reads the `coordination_metrics` view (`sql` selects its columns in order).
     pub(crate) async fn read_metrics(&self, sql: String) -> Result<crate::metrics::Metrics> {
         self.with_reader(move |conn| {
-            conn.query_row(&sql, [], |r| {
-                Ok(crate::metrics::Metrics {
-                    active_agents: r.get(0)?,
-                    running_workflows: r.get(1)?,
-                    completed_workflows: r.get(2)?,
-                    failed_workflows: r.get(3)?,
-                    avg_coordination_time_ms: r.get(4)?,
-                    p50_coordination_ms: r.get(5)?,
-                    p95_coordination_ms: r.get(6)?,
-                    p50_step_ms: r.get(7)?,
-                    p95_step_ms: r.get(8)?,
-                    retries: r.get(9)?,
-                    avg_handoff_latency_ms: r.get(10)?,
-                    refused_handoffs: r.get(11)?,
-                    consensus_disagreements: r.get(12)?,
-                })
-            })
-            .map_err(sql_err)
+            conn.query_row(&sql, [], |r| crate::metrics::Metrics::from_columns(|i| r.get(i), |i| r.get(i)))
+                .map_err(sql_err)
         })
         .await
     }
