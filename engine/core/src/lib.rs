@@ -21,6 +21,7 @@ pub mod hash;
 pub mod names;
 pub mod protocol;
 pub mod run;
+pub mod session;
 pub mod spec;
 
 pub use event::{Metadata, NewEvent, RecordedEvent};
