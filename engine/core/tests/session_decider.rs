@@ -95,7 +95,8 @@ fn memory_versions_count_writes_and_compare_and_set_checks_them() {
     s = apply(s, del.clone()).expect("deleted");
     assert_eq!((s.key_version("requirements"), s.values().count()), (4, 0), "a delete keeps counting");
     assert_eq!(s.memory["requirements"].writer, "agent:dev");
-    let again = decide(&s, Command::Write { writer: "cli".into(), writes: vec![Write { if_version: None, ..w(&del) }] });
+    let again =
+        decide(&s, Command::Write { writer: "cli".into(), writes: vec![Write { if_version: None, ..w(&del) }] });
     assert!(matches!(again, Err(Rejection::NoSuchKey { .. })), "{again:?}");
 }
 

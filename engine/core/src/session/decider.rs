@@ -199,7 +199,9 @@ pub fn decide(state: &SessionState, command: Command) -> Result<Vec<SessionEvent
             open()?;
             let mut out: Vec<SessionEvent> = state
                 .active_members()
-                .map(|a| SessionEvent::AgentLeft(AgentLeft { agent: a.to_owned(), reason: Some("session closed".into()) }))
+                .map(|a| {
+                    SessionEvent::AgentLeft(AgentLeft { agent: a.to_owned(), reason: Some("session closed".into()) })
+                })
                 .collect();
             out.push(SessionEvent::SessionClosed(SessionClosed { reason }));
             Ok(out)
@@ -237,7 +239,9 @@ fn write(state: &SessionState, writer: &str, writes: Vec<Write>) -> Result<Vec<S
         }
         let version = actual + 1;
         out.push(match w.value {
-            Some(value) => SessionEvent::MemoryWritten(MemoryWritten { key: w.key, value, version, writer: writer.into() }),
+            Some(value) => {
+                SessionEvent::MemoryWritten(MemoryWritten { key: w.key, value, version, writer: writer.into() })
+            }
             None if entry.is_some_and(|e| e.value.is_some()) => {
                 SessionEvent::MemoryDeleted(MemoryDeleted { key: w.key, version, writer: writer.into() })
             }
