@@ -54,4 +54,11 @@ pub enum Change {
         /// Assignments.
         set: Vec<(&'static str, Set)>,
     },
+    /// Delete the rows matching `key`.
+    Delete {
+        /// Table.
+        table: &'static str,
+        /// Column = value conditions, all of which must hold.
+        key: Vec<(&'static str, Val)>,
+    },
 }

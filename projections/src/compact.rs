@@ -18,7 +18,7 @@ pub fn compact(changes: Vec<Change>) -> Vec<Change> {
     let mut latest: HashMap<(&'static str, Vec<KeyVal>), usize> = HashMap::new();
     for change in changes {
         let table = match &change {
-            Change::Upsert { table, .. } | Change::Update { table, .. } => *table,
+            Change::Upsert { table, .. } | Change::Update { table, .. } | Change::Delete { table, .. } => *table,
         };
         let list = match tables.iter().position(|(t, _)| *t == table) {
             Some(i) => &mut tables[i].1,
@@ -37,13 +37,18 @@ pub fn compact(changes: Vec<Change>) -> Vec<Change> {
                 let id = (table, key_of(key.iter().map(|(_, v)| Some(v))));
                 let folded = latest.get(&id).and_then(|&i| match &mut list[i] {
                     Change::Upsert { cols, .. } => fold(cols, &set).then_some(()),
-                    Change::Update { .. } => None,
+                    Change::Update { .. } | Change::Delete { .. } => None,
                 });
                 if folded.is_none() {
                     // Later updates must not jump ahead of this one.
                     latest.remove(&id);
                     list.push(Change::Update { table, key, set });
                 }
+            }
+            Change::Delete { table, key } => {
+                // Nothing after a delete may fold into the upsert before it.
+                latest.remove(&(table, key_of(key.iter().map(|(_, v)| Some(v)))));
+                list.push(Change::Delete { table, key });
             }
         }
     }
@@ -150,6 +155,13 @@ mod tests {
         assert_eq!(out.len(), 4, "{out:?}");
         assert_eq!(out[0], up("a", 0));
         assert_eq!(out[2], upd("a", vec![("n", Set::Add(1))]), "not folded past the update before it");
+    }
+
+    #[test]
+    fn a_delete_keeps_its_place_and_stops_folding() {
+        let del = Change::Delete { table: "runs", key: vec![("run_id", Val::Text("a".into()))] };
+        let out = compact(vec![up("a", 0), del.clone(), upd("a", vec![("n", Set::Add(1))])]);
+        assert_eq!(out, vec![up("a", 0), del, upd("a", vec![("n", Set::Add(1))])]);
     }
 
     #[test]

@@ -8,7 +8,9 @@ mod audit;
 mod change;
 mod compact;
 mod handoffs;
+mod memory;
 mod runs;
+mod sessions;
 mod steps;
 
 pub use change::{Change, Set, Val};
@@ -27,8 +29,8 @@ pub trait Projection: Sync {
 }
 
 /// Every projection, in the order their changes are applied.
-pub fn all() -> [&'static dyn Projection; 4] {
-    [&runs::Runs, &steps::Steps, &handoffs::Handoffs, &audit::AuditLog]
+pub fn all() -> [&'static dyn Projection; 6] {
+    [&runs::Runs, &steps::Steps, &handoffs::Handoffs, &sessions::Sessions, &memory::Memory, &audit::AuditLog]
 }
 
 /// Every table the projections write (what a rebuild empties).
@@ -50,6 +52,11 @@ pub fn changes(events: &[RecordedEvent]) -> Vec<Change> {
 /// The run id of a `run-<id>` stream.
 pub(crate) fn run_of(stream_id: &str) -> Option<&str> {
     stream_id.strip_prefix("run-")
+}
+
+/// The session name of a `session-<name>` stream.
+pub(crate) fn session_of(stream_id: &str) -> Option<&str> {
+    stream_id.strip_prefix("session-")
 }
 
 /// A string field of an event's data.

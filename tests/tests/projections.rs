@@ -7,7 +7,8 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const TABLES: [&str; 4] = ["runs", "steps", "handoffs", "audit_log"];
+const TABLES: [&str; 8] =
+    ["runs", "steps", "handoffs", "audit_log", "sessions", "session_agents", "memory", "memory_history"];
 
 fn wf(yaml: &str) -> Workflow {
     spec::parse_str(yaml, "views.yaml", &ParseOptions::default()).expect("valid workflow")
@@ -47,8 +48,42 @@ async fn run_mix(engine: &Engine, times: usize) -> anyhow::Result<Vec<String>> {
             engine.drive(&run_id, Some(PathBuf::from(".")), None).await?;
             ids.push(run_id);
         }
+        session_mix(engine.store()).await?;
     }
     Ok(ids)
+}
+
+/// A session's life, touching every session and memory view: joins, heartbeats, a leave and a
+/// join again, writes, a compare-and-set, a delete, a key written again, and the close.
+async fn session_mix(store: &Store) -> anyhow::Result<String> {
+    use ltmc_core::session::{Command, Write};
+    let sessions = ltmc_engine::sessions::Sessions::new(store.clone());
+    let name = format!("s{}", ltmc_tests::unique());
+    let exec = |cmd: Command| {
+        let (sessions, name) = (sessions.clone(), name.clone());
+        async move { sessions.execute(&name, cmd, "test").await }
+    };
+    let write = |key: &str, value: Option<serde_json::Value>, if_version: Option<u64>| Command::Write {
+        writer: "agent:dev".into(),
+        writes: vec![Write { key: key.into(), value, if_version }],
+    };
+    sessions.create(&name, Some("views test".into()), "test").await?;
+    exec(Command::Join { agent: "dev".into(), role: Some("developer".into()) }).await?;
+    exec(Command::Join { agent: "qa".into(), role: None }).await?;
+    exec(Command::Heartbeat { agent: "dev".into() }).await?;
+    let context = json!({"requirements": {"auth": "oauth"}, "standards": "pep8", "scratch": [1, 2]});
+    let serde_json::Value::Object(context) = context else { unreachable!("an object") };
+    sessions.store_shared_context(&name, context, "agent:dev").await?;
+    exec(write("requirements", Some(json!({"auth": "saml"})), Some(1))).await?;
+    exec(write("scratch", None, Some(1))).await?;
+    exec(write("scratch", Some(json!("again")), None)).await?;
+    exec(write("gone", Some(json!(1)), None)).await?;
+    exec(write("gone", None, None)).await?;
+    exec(Command::Leave { agent: "qa".into() }).await?;
+    exec(Command::Heartbeat { agent: "dev".into() }).await?;
+    exec(Command::Join { agent: "qa".into(), role: Some("tester".into()) }).await?;
+    exec(Command::Close { reason: Some("done".into()) }).await?;
+    Ok(name)
 }
 
 /// Every row of every view, as sorted text: equal dumps mean equal views.
@@ -116,6 +151,14 @@ async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, sqlite: Option<
     // What the views say.
     let audit = after.iter().filter(|r| r.starts_with("audit_log:")).count() as i64;
     assert_eq!(audit, head, "one audit row per event");
+    let count = |table: &str| after.iter().filter(|r| r.starts_with(&format!("{table}: "))).count();
+    // Two sessions of the mix: 2 agents each, 3 keys left of 4 written, 8 memory events each.
+    assert_eq!((count("sessions"), count("session_agents"), count("memory"), count("memory_history")), (2, 4, 6, 16));
+    let closed = if sqlite.is_some() { r#"Text("closed")"# } else { r#""status":"closed""# };
+    assert!(after.iter().filter(|r| r.starts_with("sessions: ")).all(|r| r.contains(closed)), "{after:?}");
+    let inactive = if sqlite.is_some() { "Integer(0)" } else { r#""active":false"# };
+    assert!(after.iter().filter(|r| r.starts_with("session_agents: ")).all(|r| r.contains(inactive)));
+    assert!(!after.iter().any(|r| r.starts_with("memory: ") && r.contains("gone")), "a deleted key has no row");
     let runs: Vec<&String> = after.iter().filter(|r| r.starts_with("runs:")).collect();
     assert_eq!(runs.len(), ids.len());
     let row = |id: &str| runs.iter().find(|r| r.contains(id)).map(|r| r.to_string()).unwrap_or_default();

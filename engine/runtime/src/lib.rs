@@ -7,6 +7,7 @@ pub mod driver;
 pub mod metrics;
 pub mod projector;
 pub mod relay;
+pub mod sessions;
 pub mod store;
 pub mod triggers;
 pub mod workers;

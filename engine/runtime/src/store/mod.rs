@@ -256,6 +256,16 @@ pub enum Store {
     Sqlite(sqlite::SqliteStore),
 }
 
+/// The tables of every view, for a time-travel snapshot: the view migrations, in order.
+const VIEWS_DDL_POSTGRES: &str = concat!(
+    include_str!("../../../../migrations/postgres/V2__views.sql"),
+    include_str!("../../../../migrations/postgres/V3__sessions.sql"),
+);
+const VIEWS_DDL_SQLITE: &str = concat!(
+    include_str!("../../../../migrations/sqlite/V2__views.sql"),
+    include_str!("../../../../migrations/sqlite/V3__sessions.sql"),
+);
+
 /// Default database: an embedded SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.ltmc/ltmc.db";
 
@@ -331,13 +341,9 @@ impl Store {
                         "{into:?} cannot be a schema name: use [A-Za-z0-9_], at most 63 characters, not starting with pg_"
                     )));
                 }
-                s.snapshot_views(&tables, until, into, include_str!("../../../../migrations/postgres/V2__views.sql"))
-                    .await
+                s.snapshot_views(&tables, until, into, VIEWS_DDL_POSTGRES).await
             }
-            Store::Sqlite(s) => {
-                let ddl = include_str!("../../../../migrations/sqlite/V2__views.sql");
-                s.snapshot_views(tables, until, std::path::PathBuf::from(into), ddl).await
-            }
+            Store::Sqlite(s) => s.snapshot_views(tables, until, std::path::PathBuf::from(into), VIEWS_DDL_SQLITE).await,
         }
     }
 

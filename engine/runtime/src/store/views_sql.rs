@@ -123,6 +123,12 @@ pub(crate) fn render(change: &Change, d: Dialect) -> (String, Vec<Val>) {
             }
             (format!("UPDATE {table} SET {} WHERE {}", assignments.join(", "), conditions.join(" AND ")), values)
         }
+        Change::Delete { table, key } => {
+            let conditions: Vec<String> =
+                key.iter().enumerate().map(|(i, (col, _))| format!("{col} = {}", d.param(i + 1))).collect();
+            let values = key.iter().map(|(_, v)| v.clone()).collect();
+            (format!("DELETE FROM {table} WHERE {}", conditions.join(" AND ")), values)
+        }
     }
 }
 
@@ -163,6 +169,11 @@ mod tests {
             key: vec![("run_id", Val::Text("r".into())), ("step", Val::Text("s".into()))],
             set: vec![("retries", Set::Add(1)), ("first_dispatched_at", Set::IfNull(Val::Null))],
         };
+        let del = Change::Delete {
+            table: "memory",
+            key: vec![("session_id", Val::Text("s".into())), ("key", Val::Text("k".into()))],
+        };
+        assert_eq!(render(&del, Dialect::Postgres).0, "DELETE FROM memory WHERE session_id = $1 AND key = $2");
         let (sql, params) = render(&upd, Dialect::Sqlite);
         assert_eq!(
             sql,
