@@ -5,6 +5,7 @@
 use ltmc_core::RecordedEvent;
 use ltmc_core::protocol::{AgentResult, AgentTask, WorkerReport, WorkerTask};
 use ltmc_core::run::RunEvent;
+use ltmc_core::session::SessionEvent;
 use ltmc_core::spec::{self, Workflow};
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     vec![
         ("event-envelope.json", schemars::schema_for!(RecordedEvent)),
         ("run-events.json", schemars::schema_for!(RunEvent)),
+        ("session-events.json", schemars::schema_for!(SessionEvent)),
         ("workflow-file.json", spec::file_schema()),
         ("agents-file.json", spec::agents_file_schema()),
         ("workflow-definition.json", schemars::schema_for!(Workflow)),

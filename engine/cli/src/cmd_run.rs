@@ -203,6 +203,21 @@ pub(crate) async fn engine(store: &Store, config: &Config, workflow: &Workflow) 
 /// Prints the result, waits briefly for the relay to publish the run, brings the SQL views up to
 /// date, and picks the exit code.
 async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunState, json: bool) -> anyhow::Result<u8> {
+    sync(store, relay).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary(&state))?);
+    } else if let Some(output) = &state.output {
+        match output {
+            serde_json::Value::String(s) => println!("{s}"),
+            other => println!("{}", serde_json::to_string_pretty(other)?),
+        }
+    }
+    Ok(if state.status == RunStatus::Completed { exit::OK } else { exit::RUN_FAILED })
+}
+
+/// Brings the SQL views up to date and, with a relay, waits briefly for it to publish what this
+/// command appended.
+pub(crate) async fn sync(store: &Store, relay: Option<relay::RelayHandle>) -> anyhow::Result<()> {
     if let Err(e) = ltmc_engine::projector::catch_up(store).await {
         eprintln!("warning: the SQL views were not updated ({e}); `ltmc projections follow` catches up");
     }
@@ -221,7 +236,7 @@ async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunStat
             } else if progressed_at.elapsed() > Duration::from_secs(2) {
                 let why = relay.last_error().map(|e| format!(" ({e})")).unwrap_or_default();
                 eprintln!(
-                    "warning: NATS has not acknowledged every event of this run{why}; they are safe in the log \
+                    "warning: NATS has not acknowledged every event{why}; they are safe in the log \
                      and `ltmc relay` publishes them when NATS is reachable"
                 );
                 break;
@@ -230,13 +245,5 @@ async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunStat
         }
         relay.stop();
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&summary(&state))?);
-    } else if let Some(output) = &state.output {
-        match output {
-            serde_json::Value::String(s) => println!("{s}"),
-            other => println!("{}", serde_json::to_string_pretty(other)?),
-        }
-    }
-    Ok(if state.status == RunStatus::Completed { exit::OK } else { exit::RUN_FAILED })
+    Ok(())
 }

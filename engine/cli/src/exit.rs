@@ -43,6 +43,13 @@ pub(crate) fn code_for(e: &anyhow::Error) -> u8 {
         if let Some(s) = cause.downcast_ref::<store::Error>() {
             return store_code(s);
         }
+        if let Some(e) = cause.downcast_ref::<ltmc_engine::sessions::Error>() {
+            return match e {
+                ltmc_engine::sessions::Error::Store(s) => store_code(s),
+                ltmc_engine::sessions::Error::Rejected(_) => BAD_INPUT,
+                _ => RUN_FAILED,
+            };
+        }
         if let Some(d) = cause.downcast_ref::<driver::Error>() {
             return match d {
                 driver::Error::Store(s) => store_code(s),

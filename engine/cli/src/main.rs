@@ -8,6 +8,7 @@ mod cmd_admin;
 mod cmd_events;
 mod cmd_run;
 mod cmd_runs;
+mod cmd_sessions;
 mod cmd_views;
 mod cmd_worker;
 mod exit;
@@ -159,8 +160,139 @@ enum Cmd {
         #[arg(long)]
         prometheus: bool,
     },
+    /// Sessions of agents working together: create, list, show, join, heartbeat, leave, close.
+    Session {
+        #[command(subcommand)]
+        action: SessionCmd,
+        /// JSON output.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// A session's shared memory: put, get, list, history, delete.
+    Memory {
+        #[command(subcommand)]
+        action: MemoryCmd,
+        /// JSON output.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Measure the engine against raw database commits on this machine.
     Bench(bench::Args),
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    /// Open a new session.
+    Create {
+        /// Session name ([A-Za-z0-9_-], at most 64).
+        name: String,
+        /// What the session is for.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Recent sessions, newest first.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One session: status, agents, memory keys.
+    Show {
+        /// Session name.
+        name: String,
+    },
+    /// An agent joins the session.
+    Join {
+        /// Session name.
+        name: String,
+        /// Agent name.
+        #[arg(long)]
+        agent: String,
+        /// Its role in the session.
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// A member says it is still there.
+    Heartbeat {
+        /// Session name.
+        name: String,
+        /// Agent name.
+        #[arg(long)]
+        agent: String,
+    },
+    /// A member leaves the session.
+    Leave {
+        /// Session name.
+        name: String,
+        /// Agent name.
+        #[arg(long)]
+        agent: String,
+    },
+    /// Close the session: its members leave and its memory becomes read-only.
+    Close {
+        /// Session name.
+        name: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemoryCmd {
+    /// Write a key: VALUE is JSON, or - to read JSON from stdin.
+    Put {
+        /// Session name.
+        session: String,
+        /// Key ([A-Za-z0-9_.:/-], at most 128).
+        key: String,
+        /// The value as JSON ('"text"', '{"a": 1}'), or - for stdin.
+        value: String,
+        /// Who writes (default: cli).
+        #[arg(long)]
+        writer: Option<String>,
+        /// Compare-and-set: write only if the key is at this version (0 = never written).
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Print a key's value (as of --at POSITION if given).
+    Get {
+        /// Session name.
+        session: String,
+        /// Key.
+        key: String,
+        /// The value as it was at this global position.
+        #[arg(long)]
+        at: Option<i64>,
+    },
+    /// Every key with a value (as of --at POSITION if given).
+    List {
+        /// Session name.
+        session: String,
+        /// The memory as it was at this global position.
+        #[arg(long)]
+        at: Option<i64>,
+    },
+    /// Every write and delete, oldest first.
+    History {
+        /// Session name.
+        session: String,
+        /// Only this key.
+        key: Option<String>,
+    },
+    /// Delete a key (its version keeps counting).
+    Delete {
+        /// Session name.
+        session: String,
+        /// Key.
+        key: String,
+        /// Who deletes (default: cli).
+        #[arg(long)]
+        writer: Option<String>,
+        /// Compare-and-set: delete only if the key is at this version.
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -232,6 +364,34 @@ fn main() -> ExitCode {
             },
             Cmd::Project { from_nats: _ } => cmd_views::project_from_nats().await,
             Cmd::Metrics { json, prometheus } => cmd_views::metrics(json, prometheus).await,
+            Cmd::Session { action, json } => {
+                use cmd_sessions::SessionAction as A;
+                let action = match action {
+                    SessionCmd::Create { name, description } => A::Create { name, description },
+                    SessionCmd::List { limit } => A::List { limit },
+                    SessionCmd::Show { name } => A::Show { name },
+                    SessionCmd::Join { name, agent, role } => A::Join { name, agent, role },
+                    SessionCmd::Heartbeat { name, agent } => A::Heartbeat { name, agent },
+                    SessionCmd::Leave { name, agent } => A::Leave { name, agent },
+                    SessionCmd::Close { name, reason } => A::Close { name, reason },
+                };
+                cmd_sessions::session(action, json).await
+            }
+            Cmd::Memory { action, json } => {
+                use cmd_sessions::MemoryAction as A;
+                let action = match action {
+                    MemoryCmd::Put { session, key, value, writer, if_version } => {
+                        A::Put { session, key, value, writer, if_version }
+                    }
+                    MemoryCmd::Get { session, key, at } => A::Get { session, key, at },
+                    MemoryCmd::List { session, at } => A::List { session, at },
+                    MemoryCmd::History { session, key } => A::History { session, key },
+                    MemoryCmd::Delete { session, key, writer, if_version } => {
+                        A::Delete { session, key, writer, if_version }
+                    }
+                };
+                cmd_sessions::memory(action, json).await
+            }
             Cmd::Bench(args) => bench::run(args).await,
         }
     });
