@@ -492,3 +492,78 @@ fn status_of_an_unknown_run_is_refused() {
     let out = sb.run(&["events", "--stream", "run.with.dots"]);
     assert_exit(&out, 2);
 }
+
+/// Sessions and shared memory from the command line: the seed's store/get shared context,
+/// compare-and-set, history, time travel by position, the SQL views, and clean refusals.
+#[test]
+fn sessions_and_shared_memory() {
+    let sb = Sandbox::new();
+    assert_exit(&sb.run(&["session", "create", "dev_001", "--description", "feature"]), 0);
+    assert_exit(&sb.run(&["session", "join", "dev_001", "--agent", "dev", "--role", "developer"]), 0);
+    assert_exit(
+        &sb.run(&["memory", "put", "dev_001", "requirements", r#"{"auth":"oauth"}"#, "--writer", "agent:dev"]),
+        0,
+    );
+    let put =
+        sb.run(&["memory", "put", "dev_001", "requirements", r#"{"auth":"saml"}"#, "--if-version", "1", "--json"]);
+    assert_exit(&put, 0);
+    let put: Value = serde_json::from_slice(&put.stdout).expect("json");
+    assert_eq!(put["version"], 2);
+    let first_position = put["position"].as_i64().expect("position") - 1;
+
+    // A stale compare-and-set is refused and writes nothing.
+    let stale = sb.run(&["memory", "put", "dev_001", "requirements", "1", "--if-version", "1"]);
+    assert_exit(&stale, 2);
+    assert!(text(&stale.stderr).contains("at version 2, not the expected 1"), "{}", text(&stale.stderr));
+
+    let get = sb.run(&["memory", "get", "dev_001", "requirements"]);
+    assert_exit(&get, 0);
+    assert_eq!(serde_json::from_slice::<Value>(&get.stdout).expect("json"), json!({"auth": "saml"}));
+    let then = sb.run(&["memory", "get", "dev_001", "requirements", "--at", &first_position.to_string()]);
+    assert_eq!(serde_json::from_slice::<Value>(&then.stdout).expect("json"), json!({"auth": "oauth"}), "as of then");
+    let history = sb.run(&["memory", "history", "dev_001", "requirements", "--json"]);
+    let history: Vec<Value> = serde_json::from_slice(&history.stdout).expect("json");
+    let versions: Vec<(i64, &str)> =
+        history.iter().map(|h| (h["version"].as_i64().unwrap_or(0), h["writer"].as_str().unwrap_or(""))).collect();
+    assert_eq!(versions, [(1, "agent:dev"), (2, "cli")]);
+
+    // Bad input: each says what and where, and writes nothing.
+    let events_before = sb.run(&["events", "--json"]).stdout.len();
+    for (args, says) in [
+        (vec!["memory", "put", "dev_001", "k", "not json"], "is not JSON"),
+        (vec!["memory", "put", "dev_001", "bad key", "1"], "character ' '"),
+        (vec!["memory", "put", "ghost", "k", "1"], "no session ghost"),
+        (vec!["session", "create", "a.b"], "character '.'"),
+        (vec!["session", "create", "dev_001"], "already exists"),
+        (vec!["session", "heartbeat", "dev_001", "--agent", "qa"], "not in session dev_001"),
+        (vec!["memory", "delete", "dev_001", "nothing"], "no value"),
+        (vec!["memory", "get", "dev_001", "k", "--at=-1"], "--at must be"),
+    ] {
+        let out = sb.run(&args);
+        assert_exit(&out, 2);
+        assert!(text(&out.stderr).contains(says), "{args:?}: {}", text(&out.stderr));
+    }
+    assert_eq!(sb.run(&["events", "--json"]).stdout.len(), events_before, "refusals wrote nothing");
+
+    assert_exit(&sb.run(&["session", "close", "dev_001", "--reason", "done"]), 0);
+    let closed = sb.run(&["memory", "put", "dev_001", "k", "1"]);
+    assert_exit(&closed, 2);
+    assert!(text(&closed.stderr).contains("is closed"));
+    let show: Value = serde_json::from_slice(&sb.run(&["session", "show", "dev_001", "--json"]).stdout).expect("json");
+    assert_eq!((show["status"].as_str(), show["agents"][0]["active"].as_bool()), (Some("closed"), Some(false)));
+
+    // The SQL views are up to date when the command returns.
+    let db = rusqlite::Connection::open(sb.path().join(".ltmc/ltmc.db")).expect("db");
+    let row: (String, i64, String) = db
+        .query_row(
+            "SELECT s.status, m.version, m.value FROM sessions s JOIN memory m ON m.session_id = s.session_id \
+             WHERE s.session_id = 'dev_001' AND m.key = 'requirements'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("views");
+    assert_eq!(row, ("closed".into(), 2, r#"{"auth":"saml"}"#.into()));
+    let agents: i64 =
+        db.query_row("SELECT count(*) FROM session_agents WHERE active = 0", [], |r| r.get(0)).expect("agents");
+    assert_eq!(agents, 1);
+}
