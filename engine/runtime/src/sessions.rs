@@ -121,4 +121,11 @@ impl Sessions {
         }
         Ok(state.memory.get(key).and_then(|e| e.value.clone()))
     }
+
+    /// The seed's `force_sync`: returns once the SQL views (`memory`, `sessions`, …) include
+    /// every event committed before the call, applying them itself if no projector has; returns
+    /// the position they include.
+    pub async fn force_sync(&self) -> Result<i64, Error> {
+        Ok(crate::projector::catch_up(&self.store).await?)
+    }
 }
