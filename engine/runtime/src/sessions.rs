@@ -79,15 +79,12 @@ impl Sessions {
             let expected =
                 if state.version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(state.version) };
             match self.store.append(&session::stream_id(name), expected, &batch).await {
-                Ok(appended) => {
-                    let mut position = appended.first_position;
-                    let mut state = state;
-                    for e in &events {
-                        state = evolve(state, e, position);
-                        position += 1;
-                    }
-                    return Ok(state);
+                Ok(appended) if appended.last_position - appended.first_position + 1 == events.len() as i64 => {
+                    let positions = appended.first_position..;
+                    return Ok(positions.zip(&events).fold(state, |s, (position, e)| evolve(s, e, position)));
                 }
+                // Positions may have gaps: read back where the events landed.
+                Ok(_) => return self.load(name).await,
                 Err(store::Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
