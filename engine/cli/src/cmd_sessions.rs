@@ -29,10 +29,11 @@ async fn open() -> anyhow::Result<Ctx> {
 impl Ctx {
     /// Decides and appends `command`, then brings the views (and JetStream) up to date.
     async fn execute(&self, name: &str, command: Command, actor: &str) -> anyhow::Result<SessionState> {
+        // A refusal wrote nothing: there is nothing to project or relay.
+        let state = self.sessions.execute(name, command, actor).await?;
         let relay = self.config.relay_options().map(|o| relay::spawn(self.store.clone(), o));
-        let state = self.sessions.execute(name, command, actor).await;
         crate::cmd_run::sync(&self.store, relay).await?;
-        Ok(state?)
+        Ok(state)
     }
 
     /// The session, refused when it was never created.
@@ -269,8 +270,11 @@ async fn history(ctx: &Ctx, session: &str, key: Option<&str>, json: bool) -> any
     if let Some(k) = key {
         ltmc_core::session::validate_key(k).map_err(|e| BadInput(e.to_string()))?;
     }
-    ctx.existing(session, None).await?;
+    ltmc_core::names::validate("session", session).map_err(|e| BadInput(e.to_string()))?;
     let events = ltmc_engine::store::read_stream_all(&ctx.store, &ltmc_core::session::stream_id(session)).await?;
+    if events.is_empty() {
+        return Err(BadInput(format!("no session {session}; `ltmc session list` lists them")).into());
+    }
     let mut rows = Vec::new();
     for e in &events {
         let (k, op, version, writer, value) = match SessionEvent::from_parts(&e.event_type, &e.data)? {
