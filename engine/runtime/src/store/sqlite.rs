@@ -56,6 +56,8 @@ fn open_connection(path: &Path) -> Result<Connection> {
         "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )
     .map_err(sql_err)?;
+    // The projector's statements (one per shape of row change) stay prepared beside the log's.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 

@@ -42,6 +42,8 @@ struct Inner {
     heads: HeadCache,
     listener: OnceCell<Listener>,
     committer: GroupCommitter,
+    /// SQL type of each view column, read from the catalog once (`views::ColumnTypes`).
+    view_types: OnceCell<Arc<views::ColumnTypes>>,
 }
 
 struct Listener {
@@ -92,6 +94,7 @@ impl PgStore {
                 schema,
                 heads: HeadCache::default(),
                 listener: OnceCell::new(),
+                view_types: OnceCell::new(),
             }),
         })
     }

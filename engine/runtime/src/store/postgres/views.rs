@@ -4,31 +4,36 @@
 
 use ltmc_projections::{Change, Val};
 use std::collections::HashMap;
-use tokio_postgres::Transaction;
+use std::sync::Arc;
 use tokio_postgres::types::{IsNull, ToSql, Type, private::BytesMut, to_sql_checked};
+use tokio_postgres::{Row, Statement, Transaction};
 
 use super::{EVENT_COLUMNS, PgStore, db_err, row_to_event};
-use crate::store::views_sql::{CHECKPOINT, Dialect, render_all};
+use crate::store::views_sql::{CHECKPOINT, Param, Shape, groups, params};
 use crate::store::{Error, Result};
 
-/// A value bound to whatever type the column has (the projections' types match the tables).
+/// A change's value bound to whatever type the column has (the projections' types match the
+/// tables); an array of them binds a whole column of a group.
 #[derive(Debug)]
-struct PgVal(Val);
+struct PgParam<'a>(Param<'a>);
 
-impl ToSql for PgVal {
+impl ToSql for PgParam<'_> {
     fn to_sql(
         &self,
         ty: &Type,
         out: &mut BytesMut,
     ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match &self.0 {
-            Val::Null => Ok(IsNull::Yes),
-            Val::Int(i) => i.to_sql(ty, out),
-            Val::Real(f) => f.to_sql(ty, out),
-            Val::Text(s) => s.to_sql(ty, out),
-            Val::Json(v) => v.to_sql(ty, out),
-            Val::Time(t) => t.to_sql(ty, out),
-            Val::Bool(b) => b.to_sql(ty, out),
+        match self.0 {
+            Param::Int(i) => i.to_sql(ty, out),
+            Param::Val(v) => match v {
+                Val::Null => Ok(IsNull::Yes),
+                Val::Int(i) => i.to_sql(ty, out),
+                Val::Real(f) => f.to_sql(ty, out),
+                Val::Text(s) => s.to_sql(ty, out),
+                Val::Json(v) => v.to_sql(ty, out),
+                Val::Time(t) => t.to_sql(ty, out),
+                Val::Bool(b) => b.to_sql(ty, out),
+            },
         }
     }
 
@@ -39,13 +44,34 @@ impl ToSql for PgVal {
     to_sql_checked!();
 }
 
-/// Makes sure the checkpoint row exists, locks it and returns its position.
-async fn lock_checkpoint(tx: &Transaction<'_>) -> Result<i64> {
-    tx.execute("INSERT INTO checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING", &[&CHECKPOINT])
+/// (table, column) -> SQL type, for the casts of `unnest` statements. The views have the same
+/// DDL in every schema (live or time-travel), so one map serves them all.
+pub(super) type ColumnTypes = HashMap<(String, String), String>;
+
+async fn read_column_types(tx: &Transaction<'_>) -> Result<ColumnTypes> {
+    let tables: Vec<&str> = ltmc_projections::tables();
+    let rows = tx
+        .query(
+            "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod) \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1) \
+             AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&tables],
+        )
         .await
         .map_err(db_err)?;
+    Ok(rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
+}
+
+/// Makes sure the checkpoint row exists, locks it and returns its position (one statement: an
+/// upsert locks the row it finds).
+async fn lock_checkpoint(tx: &Transaction<'_>) -> Result<i64> {
     let row = tx
-        .query_one("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE", &[&CHECKPOINT])
+        .query_one(
+            "INSERT INTO checkpoints (name, position) VALUES ($1, 0) \
+             ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING position",
+            &[&CHECKPOINT],
+        )
         .await
         .map_err(db_err)?;
     Ok(row.get(0))
@@ -58,30 +84,76 @@ async fn set_checkpoint(tx: &Transaction<'_>, position: i64) -> Result<()> {
     Ok(())
 }
 
-/// Applies the changes in order, pipelined: the distinct statements are prepared first, then
-/// every execution is sent without waiting for the previous one's answer (the connection keeps
-/// them in order).
-async fn execute_all(tx: &Transaction<'_>, changes: &[Change]) -> Result<()> {
-    let rendered: Vec<(String, Vec<PgVal>)> = render_all(changes, Dialect::Postgres)
+/// The statement text of each group of `changes`, with the group.
+fn plan<'c>(changes: &'c [Change], types: &ColumnTypes) -> Result<Vec<(String, &'c [Change])>> {
+    groups(changes)
         .into_iter()
-        .map(|(sql, vals)| (sql, vals.into_iter().map(PgVal).collect()))
+        .map(|(shape, group)| {
+            let table = shape.table();
+            let types = shape
+                .columns()
+                .iter()
+                .map(|c| {
+                    types.get(&(table.to_owned(), (*c).to_owned())).cloned().ok_or_else(|| {
+                        Error::Backend(format!("view column {table}.{c} is missing; are the migrations applied?"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((Shape::unnest_sql(&shape, &types), group))
+        })
+        .collect()
+}
+
+/// Executes each group (prepared in `statements`, in the same order) as one statement over
+/// arrays, pipelined: every execution is sent without waiting for the previous one's answer
+/// (the connection keeps them in order).
+async fn execute_plan(tx: &Transaction<'_>, statements: &[Statement], plan: &[(String, &[Change])]) -> Result<()> {
+    let columns: Vec<Vec<Vec<PgParam>>> = plan
+        .iter()
+        .map(|(_, group)| {
+            let mut columns: Vec<Vec<PgParam>> = Vec::new();
+            for change in *group {
+                for (i, p) in params(change).into_iter().enumerate() {
+                    if i == columns.len() {
+                        columns.push(Vec::with_capacity(group.len()));
+                    }
+                    columns[i].push(PgParam(p));
+                }
+            }
+            columns
+        })
         .collect();
-    let mut statements = HashMap::new();
-    for (sql, _) in &rendered {
-        if !statements.contains_key(sql) {
-            statements.insert(sql.clone(), tx.prepare(sql).await.map_err(db_err)?);
-        }
-    }
-    let runs = rendered.iter().map(|(sql, vals)| {
-        let params: Vec<&(dyn ToSql + Sync)> = vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let stmt = &statements[sql];
+    let runs = statements.iter().zip(&columns).map(|(stmt, columns)| {
+        let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         async move { tx.execute(stmt, &params).await }
     });
     futures::future::try_join_all(runs).await.map_err(db_err)?;
     Ok(())
 }
 
+/// Prepared statements by text, for a connection without deadpool's cache.
+#[derive(Default)]
+struct Prepared(HashMap<String, Statement>);
+
+impl Prepared {
+    async fn all(&mut self, tx: &Transaction<'_>, plan: &[(String, &[Change])]) -> Result<Vec<Statement>> {
+        let mut out = Vec::with_capacity(plan.len());
+        for (sql, _) in plan {
+            if !self.0.contains_key(sql) {
+                let stmt = tx.prepare(sql).await.map_err(db_err)?;
+                self.0.insert(sql.clone(), stmt);
+            }
+            out.push(self.0[sql].clone());
+        }
+        Ok(out)
+    }
+}
+
 impl PgStore {
+    async fn view_types(&self, tx: &Transaction<'_>) -> Result<Arc<ColumnTypes>> {
+        self.inner.view_types.get_or_try_init(|| async { read_column_types(tx).await.map(Arc::new) }).await.cloned()
+    }
+
     /// The projector's checkpoint (0 before the first batch).
     pub async fn views_checkpoint(&self) -> Result<i64> {
         let row = self
@@ -113,7 +185,13 @@ impl PgStore {
         if lock_checkpoint(&tx).await? != from {
             return Ok(false);
         }
-        execute_all(&tx, changes).await?;
+        let types = self.view_types(&tx).await?;
+        let plan = plan(changes, &types)?;
+        let mut statements = Vec::with_capacity(plan.len());
+        for (sql, _) in &plan {
+            statements.push(tx.prepare_cached(sql).await.map_err(db_err)?);
+        }
+        execute_plan(&tx, &statements, &plan).await?;
         set_checkpoint(&tx, to).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(true)
@@ -124,7 +202,8 @@ impl PgStore {
     pub async fn rebuild_views(&self, tables: &[&str], until: Option<i64>, batch: usize) -> Result<i64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
-        let position = rebuild_in(&tx, tables, "events", until, batch).await?;
+        let types = self.view_types(&tx).await?;
+        let position = rebuild_in(&tx, tables, "events", until, batch, &types).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(position)
     }
@@ -152,7 +231,8 @@ impl PgStore {
         tx.batch_execute(CHECKPOINTS_DDL).await.map_err(db_err)?;
         tx.batch_execute(ddl).await.map_err(db_err)?;
         let events = format!("\"{}\".events", self.schema());
-        let position = rebuild_in(&tx, tables, &events, Some(until), 5_000).await?;
+        let types = self.view_types(&tx).await?;
+        let position = rebuild_in(&tx, tables, &events, Some(until), 5_000, &types).await?;
         tx.commit().await.map_err(db_err)?;
         drop(client);
         let _ = driver.await;
@@ -174,13 +254,16 @@ impl PgStore {
 const CHECKPOINTS_DDL: &str = "CREATE TABLE checkpoints (name text PRIMARY KEY, position bigint NOT NULL, \
                                updated_at timestamptz NOT NULL DEFAULT now());";
 
-/// Empties `tables` and replays `events_table` (up to `until`) into them, inside `tx`.
+/// Empties `tables` and replays `events_table` (up to `until`) into them, inside `tx`. While
+/// the database writes one batch and reads the next, the batch read before is decoded and
+/// projected on a blocking thread.
 async fn rebuild_in(
     tx: &Transaction<'_>,
     tables: &[&str],
     events_table: &str,
     until: Option<i64>,
     batch: usize,
+    types: &ColumnTypes,
 ) -> Result<i64> {
     lock_checkpoint(tx).await?;
     for t in tables {
@@ -192,14 +275,37 @@ async fn rebuild_in(
          ORDER BY global_position LIMIT $3"
     );
     let read = tx.prepare(&read).await.map_err(db_err)?;
+    let read = |after: i64| {
+        let read = read.clone();
+        async move { tx.query(&read, &[&after, &until, &(batch as i64)]).await.map_err(db_err) }
+    };
+    let mut prepared = Prepared::default();
     let mut position = 0i64;
+    let mut changes: Vec<Change> = Vec::new(); // projected, not yet written
+    let mut rows = read(position).await?;
     loop {
-        let rows = tx.query(&read, &[&position, &until, &(batch as i64)]).await.map_err(db_err)?;
-        let events = rows.iter().map(row_to_event).collect::<Result<Vec<_>>>()?;
-        let Some(last) = events.last() else { break };
-        position = last.global_position;
-        execute_all(tx, &ltmc_projections::changes(&events)).await?;
+        let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else { break };
+        let projecting = tokio::task::spawn_blocking(move || project(&rows));
+        let plan = plan(&changes, types)?;
+        let statements = prepared.all(tx, &plan).await?;
+        let write_then_read = async {
+            execute_plan(tx, &statements, &plan).await?;
+            read(last).await
+        };
+        let projected = async { projecting.await.map_err(|e| Error::Backend(format!("projecting a batch: {e}")))? };
+        let (next, projected) = futures::future::try_join(write_then_read, projected).await?;
+        drop(plan);
+        (changes, rows, position) = (projected, next, last);
     }
+    let plan = plan(&changes, types)?;
+    let statements = prepared.all(tx, &plan).await?;
+    execute_plan(tx, &statements, &plan).await?;
     set_checkpoint(tx, position).await?;
     Ok(position)
+}
+
+/// The row changes of a batch of stored events.
+fn project(rows: &[Row]) -> Result<Vec<Change>> {
+    let events = rows.iter().map(row_to_event).collect::<Result<Vec<_>>>()?;
+    Ok(ltmc_projections::changes(&events))
 }

@@ -2,23 +2,32 @@
 //! together in one write transaction on the store's one writer connection.
 
 use ltmc_projections::{Change, Val};
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
 
 use super::{EVENT_COLUMNS, SqliteStore, collect, row_to_event, sql_err, write_checkpoint};
-use crate::store::views_sql::{CHECKPOINT, Dialect, render_all, sqlite_time};
+use crate::store::views_sql::{CHECKPOINT, Param, groups, params as change_params, sqlite_time};
 use crate::store::{Error, Result};
 use std::path::PathBuf;
 
-fn to_sql(v: Val) -> SqlValue {
-    match v {
-        Val::Null => SqlValue::Null,
-        Val::Int(i) => SqlValue::Integer(i),
-        Val::Real(f) => SqlValue::Real(f),
-        Val::Text(s) => SqlValue::Text(s),
-        Val::Json(j) => SqlValue::Text(j.to_string()),
-        Val::Time(t) => SqlValue::Text(sqlite_time(&t)),
-        Val::Bool(b) => SqlValue::Integer(i64::from(b)),
+/// A change's value bound as the column's SQLite form (text borrowed, not copied).
+struct Bound<'a>(Param<'a>);
+
+impl ToSql for Bound<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let owned = |v| Ok(ToSqlOutput::Owned(v));
+        match self.0 {
+            Param::Int(i) => owned(SqlValue::Integer(i)),
+            Param::Val(v) => match v {
+                Val::Null => owned(SqlValue::Null),
+                Val::Int(i) => owned(SqlValue::Integer(*i)),
+                Val::Real(f) => owned(SqlValue::Real(*f)),
+                Val::Text(s) => Ok(ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))),
+                Val::Json(j) => owned(SqlValue::Text(j.to_string())),
+                Val::Time(t) => owned(SqlValue::Text(sqlite_time(t))),
+                Val::Bool(b) => owned(SqlValue::Integer(i64::from(*b))),
+            },
+        }
     }
 }
 
@@ -34,10 +43,16 @@ fn set_checkpoint(conn: &Connection, position: i64) -> Result<()> {
     write_checkpoint(conn, CHECKPOINT, position)
 }
 
+/// Applies the changes in order: each group's changes through one cached single-row statement
+/// (in-process SQLite gains nothing from multi-row statements but their parsing).
 fn execute_all(conn: &Connection, changes: &[Change]) -> Result<()> {
-    for (sql, vals) in render_all(changes, Dialect::Sqlite) {
-        let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
-        stmt.execute(rusqlite::params_from_iter(vals.into_iter().map(to_sql))).map_err(sql_err)?;
+    let mut sql = std::collections::HashMap::new();
+    for (shape, group) in groups(changes) {
+        let text = sql.entry(shape.clone()).or_insert_with(|| shape.single_row_sql());
+        let mut stmt = conn.prepare_cached(text).map_err(sql_err)?;
+        for change in group {
+            stmt.execute(rusqlite::params_from_iter(change_params(change).into_iter().map(Bound))).map_err(sql_err)?;
+        }
     }
     Ok(())
 }
