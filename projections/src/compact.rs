@@ -1,58 +1,135 @@
-//! Folding a batch of row changes into fewer with the same effect.
+//! Folding a batch of row changes into fewer with the same effect, ordered so that changes of
+//! one shape sit together (the adapters execute a run of one shape as one statement).
 //!
-//! Changes to different tables are independent (no projection reads another table), so each
-//! table's changes keep their order and tables may be applied one after another. Within a
-//! table, an update of a row that an earlier upsert of the same batch wrote is folded into that
-//! upsert when every column it sets was written by the upsert (the row's value is then known);
-//! what cannot be folded stays an update, in order. A batch of runs thus becomes about one
-//! upsert per run and per step, plus the audit rows.
+//! Changes to different tables are independent (no projection reads another table), and so are
+//! changes to different rows of one table when every change names its row by the table's key:
+//! each row's changes keep their order, rows may interleave freely. Within a row, an update is
+//! folded into the upsert before it when every column it sets was written by the upsert (the
+//! row's value is then known), and into the update before it when the two combine into one
+//! (`To` then `Add` of an integer, `Add` then `Add`, anything then `To`, …); what cannot be
+//! folded stays, in order. The rows' first changes are then emitted, sorted by shape, then their
+//! second changes, and so on. A batch of runs becomes about one statement per table and shape.
 
 use std::collections::HashMap;
 
 use super::{Change, Set, Val};
 
-/// The changes, per table in first-seen order, with updates folded into earlier upserts.
+/// The changes, per table in first-seen order, folded and grouped by shape as described above.
 pub fn compact(changes: Vec<Change>) -> Vec<Change> {
     let mut tables: Vec<(&'static str, Vec<Change>)> = Vec::new();
-    // (table, key values) -> index of its latest upsert in that table's list, while foldable.
-    let mut latest: HashMap<(&'static str, Vec<KeyVal>), usize> = HashMap::new();
     for change in changes {
-        let table = match &change {
-            Change::Upsert { table, .. } | Change::Update { table, .. } | Change::Delete { table, .. } => *table,
-        };
-        let list = match tables.iter().position(|(t, _)| *t == table) {
-            Some(i) => &mut tables[i].1,
-            None => {
-                tables.push((table, Vec::new()));
-                &mut tables.last_mut().expect("just pushed").1
-            }
-        };
-        match change {
-            Change::Upsert { table, key, cols } => {
-                let id = (table, key_of(key.iter().map(|k| col(&cols, k))));
-                latest.insert(id, list.len());
-                list.push(Change::Upsert { table, key, cols });
-            }
-            Change::Update { table, key, set } => {
-                let id = (table, key_of(key.iter().map(|(_, v)| Some(v))));
-                let folded = latest.get(&id).and_then(|&i| match &mut list[i] {
-                    Change::Upsert { cols, .. } => fold(cols, &set).then_some(()),
-                    Change::Update { .. } | Change::Delete { .. } => None,
-                });
-                if folded.is_none() {
-                    // Later updates must not jump ahead of this one.
-                    latest.remove(&id);
-                    list.push(Change::Update { table, key, set });
-                }
-            }
-            Change::Delete { table, key } => {
-                // Nothing after a delete may fold into the upsert before it.
-                latest.remove(&(table, key_of(key.iter().map(|(_, v)| Some(v)))));
-                list.push(Change::Delete { table, key });
-            }
+        let table = table_of(&change);
+        match tables.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, list)) => list.push(change),
+            None => tables.push((table, vec![change])),
         }
     }
-    tables.into_iter().flat_map(|(_, list)| list).collect()
+    tables.into_iter().flat_map(|(_, list)| compact_table(list)).collect()
+}
+
+fn table_of(change: &Change) -> &'static str {
+    match change {
+        Change::Upsert { table, .. } | Change::Update { table, .. } | Change::Delete { table, .. } => table,
+    }
+}
+
+/// The key columns a change names its row by.
+fn key_columns(change: &Change) -> Vec<&'static str> {
+    match change {
+        Change::Upsert { key, .. } => {
+            let mut cols = key.to_vec();
+            cols.sort_unstable();
+            cols
+        }
+        Change::Update { key, .. } | Change::Delete { key, .. } => {
+            let mut cols: Vec<&'static str> = key.iter().map(|(c, _)| *c).collect();
+            cols.sort_unstable();
+            cols
+        }
+    }
+}
+
+/// The key values of the row a change addresses, made hashable.
+fn row_of(change: &Change) -> Vec<KeyVal> {
+    match change {
+        Change::Upsert { key, cols, .. } => {
+            let mut key = key.to_vec();
+            key.sort_unstable();
+            key_of(key.into_iter().map(|k| col(cols, k)))
+        }
+        Change::Update { key, .. } | Change::Delete { key, .. } => {
+            let mut key: Vec<&(&'static str, Val)> = key.iter().collect();
+            key.sort_unstable_by_key(|(c, _)| *c);
+            key_of(key.into_iter().map(|(_, v)| Some(v)))
+        }
+    }
+}
+
+/// One table's changes: folded per row, then emitted layer by layer, sorted by shape.
+fn compact_table(list: Vec<Change>) -> Vec<Change> {
+    let mut keys = list.iter().map(key_columns);
+    let first = keys.next();
+    if keys.any(|k| Some(&k) != first.as_ref()) {
+        // Rows named by different columns may overlap: keep the order, fold nothing.
+        return list;
+    }
+    let mut rows: Vec<Vec<Change>> = Vec::new();
+    let mut index: HashMap<Vec<KeyVal>, usize> = HashMap::new();
+    for change in list {
+        let row = *index.entry(row_of(&change)).or_insert_with(|| {
+            rows.push(Vec::new());
+            rows.len() - 1
+        });
+        let changes = &mut rows[row];
+        let folded = match (changes.last_mut(), &change) {
+            (Some(Change::Upsert { cols, .. }), Change::Update { set, .. }) => fold(cols, set),
+            (Some(Change::Update { set: before, .. }), Change::Update { set, .. }) => merge(before, set),
+            _ => false,
+        };
+        if !folded {
+            changes.push(normalized(change));
+        }
+    }
+    let mut out = Vec::new();
+    let mut rows: Vec<std::vec::IntoIter<Change>> = rows.into_iter().map(Vec::into_iter).collect();
+    while !rows.is_empty() {
+        let mut layer: Vec<Change> = rows.iter_mut().filter_map(Iterator::next).collect();
+        layer.sort_by_cached_key(shape_of);
+        out.append(&mut layer);
+        rows.retain(|r| r.len() > 0);
+    }
+    out
+}
+
+/// What decides a change's statement text: its kind and columns (and how an update sets them).
+fn shape_of(change: &Change) -> (u8, Vec<(&'static str, u8)>) {
+    match change {
+        Change::Upsert { cols, .. } => (0, cols.iter().map(|(c, _)| (*c, 0)).collect()),
+        Change::Update { key, set, .. } => {
+            let set = set.iter().map(|(c, how)| {
+                let kind = match how {
+                    Set::To(_) => 0,
+                    Set::Add(_) => 1,
+                    Set::IfNull(_) => 2,
+                };
+                (*c, kind)
+            });
+            (1, set.chain(key.iter().map(|(c, _)| (*c, 9))).collect())
+        }
+        Change::Delete { key, .. } => (2, key.iter().map(|(c, _)| (*c, 0)).collect()),
+    }
+}
+
+/// An update with its assignments in column order, so that updates of the same columns have
+/// the same shape.
+fn normalized(change: Change) -> Change {
+    match change {
+        Change::Update { table, key, mut set } => {
+            set.sort_by_key(|(c, _)| *c);
+            Change::Update { table, key, set }
+        }
+        other => other,
+    }
 }
 
 /// A key value made hashable (keys are text or integers).
@@ -76,35 +153,66 @@ fn col<'a>(cols: &'a [(&'static str, Val)], name: &str) -> Option<&'a Val> {
     cols.iter().find(|(c, _)| *c == name).map(|(_, v)| v)
 }
 
-/// Applies `set` to the upsert's columns if every column it touches is there; else changes
-/// nothing and returns false.
-fn fold(cols: &mut [(&'static str, Val)], set: &[(&'static str, Set)]) -> bool {
-    let foldable = set.iter().all(|(c, how)| match (col(cols, c), how) {
-        (None, _) => false,
-        (Some(Val::Int(_)), Set::Add(_)) => true,
-        (Some(_), Set::Add(_)) => false,
-        (Some(_), _) => true,
-    });
-    if !foldable {
-        return false;
+/// The value `how` gives a column holding `v`, when it can be known here.
+fn set_value(v: &Val, how: &Set) -> Option<Val> {
+    match (v, how) {
+        (_, Set::To(new)) => Some(new.clone()),
+        (Val::Int(i), Set::Add(n)) => i.checked_add(*n).map(Val::Int),
+        (_, Set::Add(_)) => None,
+        (Val::Null, Set::IfNull(new)) => Some(new.clone()),
+        (v, Set::IfNull(_)) => Some(v.clone()),
     }
+}
+
+/// Applies `set` to the upsert's columns if every column it touches is there and its result
+/// is known; else changes nothing and returns false.
+fn fold(cols: &mut [(&'static str, Val)], set: &[(&'static str, Set)]) -> bool {
+    let mut new = Vec::with_capacity(set.len());
     for (c, how) in set {
-        if let Some((_, v)) = cols.iter_mut().find(|(name, _)| name == c) {
-            match how {
-                Set::To(new) => *v = new.clone(),
-                Set::Add(n) => {
-                    if let Val::Int(i) = v {
-                        *i += n;
-                    }
-                }
-                Set::IfNull(new) => {
-                    if *v == Val::Null {
-                        *v = new.clone();
-                    }
-                }
-            }
+        match cols.iter().position(|(name, _)| name == c).and_then(|i| Some((i, set_value(&cols[i].1, how)?))) {
+            Some(found) => new.push(found),
+            None => return false,
         }
     }
+    for (i, v) in new {
+        cols[i].1 = v;
+    }
+    true
+}
+
+/// `a` then `b` as one assignment, when there is one.
+fn then(a: &Set, b: &Set) -> Option<Set> {
+    match (a, b) {
+        (_, Set::To(v)) => Some(Set::To(v.clone())),
+        (Set::To(v), b) => set_value(v, b).map(Set::To),
+        (Set::Add(n), Set::Add(m)) => n.checked_add(*m).map(Set::Add),
+        // COALESCE(COALESCE(c, v), w): v, unless v is NULL.
+        (Set::IfNull(v), Set::IfNull(w)) => Some(Set::IfNull(if *v == Val::Null { w.clone() } else { v.clone() })),
+        // COALESCE(c, v) + m, or (c + n) IfNull: not one assignment.
+        (Set::Add(_), Set::IfNull(_)) | (Set::IfNull(_), Set::Add(_)) => None,
+    }
+}
+
+/// Merges update `b` into the update `a` before it on the same row, if every column both set
+/// combines; else changes nothing and returns false.
+fn merge(a: &mut Vec<(&'static str, Set)>, b: &[(&'static str, Set)]) -> bool {
+    let mut merged = Vec::with_capacity(b.len());
+    for (c, how) in b {
+        match a.iter().position(|(name, _)| name == c) {
+            Some(i) => match then(&a[i].1, how) {
+                Some(s) => merged.push((Some(i), *c, s)),
+                None => return false,
+            },
+            None => merged.push((None, *c, how.clone())),
+        }
+    }
+    for (i, c, s) in merged {
+        match i {
+            Some(i) => a[i].1 = s,
+            None => a.push((c, s)),
+        }
+    }
+    a.sort_by_key(|(c, _)| *c);
     true
 }
 
@@ -152,9 +260,106 @@ mod tests {
             upd("a", vec![("n", Set::Add(1))]),
             upd("b", vec![("n", Set::Add(1))]),
         ]);
-        assert_eq!(out.len(), 4, "{out:?}");
+        assert_eq!(out.len(), 3, "{out:?}");
         assert_eq!(out[0], up("a", 0));
-        assert_eq!(out[2], upd("a", vec![("n", Set::Add(1))]), "not folded past the update before it");
+        assert_eq!(out[1], upd("b", vec![("n", Set::Add(1))]), "rows' first changes come first");
+        assert_eq!(out[2], upd("a", vec![("n", Set::Add(1)), ("other", Set::Add(1))]), "the two updates merged");
+    }
+
+    #[test]
+    fn updates_of_a_row_merge_and_rows_group_by_shape() {
+        let out = compact(vec![
+            upd("a", vec![("n", Set::Add(1)), ("at", Set::To(Val::Int(1)))]),
+            upd("b", vec![("first", Set::IfNull(Val::Int(1)))]),
+            upd("c", vec![("n", Set::Add(1)), ("at", Set::To(Val::Int(2)))]),
+            upd("a", vec![("n", Set::Add(2)), ("at", Set::To(Val::Int(3)))]),
+            upd("a", vec![("first", Set::IfNull(Val::Int(4)))]),
+            upd("a", vec![("first", Set::Add(1))]),
+        ]);
+        assert_eq!(
+            out,
+            vec![
+                upd("a", vec![("at", Set::To(Val::Int(3))), ("first", Set::IfNull(Val::Int(4))), ("n", Set::Add(3))]),
+                upd("c", vec![("at", Set::To(Val::Int(2))), ("n", Set::Add(1))]),
+                upd("b", vec![("first", Set::IfNull(Val::Int(1)))]),
+                upd("a", vec![("first", Set::Add(1))]),
+            ]
+        );
+    }
+
+    /// A table in memory: key -> columns. Applies changes as SQL would.
+    fn apply(rows: &mut HashMap<Vec<KeyVal>, HashMap<&'static str, Val>>, change: &Change) {
+        let row = row_of(change);
+        match change {
+            Change::Upsert { cols, .. } => {
+                let r = rows.entry(row).or_default();
+                r.extend(cols.iter().cloned());
+            }
+            Change::Update { set, .. } => {
+                if let Some(r) = rows.get_mut(&row) {
+                    for (c, how) in set {
+                        let v = r.get(c).cloned().unwrap_or(Val::Null);
+                        let new = match (&v, how) {
+                            (_, Set::To(x)) => x.clone(),
+                            (Val::Int(i), Set::Add(n)) => Val::Int(i + n),
+                            (_, Set::Add(_)) => Val::Null,
+                            (Val::Null, Set::IfNull(x)) => x.clone(),
+                            (v, Set::IfNull(_)) => v.clone(),
+                        };
+                        r.insert(c, new);
+                    }
+                }
+            }
+            Change::Delete { .. } => {
+                rows.remove(&row);
+            }
+        }
+    }
+
+    #[test]
+    fn compacting_never_changes_the_result() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let cols = ["n", "first", "at"];
+        for _ in 0..2_000 {
+            let mut changes = Vec::new();
+            for _ in 0..next(12) + 1 {
+                let id = ["a", "b", "c"][next(3) as usize];
+                let val = |r: u64| if r == 0 { Val::Null } else { Val::Int(r as i64) };
+                changes.push(match next(6) {
+                    0 => up(id, next(3) as i64),
+                    1 => Change::Delete { table: "runs", key: vec![("run_id", Val::Text(id.into()))] },
+                    _ => {
+                        let mut set = Vec::new();
+                        for c in cols {
+                            match next(4) {
+                                0 => set.push((c, Set::To(val(next(3))))),
+                                1 => set.push((c, Set::Add(next(3) as i64 + 1))),
+                                2 => set.push((c, Set::IfNull(val(next(3))))),
+                                _ => {}
+                            }
+                        }
+                        upd(id, set)
+                    }
+                });
+            }
+            let (mut plain, mut compacted) = (HashMap::new(), HashMap::new());
+            changes.iter().for_each(|c| apply(&mut plain, c));
+            let out = compact(changes.clone());
+            assert!(out.len() <= changes.len());
+            out.iter().for_each(|c| apply(&mut compacted, c));
+            let nulls_as_absent = |rows: &mut HashMap<Vec<KeyVal>, HashMap<&'static str, Val>>| {
+                rows.values_mut().for_each(|r| r.retain(|_, v| *v != Val::Null))
+            };
+            nulls_as_absent(&mut plain);
+            nulls_as_absent(&mut compacted);
+            assert_eq!(plain, compacted, "{changes:?}\n=> {out:?}");
+        }
     }
 
     #[test]

@@ -98,14 +98,18 @@ pub fn spawn(store: Store) -> ProjectorHandle {
     ProjectorHandle { position, last_error, task }
 }
 
-/// Follows the log from the checkpoint, a batch per transaction. Returns (to start again from
-/// the stored checkpoint) when another projector moved it.
+/// Follows the log from the checkpoint, a batch per transaction; while a batch is applied, the
+/// events after it are read. Returns (to start again from the stored checkpoint) when another
+/// projector moved it.
 async fn follow(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Error> {
     let mut from = store.views_checkpoint().await?;
     tx.send_replace(from);
     let mut sub = store.subscribe(from);
+    let mut events = Vec::new();
     loop {
-        let mut events = vec![sub.next().await?];
+        if events.is_empty() {
+            events.push(sub.next().await?);
+        }
         // Whatever is already readable joins the batch (cancelling a read changes nothing).
         while events.len() < BATCH {
             match tokio::time::timeout(Duration::ZERO, sub.next()).await {
@@ -114,11 +118,24 @@ async fn follow(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Err
             }
         }
         let to = events.last().map_or(from, |e| e.global_position);
-        if !store.apply_views(from, to, ltmc_projections::changes(&events)).await? {
+        let started = std::time::Instant::now();
+        let applying = store.apply_views(from, to, ltmc_projections::changes(&events));
+        tokio::pin!(applying);
+        let mut next = Vec::new();
+        let applied = loop {
+            tokio::select! {
+                biased;
+                applied = &mut applying => break applied?,
+                event = sub.next(), if next.len() < BATCH => next.push(event?),
+            }
+        };
+        if !applied {
             return Ok(());
         }
+        tracing::debug!(events = events.len(), apply_us = started.elapsed().as_micros() as u64, "applied a batch");
         from = to;
         tx.send_replace(to);
+        events = next;
     }
 }
 

@@ -122,8 +122,7 @@ impl Shape {
     /// holding column n's value for every change of the group. `types` gives each column's SQL
     /// type (the arrays must be cast: `unnest` cannot infer them).
     pub(crate) fn unnest_sql(&self, types: &[String]) -> String {
-        let arrays: Vec<String> =
-            types.iter().enumerate().map(|(i, t)| format!("CAST(${} AS {t}[])", i + 1)).collect();
+        let arrays: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("CAST(${} AS {t}[])", i + 1)).collect();
         let arrays = arrays.join(", ");
         match self {
             Shape::Upsert { table, key, cols } => format!(

@@ -182,17 +182,24 @@ impl PgStore {
     pub async fn apply_views(&self, from: i64, to: i64, changes: &[Change]) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
-        if lock_checkpoint(&tx).await? != from {
-            return Ok(false);
-        }
         let types = self.view_types(&tx).await?;
         let plan = plan(changes, &types)?;
         let mut statements = Vec::with_capacity(plan.len());
         for (sql, _) in &plan {
             statements.push(tx.prepare_cached(sql).await.map_err(db_err)?);
         }
-        execute_plan(&tx, &statements, &plan).await?;
-        set_checkpoint(&tx, to).await?;
+        // Lock, writes and checkpoint go out together (one round trip under load, not three);
+        // the lock is taken first, and if the checkpoint is not at `from` the writes are rolled
+        // back with the transaction.
+        let (locked, (), ()) = futures::future::try_join3(
+            lock_checkpoint(&tx),
+            execute_plan(&tx, &statements, &plan),
+            set_checkpoint(&tx, to),
+        )
+        .await?;
+        if locked != from {
+            return Ok(false);
+        }
         tx.commit().await.map_err(db_err)?;
         Ok(true)
     }
