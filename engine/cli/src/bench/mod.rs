@@ -113,7 +113,7 @@ async fn measure(
     let engine = Engine::new(store.clone(), EngineOptions::default());
     if let Some(events) = views {
         rows.push(views::live_lag(backend, &engine, &mut raw).await?);
-        rows.push(views::rebuild(backend, &store, &mut raw, events, repeat).await?);
+        rows.extend(views::rebuild(backend, &store, &mut raw, events, repeat).await?);
         if let Some(r) = relay {
             r.stop();
         }

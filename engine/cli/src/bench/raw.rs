@@ -124,4 +124,65 @@ impl Raw {
             }
         }
     }
+
+    /// The floor of a rebuild: every row the views of `store` hold, bulk-loaded raw into empty
+    /// tables of the same definition (same indexes), the way [`Raw::bulk`] loads its rows: `COPY`
+    /// on Postgres, one `INSERT … SELECT` per table on SQLite (no per-row binding: a lower floor
+    /// than the 10,000-row transactions). Returns the time of the loads alone.
+    pub(super) async fn view_rows(&mut self, store: &ltmc_engine::Store) -> anyhow::Result<Duration> {
+        let tables = ltmc_projections::tables();
+        match (self, store) {
+            (Raw::Pg(c, _), _) => {
+                use futures::{SinkExt, TryStreamExt};
+                let mut elapsed = Duration::ZERO;
+                for t in tables {
+                    c.batch_execute(&format!(
+                        "DROP TABLE IF EXISTS floor_{t}; CREATE TABLE floor_{t} (LIKE {t} INCLUDING ALL)"
+                    ))
+                    .await?;
+                    let out = c.copy_out(&format!("COPY {t} TO STDOUT")).await?;
+                    let chunks: Vec<_> = out.try_collect().await?;
+                    let started = Instant::now();
+                    let sink = c.copy_in(&format!("COPY floor_{t} FROM STDIN")).await?;
+                    futures::pin_mut!(sink);
+                    for chunk in chunks {
+                        sink.send(std::io::Cursor::new(chunk)).await?;
+                    }
+                    sink.finish().await?;
+                    elapsed += started.elapsed();
+                    c.batch_execute(&format!("DROP TABLE floor_{t}")).await?;
+                }
+                Ok(elapsed)
+            }
+            (Raw::Sqlite(c), ltmc_engine::Store::Sqlite(s)) => {
+                c.execute("ATTACH DATABASE ?1 AS views", [s.path().display().to_string()])?;
+                let ddl: Vec<(String, String)> = {
+                    let mut stmt = c.prepare(
+                        "SELECT tbl_name, sql FROM views.sqlite_master WHERE type IN ('table', 'index') \
+                         AND sql IS NOT NULL ORDER BY type DESC",
+                    )?;
+                    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                let tx = c.transaction()?;
+                for (table, sql) in &ddl {
+                    if tables.contains(&table.as_str()) {
+                        tx.execute_batch(&format!("{sql};"))?; // unqualified: created in main
+                    }
+                }
+                let started = Instant::now();
+                for t in &tables {
+                    tx.execute(&format!("INSERT INTO main.{t} SELECT * FROM views.{t}"), [])?;
+                }
+                tx.commit()?;
+                let elapsed = started.elapsed();
+                for t in &tables {
+                    c.execute_batch(&format!("DROP TABLE main.{t};"))?;
+                }
+                c.execute("DETACH DATABASE views", [])?;
+                Ok(elapsed)
+            }
+            (Raw::Sqlite(_), _) => anyhow::bail!("the SQLite baseline needs a SQLite store"),
+        }
+    }
 }
