@@ -290,8 +290,7 @@ async fn rebuild_in(
     let mut position = 0i64;
     let mut changes: Vec<Change> = Vec::new(); // projected, not yet written
     let mut rows = read(position).await?;
-    loop {
-        let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else { break };
+    while let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) {
         let projecting = tokio::task::spawn_blocking(move || project(&rows));
         let plan = plan(&changes, types)?;
         let statements = prepared.all(tx, &plan).await?;
