@@ -15,6 +15,10 @@ impl Projection for AuditLog {
         &["audit_log"]
     }
 
+    fn append_only(&self) -> &'static [&'static str] {
+        &["audit_log"]
+    }
+
     fn apply(&self, e: &RecordedEvent, out: &mut Vec<Change>) {
         let opt = |v: &Option<String>| v.clone().map_or(Val::Null, Val::Text);
         out.push(Change::Upsert {

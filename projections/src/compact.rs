@@ -16,15 +16,127 @@ use super::{Change, Set, Val};
 
 /// The changes, per table in first-seen order, folded and grouped by shape as described above.
 pub fn compact(changes: Vec<Change>) -> Vec<Change> {
-    let mut tables: Vec<(&'static str, Vec<Change>)> = Vec::new();
-    for change in changes {
+    let mut fold = Fold::default();
+    changes.into_iter().for_each(|c| fold.push(c));
+    fold.take().into_iter().flat_map(|(_, t)| t).collect()
+}
+
+/// [`compact`], incrementally: changes are folded as they are pushed, and [`Fold::take`] hands
+/// out the result so far. A rebuild folds the whole history this way ([`crate::Replay`]).
+#[derive(Default)]
+pub struct Fold {
+    tables: Vec<(&'static str, TableFold)>,
+}
+
+impl Fold {
+    /// Folds `change` into what is held.
+    pub fn push(&mut self, change: Change) {
         let table = table_of(&change);
-        match tables.iter_mut().find(|(t, _)| *t == table) {
-            Some((_, list)) => list.push(change),
-            None => tables.push((table, vec![change])),
+        let i = match self.tables.iter().position(|(t, _)| *t == table) {
+            Some(i) => i,
+            None => {
+                self.tables.push((table, TableFold::default()));
+                self.tables.len() - 1
+            }
+        };
+        self.tables[i].1.push(change);
+    }
+
+    /// Rows held (changes not yet taken, counted by the row they address).
+    pub fn rows(&self) -> usize {
+        self.tables.iter().map(|(_, t)| t.rows.len() + t.done.len()).sum()
+    }
+
+    /// Everything held, per table (first-seen order): each table's changes folded and emitted
+    /// layer by layer, sorted by shape. Leaves the fold empty.
+    pub fn take(&mut self) -> Vec<(&'static str, Vec<Change>)> {
+        std::mem::take(&mut self.tables).into_iter().map(|(name, mut t)| (name, t.take())).collect()
+    }
+
+    /// Like [`Fold::take`], split for a table known to be empty: `.0` holds each row's first
+    /// change where it is an upsert (nothing to conflict with: a plain insert), `.1` the rest,
+    /// to apply after them. Tables whose changes named rows by different columns go whole to
+    /// `.1`.
+    pub fn take_split(&mut self) -> (Vec<Change>, Vec<Change>) {
+        let (mut inserts, mut rest) = (Vec::new(), Vec::new());
+        for (_, mut t) in std::mem::take(&mut self.tables) {
+            if !t.done.is_empty() {
+                rest.extend(t.take());
+                continue;
+            }
+            for row in std::mem::take(&mut t.rows) {
+                let mut row = row.into_iter();
+                match row.next() {
+                    Some(first @ Change::Upsert { .. }) => inserts.push(first),
+                    Some(first) => rest.push(first),
+                    None => {}
+                }
+                // Later changes of a row keep their order after the row's first: a layer of
+                // their own per position, as `take` would emit them.
+                rest.extend(row);
+            }
+        }
+        (inserts, rest)
+    }
+}
+
+/// One table's changes: folded per row, emitted layer by layer, sorted by shape.
+#[derive(Default)]
+struct TableFold {
+    /// The columns this table's rows are named by, once a change has named one.
+    key: Option<Vec<&'static str>>,
+    rows: Vec<Vec<Change>>,
+    index: HashMap<Vec<KeyVal>, usize>,
+    /// Emitted when a change named its row by other columns (rows may overlap: what came
+    /// before is emitted first, in full).
+    done: Vec<Change>,
+}
+
+impl TableFold {
+    fn push(&mut self, change: Change) {
+        let key = key_columns(&change);
+        if self.key.as_ref().is_some_and(|k| *k != key) {
+            let before = self.layers();
+            self.done.extend(before);
+        }
+        self.key = Some(key);
+        let next = self.rows.len();
+        let row = *self.index.entry(row_of(&change)).or_insert(next);
+        if row == next {
+            self.rows.push(Vec::new());
+        }
+        let changes = &mut self.rows[row];
+        let folded = match (changes.last_mut(), &change) {
+            (Some(Change::Upsert { cols, .. }), Change::Update { set, .. }) => fold(cols, set),
+            (Some(Change::Update { set: before, .. }), Change::Update { set, .. }) => merge(before, set),
+            _ => false,
+        };
+        if !folded {
+            changes.push(normalized(change));
         }
     }
-    tables.into_iter().flat_map(|(_, list)| compact_table(list)).collect()
+
+    /// The rows' changes, first changes first (sorted by shape), then second changes, and so on.
+    fn layers(&mut self) -> Vec<Change> {
+        self.index.clear();
+        let mut out = Vec::new();
+        let mut rows: Vec<std::vec::IntoIter<Change>> =
+            std::mem::take(&mut self.rows).into_iter().map(Vec::into_iter).collect();
+        while !rows.is_empty() {
+            let mut layer: Vec<Change> = rows.iter_mut().filter_map(Iterator::next).collect();
+            layer.sort_by_cached_key(shape_of);
+            out.append(&mut layer);
+            rows.retain(|r| r.len() > 0);
+        }
+        out
+    }
+
+    fn take(&mut self) -> Vec<Change> {
+        let mut out = std::mem::take(&mut self.done);
+        out.extend(self.layers());
+        self.key = None;
+        out
+    }
 }
 
 fn table_of(change: &Change) -> &'static str {
@@ -63,42 +175,6 @@ fn row_of(change: &Change) -> Vec<KeyVal> {
             key_of(key.into_iter().map(|(_, v)| Some(v)))
         }
     }
-}
-
-/// One table's changes: folded per row, then emitted layer by layer, sorted by shape.
-fn compact_table(list: Vec<Change>) -> Vec<Change> {
-    let mut keys = list.iter().map(key_columns);
-    let first = keys.next();
-    if keys.any(|k| Some(&k) != first.as_ref()) {
-        // Rows named by different columns may overlap: keep the order, fold nothing.
-        return list;
-    }
-    let mut rows: Vec<Vec<Change>> = Vec::new();
-    let mut index: HashMap<Vec<KeyVal>, usize> = HashMap::new();
-    for change in list {
-        let row = *index.entry(row_of(&change)).or_insert_with(|| {
-            rows.push(Vec::new());
-            rows.len() - 1
-        });
-        let changes = &mut rows[row];
-        let folded = match (changes.last_mut(), &change) {
-            (Some(Change::Upsert { cols, .. }), Change::Update { set, .. }) => fold(cols, set),
-            (Some(Change::Update { set: before, .. }), Change::Update { set, .. }) => merge(before, set),
-            _ => false,
-        };
-        if !folded {
-            changes.push(normalized(change));
-        }
-    }
-    let mut out = Vec::new();
-    let mut rows: Vec<std::vec::IntoIter<Change>> = rows.into_iter().map(Vec::into_iter).collect();
-    while !rows.is_empty() {
-        let mut layer: Vec<Change> = rows.iter_mut().filter_map(Iterator::next).collect();
-        layer.sort_by_cached_key(shape_of);
-        out.append(&mut layer);
-        rows.retain(|r| r.len() > 0);
-    }
-    out
 }
 
 /// What decides a change's statement text: its kind and columns (and how an update sets them).
@@ -359,6 +435,21 @@ mod tests {
             nulls_as_absent(&mut plain);
             nulls_as_absent(&mut compacted);
             assert_eq!(plain, compacted, "{changes:?}\n=> {out:?}");
+
+            // Into an empty table, the fold's split gives plain inserts (rows not there yet)
+            // and the rest, with the same result.
+            let mut fold = Fold::default();
+            changes.iter().cloned().for_each(|c| fold.push(c));
+            let (inserts, rest) = fold.take_split();
+            let mut split = HashMap::new();
+            for c in &inserts {
+                assert!(matches!(c, Change::Upsert { .. }));
+                assert!(!split.contains_key(&row_of(c)), "an insert met a row: {changes:?}");
+                apply(&mut split, c);
+            }
+            rest.iter().for_each(|c| apply(&mut split, c));
+            nulls_as_absent(&mut split);
+            assert_eq!(plain, split, "{changes:?}\n=> {inserts:?} then {rest:?}");
         }
     }
 

@@ -17,6 +17,10 @@ impl Projection for Handoffs {
         &["handoffs"]
     }
 
+    fn append_only(&self) -> &'static [&'static str] {
+        &["handoffs"]
+    }
+
     fn apply(&self, e: &RecordedEvent, out: &mut Vec<Change>) {
         let Some(run_id) = run_of(&e.stream_id) else { return };
         let outcome = match e.event_type.as_str() {

@@ -9,12 +9,14 @@ mod change;
 mod compact;
 mod handoffs;
 mod memory;
+mod replay;
 mod runs;
 mod sessions;
 mod steps;
 
 pub use change::{Change, Set, Val};
-pub use compact::compact;
+pub use compact::{Fold, compact};
+pub use replay::{Replay, Rows};
 
 use ltmc_core::RecordedEvent;
 
@@ -26,6 +28,12 @@ pub trait Projection: Sync {
     fn tables(&self) -> &'static [&'static str];
     /// The row changes `event` makes, appended to `out` (none for events it ignores).
     fn apply(&self, event: &RecordedEvent, out: &mut Vec<Change>);
+    /// Those of its tables that are append-only: each row is written once, by an upsert keyed by
+    /// the position of the event it records, and never changed. A rebuild streams their rows
+    /// out instead of holding them ([`Replay`]).
+    fn append_only(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Every projection, in the order their changes are applied.

@@ -17,6 +17,10 @@ impl Projection for Memory {
         &["memory", "memory_history"]
     }
 
+    fn append_only(&self) -> &'static [&'static str] {
+        &["memory_history"]
+    }
+
     fn apply(&self, e: &RecordedEvent, out: &mut Vec<Change>) {
         let Some(session) = session_of(&e.stream_id) else { return };
         let (operation, value) = match e.event_type.as_str() {

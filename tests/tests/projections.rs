@@ -116,6 +116,33 @@ async fn dump(store: &Store, sqlite: Option<&Path>) -> anyhow::Result<Vec<String
     Ok(out)
 }
 
+/// The indexes, views and tables of the store's schema with their definitions: a rebuild swaps
+/// tables and must leave the same objects behind.
+async fn schema_objects(store: &Store, sqlite: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    match (store, sqlite) {
+        (Store::Postgres(pg), _) => {
+            let client = pg.client().await?;
+            let rows = client
+                .query(
+                    "SELECT c.relkind::text || ' ' || c.relname || ' ' || coalesce(pg_get_indexdef(c.oid), '') || \
+                     coalesce(pg_get_viewdef(c.oid), '') FROM pg_class c \
+                     WHERE c.relnamespace = current_schema()::regnamespace ORDER BY c.relname",
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        }
+        (Store::Sqlite(_), Some(path)) => {
+            let conn = rusqlite::Connection::open(path)?;
+            let mut stmt = conn
+                .prepare("SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_master ORDER BY name")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        }
+        _ => anyhow::bail!("no SQLite path"),
+    }
+}
+
 async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, sqlite: Option<&Path>) -> anyhow::Result<()> {
     let engine = Engine::new(store.clone(), EngineOptions::default());
     let mut live = projector::spawn(store.clone());
@@ -128,9 +155,15 @@ async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, sqlite: Option<
     );
     live.stop();
     let before = dump(&store, sqlite).await?;
+    let tables_before = schema_objects(&store, sqlite).await?;
     assert_eq!(projector::rebuild(&store, None).await?, head);
     let after = dump(&store, sqlite).await?;
     assert_eq!(before, after, "live views differ from a rebuild");
+    assert_eq!(tables_before, schema_objects(&store, sqlite).await?, "a rebuild changed indexes or views");
+    // A rebuild that may hold only 3 changing rows writes in windows, with the same result.
+    assert_eq!(store.rebuild_views(None, 3).await?, head);
+    assert_eq!(after, dump(&store, sqlite).await?, "a rebuild in windows differs");
+    assert_eq!(tables_before, schema_objects(&store, sqlite).await?);
     let status = projector::status(&store).await?;
     assert_eq!((status.checkpoint, status.lag), (head, 0));
 
@@ -201,6 +234,47 @@ async fn killing_the_projector_keeps_views_consistent(store: Store, sqlite: Opti
     projector::rebuild(&store, None).await?;
     assert_eq!(live, dump(&store, sqlite).await?, "views after 20 kills differ from a rebuild");
     Ok(())
+}
+
+/// Rebuilds while runs append and the live projector follows: each rebuild completes (the
+/// projector waits for it and starts again from its checkpoint), and the live views end equal
+/// to a rebuild.
+async fn rebuilding_while_the_projector_follows(store: Store, sqlite: Option<&Path>) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let mut live = projector::spawn(store.clone());
+    let writer = tokio::spawn({
+        let engine = engine.clone();
+        async move { run_mix(&engine, 4).await }
+    });
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        projector::rebuild(&store, None).await?;
+    }
+    writer.await??;
+    let head = store.head_position().await?;
+    assert!(
+        live.wait_for(head, Duration::from_secs(20)).await,
+        "the live projector reached the head: {:?}",
+        live.last_error()
+    );
+    live.stop();
+    let following = dump(&store, sqlite).await?;
+    projector::rebuild(&store, None).await?;
+    assert_eq!(following, dump(&store, sqlite).await?, "views followed across rebuilds differ from a rebuild");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rebuilding_while_the_projector_follows() -> anyhow::Result<()> {
+    let (store, dir) = ltmc_tests::sqlite_store().await?;
+    rebuilding_while_the_projector_follows(store, Some(&dir.path().join("ltmc.db"))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rebuilding_while_the_projector_follows() -> anyhow::Result<()> {
+    let schema = ltmc_tests::PgSchema::new().await?;
+    rebuilding_while_the_projector_follows(schema.store().await?, None).await?;
+    schema.drop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

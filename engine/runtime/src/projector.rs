@@ -31,7 +31,7 @@ pub async fn catch_up(store: &Store) -> Result<i64, store::Error> {
 
 /// Rebuilds every view from the log, up to `until` (the whole log when `None`).
 pub async fn rebuild(store: &Store, until: Option<i64>) -> Result<i64, store::Error> {
-    store.rebuild_views(until, 5_000).await
+    store.rebuild_views(until, store::REBUILD_HELD_ROWS).await
 }
 
 /// Builds the views as of `until` into schema (Postgres) or file (SQLite) `into`, for

@@ -267,6 +267,11 @@ const VIEWS_DDL_SQLITE: &str = concat!(
 );
 
 /// Default database: an embedded SQLite file in the working directory.
+/// Most rows of changing view tables (runs, steps, sessions, memory, …) a rebuild folds in
+/// memory before writing them (about 1.5 KB each); append-only tables are never held. A longer
+/// history is written in windows of this many rows.
+pub const REBUILD_HELD_ROWS: usize = 500_000;
+
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.ltmc/ltmc.db";
 
 impl Store {
@@ -316,12 +321,13 @@ impl Store {
         }
     }
 
-    /// Rebuilds every view from the log (up to `until`) in one transaction.
-    pub async fn rebuild_views(&self, until: Option<i64>, batch: usize) -> Result<i64> {
+    /// Rebuilds every view from the log (up to `until`) in one transaction, holding at most
+    /// `held_rows` changing rows in memory ([`REBUILD_HELD_ROWS`] is the default).
+    pub async fn rebuild_views(&self, until: Option<i64>, held_rows: usize) -> Result<i64> {
         let tables = ltmc_projections::tables();
         match self {
-            Store::Postgres(s) => s.rebuild_views(&tables, until, batch).await,
-            Store::Sqlite(s) => s.rebuild_views(tables, until, batch).await,
+            Store::Postgres(s) => s.rebuild_views(&tables, until, held_rows).await,
+            Store::Sqlite(s) => s.rebuild_views(tables, until, held_rows).await,
         }
     }
 

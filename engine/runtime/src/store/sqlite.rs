@@ -1,6 +1,7 @@
 //! Embedded SQLite backend: one file, WAL, `synchronous=FULL` (an acknowledged append survives
 //! power loss). SQLite allows one writer at a time, which also makes the global order gap-safe.
 
+mod rebuild;
 mod views;
 
 use chrono::{DateTime, SecondsFormat, Utc};

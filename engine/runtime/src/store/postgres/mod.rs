@@ -18,6 +18,7 @@ use super::{Appended, Error, EventStore, ExpectedVersion, Result, StreamInfo, ch
 mod group_commit;
 mod lease;
 mod migrate;
+mod rebuild;
 mod views;
 
 use group_commit::{Call, Failure, GroupCommitter};

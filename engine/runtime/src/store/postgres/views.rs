@@ -6,16 +6,16 @@ use ltmc_projections::{Change, Val};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_postgres::types::{IsNull, ToSql, Type, private::BytesMut, to_sql_checked};
-use tokio_postgres::{Row, Statement, Transaction};
+use tokio_postgres::{GenericClient, Statement, Transaction};
 
-use super::{EVENT_COLUMNS, PgStore, db_err, row_to_event};
+use super::{PgStore, db_err};
 use crate::store::views_sql::{CHECKPOINT, Param, Shape, groups, params};
 use crate::store::{Error, Result};
 
 /// A change's value bound to whatever type the column has (the projections' types match the
 /// tables); an array of them binds a whole column of a group.
 #[derive(Debug)]
-struct PgParam<'a>(Param<'a>);
+pub(super) struct PgParam<'a>(pub(super) Param<'a>);
 
 impl ToSql for PgParam<'_> {
     fn to_sql(
@@ -48,7 +48,7 @@ impl ToSql for PgParam<'_> {
 /// DDL in every schema (live or time-travel), so one map serves them all.
 pub(super) type ColumnTypes = HashMap<(String, String), String>;
 
-async fn read_column_types(tx: &Transaction<'_>) -> Result<ColumnTypes> {
+async fn read_column_types(tx: &impl GenericClient) -> Result<ColumnTypes> {
     let tables: Vec<&str> = ltmc_projections::tables();
     let rows = tx
         .query(
@@ -77,7 +77,7 @@ async fn lock_checkpoint(tx: &Transaction<'_>) -> Result<i64> {
     Ok(row.get(0))
 }
 
-async fn set_checkpoint(tx: &Transaction<'_>, position: i64) -> Result<()> {
+pub(super) async fn set_checkpoint(tx: &Transaction<'_>, position: i64) -> Result<()> {
     tx.execute("UPDATE checkpoints SET position = $2, updated_at = now() WHERE name = $1", &[&CHECKPOINT, &position])
         .await
         .map_err(db_err)?;
@@ -85,7 +85,7 @@ async fn set_checkpoint(tx: &Transaction<'_>, position: i64) -> Result<()> {
 }
 
 /// The statement text of each group of `changes`, with the group.
-fn plan<'c>(changes: &'c [Change], types: &ColumnTypes) -> Result<Vec<(String, &'c [Change])>> {
+pub(super) fn plan<'c>(changes: &'c [Change], types: &ColumnTypes) -> Result<Vec<(String, &'c [Change])>> {
     groups(changes)
         .into_iter()
         .map(|(shape, group)| {
@@ -107,7 +107,11 @@ fn plan<'c>(changes: &'c [Change], types: &ColumnTypes) -> Result<Vec<(String, &
 /// Executes each group (prepared in `statements`, in the same order) as one statement over
 /// arrays, pipelined: every execution is sent without waiting for the previous one's answer
 /// (the connection keeps them in order).
-async fn execute_plan(tx: &Transaction<'_>, statements: &[Statement], plan: &[(String, &[Change])]) -> Result<()> {
+pub(super) async fn execute_plan(
+    tx: &Transaction<'_>,
+    statements: &[Statement],
+    plan: &[(String, &[Change])],
+) -> Result<()> {
     let columns: Vec<Vec<Vec<PgParam>>> = plan
         .iter()
         .map(|(_, group)| {
@@ -133,10 +137,10 @@ async fn execute_plan(tx: &Transaction<'_>, statements: &[Statement], plan: &[(S
 
 /// Prepared statements by text, for a connection without deadpool's cache.
 #[derive(Default)]
-struct Prepared(HashMap<String, Statement>);
+pub(super) struct Prepared(HashMap<String, Statement>);
 
 impl Prepared {
-    async fn all(&mut self, tx: &Transaction<'_>, plan: &[(String, &[Change])]) -> Result<Vec<Statement>> {
+    pub(super) async fn all(&mut self, tx: &Transaction<'_>, plan: &[(String, &[Change])]) -> Result<Vec<Statement>> {
         let mut out = Vec::with_capacity(plan.len());
         for (sql, _) in plan {
             if !self.0.contains_key(sql) {
@@ -150,8 +154,8 @@ impl Prepared {
 }
 
 impl PgStore {
-    async fn view_types(&self, tx: &Transaction<'_>) -> Result<Arc<ColumnTypes>> {
-        self.inner.view_types.get_or_try_init(|| async { read_column_types(tx).await.map(Arc::new) }).await.cloned()
+    async fn view_types(&self, client: &impl GenericClient) -> Result<Arc<ColumnTypes>> {
+        self.inner.view_types.get_or_try_init(|| async { read_column_types(client).await.map(Arc::new) }).await.cloned()
     }
 
     /// The projector's checkpoint (0 before the first batch).
@@ -181,13 +185,18 @@ impl PgStore {
     /// (another projector got there first).
     pub async fn apply_views(&self, from: i64, to: i64, changes: &[Change]) -> Result<bool> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_err)?;
-        let types = self.view_types(&tx).await?;
+        let plain: &tokio_postgres::Client = &client;
+        let types = self.view_types(plain).await?;
         let plan = plan(changes, &types)?;
+        // Prepared before the transaction: preparing locks the tables a statement names until
+        // the transaction ends, and a transaction holding them while it waits for the
+        // checkpoint row would deadlock with a rebuild (which holds that row, then swaps the
+        // tables).
         let mut statements = Vec::with_capacity(plan.len());
         for (sql, _) in &plan {
-            statements.push(tx.prepare_cached(sql).await.map_err(db_err)?);
+            statements.push(client.prepare_cached(sql).await.map_err(db_err)?);
         }
+        let tx = client.transaction().await.map_err(db_err)?;
         // Lock, writes and checkpoint go out together (one round trip under load, not three);
         // the lock is taken first, and if the checkpoint is not at `from` the writes are rolled
         // back with the transaction.
@@ -204,22 +213,34 @@ impl PgStore {
         Ok(true)
     }
 
-    /// Empties `tables` and replays the log (up to `until`) into them in one transaction:
-    /// readers see the old rows until it commits, then the new ones. Returns the checkpoint.
-    pub async fn rebuild_views(&self, tables: &[&str], until: Option<i64>, batch: usize) -> Result<i64> {
-        let mut client = self.client().await?;
+    /// Replays the log (up to `until`) into fresh tables and swaps them in for `tables`, in one
+    /// transaction: readers see the old rows until it commits, then the new ones. Returns the
+    /// checkpoint.
+    pub async fn rebuild_views(&self, tables: &[&'static str], until: Option<i64>, held_rows: usize) -> Result<i64> {
+        let reader = self.client().await?;
+        let until = match until {
+            Some(u) => u,
+            // Every event up to the head has committed (appends take one lock: DESIGN, 0001).
+            None => reader
+                .query_one("SELECT coalesce(max(global_position), 0) FROM events", &[])
+                .await
+                .map_err(db_err)?
+                .get(0),
+        };
+        let mut client = self.connect().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         let types = self.view_types(&tx).await?;
-        let position = rebuild_in(&tx, tables, "events", until, batch, &types).await?;
+        lock_checkpoint(&tx).await?;
+        let position = super::rebuild::rebuild(&tx, &reader, self.schema(), tables, until, held_rows, &types).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(position)
     }
 
     /// Builds the views as of `until` into a new schema `into` (tables and a checkpoint of its
     /// own), leaving the live views alone: time travel for inspection with `psql`.
-    pub async fn snapshot_views(&self, tables: &[&str], until: i64, into: &str, ddl: &str) -> Result<i64> {
-        let client = self.client().await?;
-        let exists = client
+    pub async fn snapshot_views(&self, tables: &[&'static str], until: i64, into: &str, ddl: &str) -> Result<i64> {
+        let reader = self.client().await?;
+        let exists = reader
             .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&into])
             .await
             .map_err(db_err)?
@@ -227,7 +248,6 @@ impl PgStore {
         if exists {
             return Err(Error::Invalid(format!("schema {into} exists; choose another name or drop it first")));
         }
-        drop(client);
         let mut config = self.config().clone();
         config.options(format!("-csearch_path={into}"));
         let (mut client, conn) =
@@ -237,9 +257,10 @@ impl PgStore {
         tx.batch_execute(&format!("CREATE SCHEMA \"{into}\"")).await.map_err(db_err)?;
         tx.batch_execute(CHECKPOINTS_DDL).await.map_err(db_err)?;
         tx.batch_execute(ddl).await.map_err(db_err)?;
-        let events = format!("\"{}\".events", self.schema());
         let types = self.view_types(&tx).await?;
-        let position = rebuild_in(&tx, tables, &events, Some(until), 5_000, &types).await?;
+        lock_checkpoint(&tx).await?;
+        let position =
+            super::rebuild::rebuild(&tx, &reader, into, tables, until, crate::store::REBUILD_HELD_ROWS, &types).await?;
         tx.commit().await.map_err(db_err)?;
         drop(client);
         let _ = driver.await;
@@ -260,58 +281,3 @@ impl PgStore {
 
 const CHECKPOINTS_DDL: &str = "CREATE TABLE checkpoints (name text PRIMARY KEY, position bigint NOT NULL, \
                                updated_at timestamptz NOT NULL DEFAULT now());";
-
-/// Empties `tables` and replays `events_table` (up to `until`) into them, inside `tx`. While
-/// the database writes one batch and reads the next, the batch read before is decoded and
-/// projected on a blocking thread.
-async fn rebuild_in(
-    tx: &Transaction<'_>,
-    tables: &[&str],
-    events_table: &str,
-    until: Option<i64>,
-    batch: usize,
-    types: &ColumnTypes,
-) -> Result<i64> {
-    lock_checkpoint(tx).await?;
-    for t in tables {
-        tx.execute(&format!("DELETE FROM {t}"), &[]).await.map_err(db_err)?;
-    }
-    let until = until.unwrap_or(i64::MAX);
-    let read = format!(
-        "SELECT {EVENT_COLUMNS} FROM {events_table} WHERE global_position > $1 AND global_position <= $2 \
-         ORDER BY global_position LIMIT $3"
-    );
-    let read = tx.prepare(&read).await.map_err(db_err)?;
-    let read = |after: i64| {
-        let read = read.clone();
-        async move { tx.query(&read, &[&after, &until, &(batch as i64)]).await.map_err(db_err) }
-    };
-    let mut prepared = Prepared::default();
-    let mut position = 0i64;
-    let mut changes: Vec<Change> = Vec::new(); // projected, not yet written
-    let mut rows = read(position).await?;
-    while let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) {
-        let projecting = tokio::task::spawn_blocking(move || project(&rows));
-        let plan = plan(&changes, types)?;
-        let statements = prepared.all(tx, &plan).await?;
-        let write_then_read = async {
-            execute_plan(tx, &statements, &plan).await?;
-            read(last).await
-        };
-        let projected = async { projecting.await.map_err(|e| Error::Backend(format!("projecting a batch: {e}")))? };
-        let (next, projected) = futures::future::try_join(write_then_read, projected).await?;
-        drop(plan);
-        (changes, rows, position) = (projected, next, last);
-    }
-    let plan = plan(&changes, types)?;
-    let statements = prepared.all(tx, &plan).await?;
-    execute_plan(tx, &statements, &plan).await?;
-    set_checkpoint(tx, position).await?;
-    Ok(position)
-}
-
-/// The row changes of a batch of stored events.
-fn project(rows: &[Row]) -> Result<Vec<Change>> {
-    let events = rows.iter().map(row_to_event).collect::<Result<Vec<_>>>()?;
-    Ok(ltmc_projections::changes(&events))
-}

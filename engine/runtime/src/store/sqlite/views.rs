@@ -5,13 +5,13 @@ use ltmc_projections::{Change, Val};
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
 
-use super::{EVENT_COLUMNS, SqliteStore, collect, row_to_event, sql_err, write_checkpoint};
+use super::{SqliteStore, sql_err, write_checkpoint};
 use crate::store::views_sql::{CHECKPOINT, Param, groups, params as change_params, sqlite_time};
 use crate::store::{Error, Result};
 use std::path::PathBuf;
 
 /// A change's value bound as the column's SQLite form (text borrowed, not copied).
-struct Bound<'a>(Param<'a>);
+pub(super) struct Bound<'a>(pub(super) Param<'a>);
 
 impl ToSql for Bound<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -45,7 +45,7 @@ fn set_checkpoint(conn: &Connection, position: i64) -> Result<()> {
 
 /// Applies the changes in order: each group's changes through one cached single-row statement
 /// (in-process SQLite gains nothing from multi-row statements but their parsing).
-fn execute_all(conn: &Connection, changes: &[Change]) -> Result<()> {
+pub(super) fn execute_all(conn: &Connection, changes: &[Change]) -> Result<()> {
     let mut sql = std::collections::HashMap::new();
     for (shape, group) in groups(changes) {
         let text = sql.entry(shape.clone()).or_insert_with(|| shape.single_row_sql());
@@ -91,12 +91,20 @@ impl SqliteStore {
         .await
     }
 
-    /// Empties `tables` and replays the log (up to `until`) into them in one transaction; readers
+    /// Replays the log (up to `until`) into the emptied `tables` in one transaction; readers
     /// keep seeing the old rows until it commits. Returns the checkpoint.
-    pub async fn rebuild_views(&self, tables: Vec<&'static str>, until: Option<i64>, batch: usize) -> Result<i64> {
+    pub async fn rebuild_views(&self, tables: Vec<&'static str>, until: Option<i64>, held_rows: usize) -> Result<i64> {
+        let source = self.path().to_path_buf();
         self.with_writer(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
-            let position = rebuild_in(&tx, &tables, "events", until, batch)?;
+            let until = match until {
+                Some(u) => u,
+                None => tx
+                    .query_row("SELECT coalesce(max(global_position), 0) FROM events", [], |r| r.get(0))
+                    .map_err(sql_err)?,
+            };
+            let position = super::rebuild::rebuild(&tx, &source, &tables, until, held_rows)?;
+            set_checkpoint(&tx, position)?;
             tx.commit().map_err(sql_err)?;
             Ok(position)
         })
@@ -124,11 +132,10 @@ impl SqliteStore {
                 .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", into.display())))?;
             conn.execute_batch(CHECKPOINTS_DDL).map_err(sql_err)?;
             conn.execute_batch(ddl).map_err(sql_err)?;
-            conn.execute("ATTACH DATABASE ?1 AS source", params![source.display().to_string()]).map_err(sql_err)?;
             let tx = conn.transaction().map_err(sql_err)?;
-            let position = rebuild_in(&tx, &tables, "source.events", Some(until), 5_000)?;
+            let position = super::rebuild::rebuild(&tx, &source, &tables, until, crate::store::REBUILD_HELD_ROWS)?;
+            set_checkpoint(&tx, position)?;
             tx.commit().map_err(sql_err)?;
-            conn.execute("DETACH DATABASE source", []).map_err(sql_err)?;
             Ok(position)
         })
         .await
@@ -151,32 +158,6 @@ impl SqliteStore {
 
 const CHECKPOINTS_DDL: &str = "CREATE TABLE checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL, \
                                updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));";
-
-/// Empties `tables` and replays `events_table` (up to `until`) into them, inside `tx`.
-fn rebuild_in(tx: &Connection, tables: &[&str], events_table: &str, until: Option<i64>, batch: usize) -> Result<i64> {
-    for t in tables {
-        tx.execute(&format!("DELETE FROM {t}"), []).map_err(sql_err)?;
-    }
-    let until = until.unwrap_or(i64::MAX);
-    let mut position = 0i64;
-    loop {
-        let events = {
-            let mut stmt = tx
-                .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM {events_table} WHERE global_position > ?1 AND global_position <= ?2 \
-                     ORDER BY global_position LIMIT ?3"
-                ))
-                .map_err(sql_err)?;
-            let rows = stmt.query_map(params![position, until, batch as i64], row_to_event).map_err(sql_err)?;
-            collect(rows)?
-        };
-        let Some(last) = events.last() else { break };
-        position = last.global_position;
-        execute_all(tx, &ltmc_projections::changes(&events))?;
-    }
-    set_checkpoint(tx, position)?;
-    Ok(position)
-}
 
 impl SqliteStore {
     /// Reads the `coordination_metrics` view (`sql` selects its columns in order).

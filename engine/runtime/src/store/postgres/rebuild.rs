@@ -1,0 +1,323 @@
+//! Rebuilding the views on Postgres: the log is replayed into fresh tables in a scratch schema,
+//! which are then swapped in, in the same transaction, so readers see the old views until the
+//! commit and the new ones after, never a half-built one.
+//!
+//! Three workers run at once: a reader streams the log over a connection of its own, a
+//! blocking thread decodes the events, folds them ([`Replay`]: each row once, as an insert) and
+//! encodes the rows in `COPY`'s binary format, and the transaction's connection `COPY`s them in.
+//! The fresh tables get their indexes after the load (an index built over sorted input costs a
+//! fraction of one maintained row by row). A history whose changing rows outgrow
+//! `held_rows` is written in windows: the unique indexes are built first, and what a later
+//! window changes in an earlier one's rows is applied as ordinary upserts and updates.
+
+use ltmc_projections::{Change, Replay, Rows};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_postgres::types::{IsNull, ToSql, Type, private::BytesMut};
+use tokio_postgres::{Row, Transaction};
+
+use super::views::{ColumnTypes, PgParam, Prepared, execute_plan, plan, set_checkpoint};
+use super::{EVENT_COLUMNS, db_err, row_to_event};
+use crate::store::views_sql::Param;
+use crate::store::{Error, Result};
+
+/// Events read per query.
+const READ_BATCH: i64 = 10_000;
+
+/// An index of a view table, to rebuild on the fresh one.
+struct Index {
+    name: String,
+    table: String,
+    unique: bool,
+    primary: bool,
+    /// The definition from `USING` on (method, columns, predicate): independent of the table.
+    using: String,
+}
+
+/// What the projecting thread hands the writer.
+enum Output {
+    /// `COPY … FROM STDIN (FORMAT binary)` statements with their data.
+    Copy(Vec<(String, Vec<u8>)>),
+    /// Changes that may meet rows already written: upserts, updates, deletes.
+    Changes(Vec<Change>),
+}
+
+/// Replays the log up to `until` into fresh copies of `tables` (those of the schema `target`,
+/// first on `tx`'s search path) and swaps them in; moves `target`'s checkpoint. `reader` reads
+/// the log (`events` on its search path). Returns the last position replayed.
+pub(super) async fn rebuild(
+    tx: &Transaction<'_>,
+    reader: &tokio_postgres::Client,
+    target: &str,
+    tables: &[&'static str],
+    until: i64,
+    held_rows: usize,
+    types: &ColumnTypes,
+) -> Result<i64> {
+    let stage = format!("ltmc_rebuild_{}", uuid::Uuid::now_v7().simple());
+    // Read while the names still resolve to the live tables (a view's text names them).
+    let views = dependent_views(tx, target, tables).await?;
+    let indexes = stage_tables(tx, target, &stage, tables).await?;
+    tx.batch_execute(&format!("SET LOCAL search_path TO \"{stage}\", \"{target}\"")).await.map_err(db_err)?;
+    let copy_types = Arc::new(copy_types(tx, tables).await?);
+
+    let (rows_tx, rows_rx) = mpsc::channel::<Vec<Row>>(2);
+    let (out_tx, mut out_rx) = mpsc::channel::<Output>(4);
+    let reading = async move {
+        let read = reader
+            .prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > $1 AND global_position <= $2 \
+                 ORDER BY global_position LIMIT $3"
+            ))
+            .await
+            .map_err(db_err)?;
+        let mut after = 0i64;
+        let batch = READ_BATCH.min(held_rows.max(1) as i64); // small windows read small batches
+        loop {
+            let rows = reader.query(&read, &[&after, &until, &batch]).await.map_err(db_err)?;
+            let Some(last) = rows.last() else { return Ok(()) };
+            after = last.get(0);
+            if rows_tx.send(rows).await.is_err() {
+                return Ok(()); // the projecting thread stopped: its error says why
+            }
+        }
+    };
+    let projecting = tokio::task::spawn_blocking(move || project(rows_rx, out_tx, held_rows, &copy_types));
+    let projecting = async { projecting.await.map_err(|e| Error::Backend(format!("projecting the log: {e}")))? };
+    let writing = async {
+        let (mut prepared, mut unique_built) = (Prepared::default(), false);
+        while let Some(out) = out_rx.recv().await {
+            match out {
+                Output::Copy(copies) => {
+                    for (sql, data) in copies {
+                        copy_in(tx, &sql, data).await?;
+                    }
+                }
+                Output::Changes(changes) => {
+                    if !unique_built {
+                        build_indexes(tx, &stage, &indexes, true).await?;
+                        unique_built = true;
+                    }
+                    let plan = plan(&changes, types)?;
+                    let statements = prepared.all(tx, &plan).await?;
+                    execute_plan(tx, &statements, &plan).await?;
+                }
+            }
+        }
+        Ok(unique_built)
+    };
+    let ((), position, unique_built) = futures::future::try_join3(reading, projecting, writing).await?;
+    if !unique_built {
+        build_indexes(tx, &stage, &indexes, true).await?;
+    }
+    build_indexes(tx, &stage, &indexes, false).await?;
+    swap(tx, target, &stage, tables, &views).await?;
+    tx.batch_execute(&format!("SET LOCAL search_path TO \"{target}\"")).await.map_err(db_err)?;
+    set_checkpoint(tx, position).await?;
+    Ok(position)
+}
+
+/// Creates schema `stage` with an empty copy of each table (columns, defaults, constraints; no
+/// indexes) and returns the tables' indexes.
+async fn stage_tables(tx: &Transaction<'_>, target: &str, stage: &str, tables: &[&str]) -> Result<Vec<Index>> {
+    let mut ddl = format!("CREATE SCHEMA \"{stage}\";");
+    for t in tables {
+        ddl.push_str(&format!(
+            "CREATE TABLE \"{stage}\".\"{t}\" (LIKE \"{target}\".\"{t}\" INCLUDING DEFAULTS INCLUDING CONSTRAINTS \
+             INCLUDING GENERATED INCLUDING IDENTITY INCLUDING STORAGE);"
+        ));
+    }
+    tx.batch_execute(&ddl).await.map_err(db_err)?;
+    let rows = tx
+        .query(
+            "SELECT i.relname::text, t.relname::text, x.indisunique, x.indisprimary, pg_get_indexdef(x.indexrelid) \
+             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
+             WHERE t.relnamespace = $1::text::regnamespace AND t.relname = ANY($2) ORDER BY 2, 1",
+            &[&target, &tables],
+        )
+        .await
+        .map_err(db_err)?;
+    rows.iter()
+        .map(|r| {
+            let def: String = r.get(4);
+            let using = def.split_once(" USING ").map(|(_, u)| u.to_owned()).ok_or_else(|| {
+                Error::Backend(format!("cannot read the definition of index {}: {def}", r.get::<_, String>(0)))
+            })?;
+            Ok(Index { name: r.get(0), table: r.get(1), unique: r.get(2), primary: r.get(3), using })
+        })
+        .collect()
+}
+
+/// Builds the unique indexes (`unique`) or the others on the fresh tables, under their final
+/// names (the schema is new: no clash).
+async fn build_indexes(tx: &Transaction<'_>, stage: &str, indexes: &[Index], unique: bool) -> Result<()> {
+    for i in indexes.iter().filter(|i| i.unique == unique) {
+        let kind = if i.unique { "UNIQUE INDEX" } else { "INDEX" };
+        tx.batch_execute(&format!("CREATE {kind} \"{}\" ON \"{stage}\".\"{}\" USING {}", i.name, i.table, i.using))
+            .await
+            .map_err(db_err)?;
+        if i.primary {
+            tx.batch_execute(&format!(
+                "ALTER TABLE \"{stage}\".\"{}\" ADD CONSTRAINT \"{}\" PRIMARY KEY USING INDEX \"{}\"",
+                i.table, i.name, i.name
+            ))
+            .await
+            .map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The views reading `tables` directly, with their definitions: (name, definition).
+async fn dependent_views(tx: &Transaction<'_>, target: &str, tables: &[&str]) -> Result<Vec<(String, String)>> {
+    let views = tx
+        .query(
+            "SELECT DISTINCT v.oid::regclass::text, v.relkind::text, pg_get_viewdef(v.oid) \
+             FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class \
+             JOIN pg_class t ON t.oid = d.refobjid \
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass \
+             AND t.relnamespace = $1::text::regnamespace AND t.relname = ANY($2) AND v.oid <> t.oid",
+            &[&target, &tables],
+        )
+        .await
+        .map_err(db_err)?;
+    if let Some(m) = views.iter().find(|v| v.get::<_, String>(1) != "v") {
+        return Err(Error::Invalid(format!(
+            "{} (not a plain view) reads the view tables; drop it before rebuilding, and create it again after",
+            m.get::<_, String>(0)
+        )));
+    }
+    Ok(views.iter().map(|v| (v.get(0), v.get::<_, String>(2).trim().trim_end_matches(';').to_owned())).collect())
+}
+
+/// Puts the fresh tables in place of the old ones: the old move out to a scratch schema (their
+/// indexes with them), the fresh move in, every view reading the tables is defined again over
+/// the fresh ones (a view holds its tables by identity, not by name), and the old are dropped.
+async fn swap(
+    tx: &Transaction<'_>,
+    target: &str,
+    stage: &str,
+    tables: &[&str],
+    views: &[(String, String)],
+) -> Result<()> {
+    let old = format!("{stage}_old");
+    let mut ddl = format!("CREATE SCHEMA \"{old}\";");
+    for t in tables {
+        ddl.push_str(&format!(
+            "ALTER TABLE \"{target}\".\"{t}\" SET SCHEMA \"{old}\"; ALTER TABLE \"{stage}\".\"{t}\" SET SCHEMA \"{target}\";"
+        ));
+    }
+    ddl.push_str(&format!("SET LOCAL search_path TO \"{target}\";"));
+    for (name, definition) in views {
+        ddl.push_str(&format!("CREATE OR REPLACE VIEW {name} AS {definition};"));
+    }
+    for t in tables {
+        ddl.push_str(&format!("DROP TABLE \"{old}\".\"{t}\";"));
+    }
+    ddl.push_str(&format!("DROP SCHEMA \"{old}\"; DROP SCHEMA \"{stage}\";"));
+    tx.batch_execute(&ddl).await.map_err(db_err)
+}
+
+/// Column name -> type of each table (as `COPY`'s binary format needs them).
+async fn copy_types(tx: &Transaction<'_>, tables: &[&'static str]) -> Result<CopyTypes> {
+    let mut out = HashMap::new();
+    for &t in tables {
+        let stmt = tx.prepare(&format!("SELECT * FROM \"{t}\" LIMIT 0")).await.map_err(db_err)?;
+        let cols = stmt.columns().iter().map(|c| (c.name().to_owned(), c.type_().clone())).collect();
+        out.insert(t, cols);
+    }
+    Ok(out)
+}
+
+async fn copy_in(tx: &Transaction<'_>, sql: &str, data: Vec<u8>) -> Result<()> {
+    use futures::SinkExt;
+    let sink = tx.copy_in::<_, std::io::Cursor<Vec<u8>>>(sql).await.map_err(db_err)?;
+    futures::pin_mut!(sink);
+    sink.send(std::io::Cursor::new(data)).await.map_err(db_err)?;
+    sink.finish().await.map_err(db_err)?;
+    Ok(())
+}
+
+type CopyTypes = HashMap<&'static str, HashMap<String, Type>>;
+
+/// The projecting thread: decodes each batch of rows, folds it, and hands the writer the
+/// inserts of append-only tables at once and the rest when the fold is full or the log ends.
+/// Returns the last position it saw.
+fn project(
+    mut rows: mpsc::Receiver<Vec<Row>>,
+    out: mpsc::Sender<Output>,
+    held_rows: usize,
+    types: &CopyTypes,
+) -> Result<i64> {
+    let mut replay = Replay::default();
+    let mut position = 0;
+    let send = |o: Output| out.blocking_send(o).map_err(|_| Error::Backend("the rebuild's writer stopped".into()));
+    let hand_over = |rows: Rows| -> Result<()> {
+        if !rows.inserts.is_empty() {
+            send(Output::Copy(encode(&rows.inserts, types)?))?;
+        }
+        if !rows.changes.is_empty() {
+            send(Output::Changes(rows.changes))?;
+        }
+        Ok(())
+    };
+    while let Some(batch) = rows.blocking_recv() {
+        let events = batch.iter().map(row_to_event).collect::<Result<Vec<_>>>()?;
+        position = events.last().map_or(position, |e| e.global_position);
+        let inserts = replay.push(&events);
+        hand_over(Rows { inserts, changes: Vec::new() })?;
+        if replay.held() > held_rows {
+            hand_over(replay.take())?;
+        }
+    }
+    hand_over(replay.take())?;
+    Ok(position)
+}
+
+/// The inserts as `COPY … (FORMAT binary)` statements, one per table and column list.
+fn encode(inserts: &[Change], types: &CopyTypes) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut groups: Vec<((&'static str, Vec<&'static str>), BytesMut)> = Vec::new();
+    for change in inserts {
+        let Change::Upsert { table, cols, .. } = change else {
+            return Err(Error::Backend("a rebuild insert is not an upsert".into()));
+        };
+        let names: Vec<&'static str> = cols.iter().map(|(c, _)| *c).collect();
+        let i = match groups.iter().position(|((t, c), _)| t == table && *c == names) {
+            Some(i) => i,
+            None => {
+                let mut buf = BytesMut::with_capacity(1 << 16);
+                buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+                buf.extend_from_slice(&[0; 8]); // flags, header extension length
+                groups.push(((table, names), buf));
+                groups.len() - 1
+            }
+        };
+        let table_types = types.get(table).ok_or_else(|| Error::Backend(format!("no view table {table}")))?;
+        let buf = &mut groups[i].1;
+        buf.extend_from_slice(&(cols.len() as i16).to_be_bytes());
+        for (c, v) in cols {
+            let ty = table_types.get(*c).ok_or_else(|| {
+                Error::Backend(format!("view column {table}.{c} is missing; are the migrations applied?"))
+            })?;
+            let at = buf.len();
+            buf.extend_from_slice(&[0; 4]);
+            let written = PgParam(Param::Val(v))
+                .to_sql(ty, buf)
+                .map_err(|e| Error::Backend(format!("encoding {table}.{c}: {e}")))?;
+            let len = match written {
+                IsNull::Yes => -1i32,
+                IsNull::No => (buf.len() - at - 4) as i32,
+            };
+            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|((table, cols), mut buf)| {
+            buf.extend_from_slice(&(-1i16).to_be_bytes());
+            let cols: Vec<String> = cols.iter().map(|c| format!("\"{c}\"")).collect();
+            (format!("COPY \"{table}\" ({}) FROM STDIN (FORMAT binary)", cols.join(", ")), Vec::from(buf))
+        })
+        .collect())
+}

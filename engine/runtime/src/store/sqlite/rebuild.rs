@@ -1,0 +1,107 @@
+//! Rebuilding the views on SQLite, inside one write transaction (readers keep seeing the old
+//! views until it commits): the tables are emptied and lose their secondary indexes, the log is
+//! replayed into them, and the indexes are built again over the loaded rows.
+//!
+//! A thread with a read connection of its own reads the log, decodes it and folds it
+//! ([`Replay`]: each row once, as an insert) while the writer inserts what it handed over
+//! before. A history whose changing rows outgrow `held_rows` is written in windows, later
+//! windows as ordinary upserts and updates.
+
+use ltmc_projections::{Change, Replay, Rows};
+use rusqlite::{Connection, OpenFlags, params};
+use std::path::Path;
+use std::sync::mpsc;
+
+use super::views::{Bound, execute_all};
+use super::{EVENT_COLUMNS, collect, row_to_event, sql_err};
+use crate::store::views_sql::Param;
+use crate::store::{Error, Result};
+
+/// Events read per query.
+const READ_BATCH: i64 = 10_000;
+
+/// Replays the events of the SQLite file `source` up to `until` into `tables` of `tx` (a write
+/// transaction), emptied first, holding at most `held_rows` changing rows in memory. Returns the last position replayed.
+pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i64, held_rows: usize) -> Result<i64> {
+    let indexes: Vec<(String, String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT tbl_name, name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+            .map_err(sql_err)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(sql_err)?;
+        let all = rows.collect::<rusqlite::Result<Vec<(String, String, String)>>>().map_err(sql_err)?;
+        all.into_iter().filter(|(table, _, _)| tables.contains(&table.as_str())).collect()
+    };
+    for (_, name, _) in &indexes {
+        tx.execute_batch(&format!("DROP INDEX \"{name}\"")).map_err(sql_err)?;
+    }
+    for t in tables {
+        tx.execute(&format!("DELETE FROM \"{t}\""), []).map_err(sql_err)?;
+    }
+    let (out_tx, out_rx) = mpsc::sync_channel::<Rows>(4);
+    let position = std::thread::scope(|scope| {
+        let reading = scope.spawn(move || read_and_fold(source, until, held_rows, out_tx));
+        for rows in out_rx {
+            insert(tx, &rows.inserts)?;
+            execute_all(tx, &rows.changes)?;
+        }
+        reading.join().map_err(|_| Error::Backend("the rebuild's reader panicked".into()))?
+    })?;
+    for (_, _, sql) in indexes {
+        tx.execute_batch(&sql).map_err(sql_err)?;
+    }
+    Ok(position)
+}
+
+/// The reading thread: reads the log in batches, folds it, and hands the writer the inserts of
+/// append-only tables at once and the rest when the fold is full or the log ends.
+fn read_and_fold(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Rows>) -> Result<i64> {
+    let conn = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", source.display())))?;
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?1 AND global_position <= ?2 \
+             ORDER BY global_position LIMIT ?3"
+        ))
+        .map_err(sql_err)?;
+    let send = |rows: Rows| out.send(rows).map_err(|_| Error::Backend("the rebuild's writer stopped".into()));
+    let mut replay = Replay::default();
+    let mut position = 0i64;
+    loop {
+        let batch = READ_BATCH.min(held_rows.max(1) as i64); // small windows read small batches
+        let events = collect(stmt.query_map(params![position, until, batch], row_to_event).map_err(sql_err)?)?;
+        let Some(last) = events.last() else { break };
+        position = last.global_position;
+        send(Rows { inserts: replay.push(&events), changes: Vec::new() })?;
+        if replay.held() > held_rows {
+            send(replay.take())?;
+        }
+    }
+    send(replay.take())?;
+    Ok(position)
+}
+
+/// Plain inserts, through one cached statement per table and column list.
+fn insert(tx: &Connection, inserts: &[Change]) -> Result<()> {
+    let mut statements: Vec<(&'static str, Vec<&'static str>, String)> = Vec::new();
+    for change in inserts {
+        let Change::Upsert { table, cols, .. } = change else {
+            return Err(Error::Backend("a rebuild insert is not an upsert".into()));
+        };
+        let same = |(t, names, _): &&(&'static str, Vec<&'static str>, String)| {
+            t == table && names.len() == cols.len() && names.iter().zip(cols).all(|(n, (c, _))| n == c)
+        };
+        let sql = match statements.iter().find(same) {
+            Some((_, _, sql)) => sql,
+            None => {
+                let names: Vec<&'static str> = cols.iter().map(|(c, _)| *c).collect();
+                let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+                let sql = format!("INSERT INTO {table} ({}) VALUES ({})", names.join(", "), marks.join(", "));
+                statements.push((table, names, sql));
+                &statements[statements.len() - 1].2
+            }
+        };
+        let mut stmt = tx.prepare_cached(sql).map_err(sql_err)?;
+        stmt.execute(rusqlite::params_from_iter(cols.iter().map(|(_, v)| Bound(Param::Val(v))))).map_err(sql_err)?;
+    }
+    Ok(())
+}
