@@ -320,6 +320,12 @@ enum ViewsCmd {
     Follow,
 }
 
+/// mimalloc instead of the system allocator: the projector, the rebuild and JSON decoding
+/// allocate many small short-lived values, and glibc's malloc spent a fifth of a rebuild's
+/// time in a profile (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LTMC_LOG").unwrap_or_else(|_| "warn".into()))

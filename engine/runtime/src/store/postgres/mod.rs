@@ -204,9 +204,8 @@ async fn find_duplicate(client: &tokio_postgres::Client, stream: &str, ids: &[Uu
 
 pub(crate) fn row_to_event(r: &Row) -> Result<RecordedEvent> {
     let position: i64 = r.get(0);
-    let metadata: Value = r.get(7);
-    let metadata: Metadata =
-        serde_json::from_value(metadata).map_err(|e| Error::Corrupt { position, reason: format!("metadata: {e}") })?;
+    let tokio_postgres::types::Json(metadata): tokio_postgres::types::Json<Metadata> =
+        r.try_get(7).map_err(|e| Error::Corrupt { position, reason: format!("metadata: {e}") })?;
     let recorded_at: DateTime<Utc> = r.get(8);
     Ok(RecordedEvent {
         global_position: position,

@@ -10,6 +10,7 @@
 //! `held_rows` is written in windows: the unique indexes are built first, and what a later
 //! window changes in an earlier one's rows is applied as ordinary upserts and updates.
 
+use ltmc_core::RecordedEvent;
 use ltmc_projections::{Change, Replay, Rows};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,29 +66,41 @@ pub(super) async fn rebuild(
     let (rows_tx, rows_rx) = mpsc::channel::<Vec<Row>>(2);
     let (out_tx, mut out_rx) = mpsc::channel::<Output>(4);
     let reading = async move {
+        // Batches by position range, not LIMIT: the planner then always walks the primary key
+        // (with a LIMIT and a wide range it may sort the rest of the table for every batch).
         let read = reader
             .prepare(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > $1 AND global_position <= $2 \
-                 ORDER BY global_position LIMIT $3"
+                 ORDER BY global_position"
             ))
             .await
             .map_err(db_err)?;
+        let width = READ_BATCH.min(held_rows.max(1) as i64); // small windows read small batches
         let mut after = 0i64;
-        let batch = READ_BATCH.min(held_rows.max(1) as i64); // small windows read small batches
-        loop {
-            let rows = reader.query(&read, &[&after, &until, &batch]).await.map_err(db_err)?;
-            let Some(last) = rows.last() else { return Ok(()) };
-            after = last.get(0);
-            if rows_tx.send(rows).await.is_err() {
+        while after < until {
+            let to = until.min(after.saturating_add(width));
+            let rows = reader.query(&read, &[&after, &to]).await.map_err(db_err)?;
+            after = to;
+            if !rows.is_empty() && rows_tx.send(rows).await.is_err() {
                 return Ok(()); // the projecting thread stopped: its error says why
             }
         }
+        Ok(())
     };
-    let projecting = tokio::task::spawn_blocking(move || project(rows_rx, out_tx, held_rows, &copy_types));
-    let projecting = async { projecting.await.map_err(|e| Error::Backend(format!("projecting the log: {e}")))? };
+    let (events_tx, events_rx) = mpsc::channel::<Vec<RecordedEvent>>(2);
+    let decoding = tokio::task::spawn_blocking(move || decode(rows_rx, events_tx));
+    let projecting = tokio::task::spawn_blocking(move || project(events_rx, out_tx, held_rows, &copy_types));
+    let projecting = async {
+        let failed = |e: tokio::task::JoinError| Error::Backend(format!("projecting the log: {e}"));
+        let (decoded, projected) = futures::future::join(decoding, projecting).await;
+        decoded.map_err(failed)??;
+        projected.map_err(failed)?
+    };
     let writing = async {
         let (mut prepared, mut unique_built) = (Prepared::default(), false);
+        let (mut busy, started) = (std::time::Duration::ZERO, std::time::Instant::now());
         while let Some(out) = out_rx.recv().await {
+            let t = std::time::Instant::now();
             match out {
                 Output::Copy(copies) => {
                     for (sql, data) in copies {
@@ -104,15 +117,25 @@ pub(super) async fn rebuild(
                     execute_plan(tx, &statements, &plan).await?;
                 }
             }
+            busy += t.elapsed();
         }
+        tracing::debug!(
+            writing_ms = busy.as_millis() as u64,
+            loading_ms = started.elapsed().as_millis() as u64,
+            "rebuild: rows loaded"
+        );
         Ok(unique_built)
     };
     let ((), position, unique_built) = futures::future::try_join3(reading, projecting, writing).await?;
+    let t = std::time::Instant::now();
     if !unique_built {
         build_indexes(tx, &stage, &indexes, true).await?;
     }
     build_indexes(tx, &stage, &indexes, false).await?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "rebuild: indexes built");
+    let t = std::time::Instant::now();
     swap(tx, target, &stage, tables, &views).await?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "rebuild: tables swapped in");
     tx.batch_execute(&format!("SET LOCAL search_path TO \"{target}\"")).await.map_err(db_err)?;
     set_checkpoint(tx, position).await?;
     Ok(position)
@@ -241,11 +264,22 @@ async fn copy_in(tx: &Transaction<'_>, sql: &str, data: Vec<u8>) -> Result<()> {
 
 type CopyTypes = HashMap<&'static str, HashMap<String, Type>>;
 
-/// The projecting thread: decodes each batch of rows, folds it, and hands the writer the
-/// inserts of append-only tables at once and the rest when the fold is full or the log ends.
-/// Returns the last position it saw.
+/// The decoding thread: stored rows to events.
+fn decode(mut rows: mpsc::Receiver<Vec<Row>>, events: mpsc::Sender<Vec<RecordedEvent>>) -> Result<()> {
+    while let Some(batch) = rows.blocking_recv() {
+        let decoded = batch.iter().map(row_to_event).collect::<Result<Vec<_>>>()?;
+        if events.blocking_send(decoded).is_err() {
+            return Ok(()); // the projecting thread stopped: its error says why
+        }
+    }
+    Ok(())
+}
+
+/// The projecting thread: folds each batch of events, and hands the writer the inserts of
+/// append-only tables at once and the rest when the fold is full or the log ends. Returns the
+/// last position it saw.
 fn project(
-    mut rows: mpsc::Receiver<Vec<Row>>,
+    mut events: mpsc::Receiver<Vec<RecordedEvent>>,
     out: mpsc::Sender<Output>,
     held_rows: usize,
     types: &CopyTypes,
@@ -262,11 +296,9 @@ fn project(
         }
         Ok(())
     };
-    while let Some(batch) = rows.blocking_recv() {
-        let events = batch.iter().map(row_to_event).collect::<Result<Vec<_>>>()?;
-        position = events.last().map_or(position, |e| e.global_position);
-        let inserts = replay.push(&events);
-        hand_over(Rows { inserts, changes: Vec::new() })?;
+    while let Some(batch) = events.blocking_recv() {
+        position = batch.last().map_or(position, |e| e.global_position);
+        hand_over(Rows { inserts: replay.push(&batch), changes: Vec::new() })?;
         if replay.held() > held_rows {
             hand_over(replay.take())?;
         }

@@ -218,15 +218,7 @@ impl PgStore {
     /// checkpoint.
     pub async fn rebuild_views(&self, tables: &[&'static str], until: Option<i64>, held_rows: usize) -> Result<i64> {
         let reader = self.client().await?;
-        let until = match until {
-            Some(u) => u,
-            // Every event up to the head has committed (appends take one lock: DESIGN, 0001).
-            None => reader
-                .query_one("SELECT coalesce(max(global_position), 0) FROM events", &[])
-                .await
-                .map_err(db_err)?
-                .get(0),
-        };
+        let until = until.unwrap_or(i64::MAX).min(head(&reader).await?);
         let mut client = self.connect().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         let types = self.view_types(&tx).await?;
@@ -259,6 +251,7 @@ impl PgStore {
         tx.batch_execute(ddl).await.map_err(db_err)?;
         let types = self.view_types(&tx).await?;
         lock_checkpoint(&tx).await?;
+        let until = until.min(head(&reader).await?);
         let position =
             super::rebuild::rebuild(&tx, &reader, into, tables, until, crate::store::REBUILD_HELD_ROWS, &types).await?;
         tx.commit().await.map_err(db_err)?;
@@ -277,6 +270,13 @@ impl PgStore {
             .map_err(db_err)?;
         Ok(row.get(0))
     }
+}
+
+/// The log's last position: every event up to it has committed (appends take one lock per
+/// schema, decision 0001), so a replay up to it misses nothing.
+async fn head(client: &tokio_postgres::Client) -> Result<i64> {
+    let row = client.query_one("SELECT coalesce(max(global_position), 0) FROM events", &[]).await.map_err(db_err)?;
+    Ok(row.get(0))
 }
 
 const CHECKPOINTS_DDL: &str = "CREATE TABLE checkpoints (name text PRIMARY KEY, position bigint NOT NULL, \

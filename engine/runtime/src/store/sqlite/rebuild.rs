@@ -2,11 +2,11 @@
 //! views until it commits): the tables are emptied and lose their secondary indexes, the log is
 //! replayed into them, and the indexes are built again over the loaded rows.
 //!
-//! A thread with a read connection of its own reads the log, decodes it and folds it
-//! ([`Replay`]: each row once, as an insert) while the writer inserts what it handed over
-//! before. A history whose changing rows outgrow `held_rows` is written in windows, later
+//! A thread with a read connection of its own reads and decodes the log while the writer folds
+//! what it handed over before ([`Replay`]: each row once, as an insert) and inserts it. A history whose changing rows outgrow `held_rows` is written in windows, later
 //! windows as ordinary upserts and updates.
 
+use ltmc_core::RecordedEvent;
 use ltmc_projections::{Change, Replay, Rows};
 use rusqlite::{Connection, OpenFlags, params};
 use std::path::Path;
@@ -37,24 +37,40 @@ pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i6
     for t in tables {
         tx.execute(&format!("DELETE FROM \"{t}\""), []).map_err(sql_err)?;
     }
-    let (out_tx, out_rx) = mpsc::sync_channel::<Rows>(4);
+    let (events_tx, events_rx) = mpsc::sync_channel::<Vec<RecordedEvent>>(2);
     let position = std::thread::scope(|scope| {
-        let reading = scope.spawn(move || read_and_fold(source, until, held_rows, out_tx));
-        for rows in out_rx {
-            insert(tx, &rows.inserts)?;
-            execute_all(tx, &rows.changes)?;
-        }
-        reading.join().map_err(|_| Error::Backend("the rebuild's reader panicked".into()))?
+        let reading = scope.spawn(move || read(source, until, held_rows, events_tx));
+        let written = (|| {
+            let mut replay = Replay::default();
+            let write = |rows: Rows| -> Result<()> {
+                insert(tx, &rows.inserts)?;
+                execute_all(tx, &rows.changes)
+            };
+            let mut position = 0;
+            for events in events_rx.iter() {
+                position = events.last().map_or(position, |e| e.global_position);
+                write(Rows { inserts: replay.push(&events), changes: Vec::new() })?;
+                if replay.held() > held_rows {
+                    write(replay.take())?;
+                }
+            }
+            write(replay.take())?;
+            Ok(position)
+        })();
+        // On a write error the channel closes (its receiver is dropped) and the reader stops.
+        drop(events_rx);
+        let read = reading.join().map_err(|_| Error::Backend("the rebuild's reader panicked".into()))?;
+        let position = written?;
+        read?;
+        Ok::<_, Error>(position)
     })?;
     for (_, _, sql) in indexes {
         tx.execute_batch(&sql).map_err(sql_err)?;
     }
     Ok(position)
 }
-
-/// The reading thread: reads the log in batches, folds it, and hands the writer the inserts of
-/// append-only tables at once and the rest when the fold is full or the log ends.
-fn read_and_fold(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Rows>) -> Result<i64> {
+/// The reading thread: reads and decodes the log in batches for the writer, which folds them.
+fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Vec<RecordedEvent>>) -> Result<()> {
     let conn = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", source.display())))?;
     let mut stmt = conn
@@ -63,21 +79,16 @@ fn read_and_fold(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSen
              ORDER BY global_position LIMIT ?3"
         ))
         .map_err(sql_err)?;
-    let send = |rows: Rows| out.send(rows).map_err(|_| Error::Backend("the rebuild's writer stopped".into()));
-    let mut replay = Replay::default();
+    let batch = READ_BATCH.min(held_rows.max(1) as i64); // small windows read small batches
     let mut position = 0i64;
     loop {
-        let batch = READ_BATCH.min(held_rows.max(1) as i64); // small windows read small batches
         let events = collect(stmt.query_map(params![position, until, batch], row_to_event).map_err(sql_err)?)?;
-        let Some(last) = events.last() else { break };
+        let Some(last) = events.last() else { return Ok(()) };
         position = last.global_position;
-        send(Rows { inserts: replay.push(&events), changes: Vec::new() })?;
-        if replay.held() > held_rows {
-            send(replay.take())?;
+        if out.send(events).is_err() {
+            return Ok(()); // the writer stopped: its error says why
         }
     }
-    send(replay.take())?;
-    Ok(position)
 }
 
 /// Plain inserts, through one cached statement per table and column list.
