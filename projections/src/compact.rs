@@ -86,7 +86,7 @@ struct TableFold {
     /// The columns this table's rows are named by, once a change has named one.
     key: Option<Vec<&'static str>>,
     rows: Vec<Vec<Change>>,
-    index: HashMap<Vec<KeyVal>, usize>,
+    index: HashMap<Vec<KeyVal>, usize, foldhash::fast::RandomState>,
     /// Emitted when a change named its row by other columns (rows may overlap: what came
     /// before is emitted first, in full).
     done: Vec<Change>,

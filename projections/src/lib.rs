@@ -16,7 +16,7 @@ mod steps;
 
 pub use change::{Change, Set, Val};
 pub use compact::{Fold, compact};
-pub use replay::{Replay, Rows};
+pub use replay::{Replay, Rows, project};
 
 use ltmc_core::RecordedEvent;
 
@@ -48,13 +48,7 @@ pub fn tables() -> Vec<&'static str> {
 
 /// The changes of a batch of events, for every projection, folded by [`compact`].
 pub fn changes(events: &[RecordedEvent]) -> Vec<Change> {
-    let mut out = Vec::with_capacity(events.len() * 3);
-    for e in events {
-        for p in all() {
-            p.apply(e, &mut out);
-        }
-    }
-    compact(out)
+    compact(project(events))
 }
 
 /// The run id of a `run-<id>` stream.

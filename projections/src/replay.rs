@@ -16,7 +16,17 @@ pub struct Replay {
     append_only: Vec<&'static str>,
     /// Nothing has been taken from the fold yet: the tables it writes are still empty.
     fresh: bool,
-    scratch: Vec<Change>,
+}
+
+/// Every projection's changes of `events`, in order, unfolded.
+pub fn project(events: &[RecordedEvent]) -> Vec<Change> {
+    let mut out = Vec::with_capacity(events.len() * 3);
+    for e in events {
+        for p in all() {
+            p.apply(e, &mut out);
+        }
+    }
+    out
 }
 
 /// Row changes to write, in this order: `inserts` are rows no write has made before (plain
@@ -35,7 +45,6 @@ impl Default for Replay {
             fold: Fold::default(),
             append_only: all().iter().flat_map(|p| p.append_only().iter().copied()).collect(),
             fresh: true,
-            scratch: Vec::new(),
         }
     }
 }
@@ -44,16 +53,17 @@ impl Replay {
     /// Projects `events` (in log order, after those pushed before). Returns the rows of
     /// append-only tables, as inserts; every other change is folded and held.
     pub fn push(&mut self, events: &[RecordedEvent]) -> Vec<Change> {
+        self.push_changes(project(events))
+    }
+
+    /// [`Replay::push`] for changes already projected with [`project`] (which may run on
+    /// another thread: it holds no state).
+    pub fn push_changes(&mut self, changes: Vec<Change>) -> Vec<Change> {
         let mut inserts = Vec::new();
-        for e in events {
-            for p in all() {
-                p.apply(e, &mut self.scratch);
-            }
-            for change in self.scratch.drain(..) {
-                match change {
-                    Change::Upsert { table, .. } if self.append_only.contains(&table) => inserts.push(change),
-                    other => self.fold.push(other),
-                }
+        for change in changes {
+            match change {
+                Change::Upsert { table, .. } if self.append_only.contains(&table) => inserts.push(change),
+                other => self.fold.push(other),
             }
         }
         inserts

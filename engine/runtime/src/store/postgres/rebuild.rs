@@ -2,9 +2,10 @@
 //! which are then swapped in, in the same transaction, so readers see the old views until the
 //! commit and the new ones after, never a half-built one.
 //!
-//! Three workers run at once: a reader streams the log over a connection of its own, a
-//! blocking thread decodes the events, folds them ([`Replay`]: each row once, as an insert) and
-//! encodes the rows in `COPY`'s binary format, and the transaction's connection `COPY`s them in.
+//! Four workers run at once: a reader streams the log over a connection of its own, a thread
+//! decodes the events and projects them to row changes, another folds those ([`Replay`]: each
+//! row once, as an insert) and encodes the rows in `COPY`'s binary format, and the
+//! transaction's connection `COPY`s them in.
 //! The fresh tables get their indexes after the load (an index built over sorted input costs a
 //! fraction of one maintained row by row). A history whose changing rows outgrow
 //! `held_rows` is written in windows: the unique indexes are built first, and what a later
@@ -87,9 +88,9 @@ pub(super) async fn rebuild(
         }
         Ok(())
     };
-    let (events_tx, events_rx) = mpsc::channel::<Vec<RecordedEvent>>(2);
-    let decoding = tokio::task::spawn_blocking(move || decode(rows_rx, events_tx));
-    let projecting = tokio::task::spawn_blocking(move || project(events_rx, out_tx, held_rows, &copy_types));
+    let (changes_tx, changes_rx) = mpsc::channel::<(i64, Vec<Change>)>(2);
+    let decoding = tokio::task::spawn_blocking(move || decode(rows_rx, changes_tx));
+    let projecting = tokio::task::spawn_blocking(move || fold(changes_rx, out_tx, held_rows, &copy_types));
     let projecting = async {
         let failed = |e: tokio::task::JoinError| Error::Backend(format!("projecting the log: {e}"));
         let (decoded, projected) = futures::future::join(decoding, projecting).await;
@@ -264,22 +265,24 @@ async fn copy_in(tx: &Transaction<'_>, sql: &str, data: Vec<u8>) -> Result<()> {
 
 type CopyTypes = HashMap<&'static str, HashMap<String, Type>>;
 
-/// The decoding thread: stored rows to events.
-fn decode(mut rows: mpsc::Receiver<Vec<Row>>, events: mpsc::Sender<Vec<RecordedEvent>>) -> Result<()> {
+/// The decoding thread: stored rows to events, and events to row changes (with the position
+/// of the last).
+fn decode(mut rows: mpsc::Receiver<Vec<Row>>, changes: mpsc::Sender<(i64, Vec<Change>)>) -> Result<()> {
     while let Some(batch) = rows.blocking_recv() {
-        let decoded = batch.iter().map(row_to_event).collect::<Result<Vec<_>>>()?;
-        if events.blocking_send(decoded).is_err() {
-            return Ok(()); // the projecting thread stopped: its error says why
+        let events = batch.iter().map(row_to_event).collect::<Result<Vec<RecordedEvent>>>()?;
+        let last = events.last().map_or(0, |e| e.global_position);
+        if changes.blocking_send((last, ltmc_projections::project(&events))).is_err() {
+            return Ok(()); // the folding thread stopped: its error says why
         }
     }
     Ok(())
 }
 
-/// The projecting thread: folds each batch of events, and hands the writer the inserts of
+/// The folding thread: folds each batch of changes, and hands the writer the inserts of
 /// append-only tables at once and the rest when the fold is full or the log ends. Returns the
 /// last position it saw.
-fn project(
-    mut events: mpsc::Receiver<Vec<RecordedEvent>>,
+fn fold(
+    mut changes: mpsc::Receiver<(i64, Vec<Change>)>,
     out: mpsc::Sender<Output>,
     held_rows: usize,
     types: &CopyTypes,
@@ -296,9 +299,9 @@ fn project(
         }
         Ok(())
     };
-    while let Some(batch) = events.blocking_recv() {
-        position = batch.last().map_or(position, |e| e.global_position);
-        hand_over(Rows { inserts: replay.push(&batch), changes: Vec::new() })?;
+    while let Some((last, batch)) = changes.blocking_recv() {
+        position = last;
+        hand_over(Rows { inserts: replay.push_changes(batch), changes: Vec::new() })?;
         if replay.held() > held_rows {
             hand_over(replay.take())?;
         }

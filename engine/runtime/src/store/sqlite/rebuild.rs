@@ -2,11 +2,11 @@
 //! views until it commits): the tables are emptied and lose their secondary indexes, the log is
 //! replayed into them, and the indexes are built again over the loaded rows.
 //!
-//! A thread with a read connection of its own reads and decodes the log while the writer folds
-//! what it handed over before ([`Replay`]: each row once, as an insert) and inserts it. A history whose changing rows outgrow `held_rows` is written in windows, later
+//! A thread with a read connection of its own reads, decodes and projects the log to row
+//! changes while the writer folds what it handed over before ([`Replay`]: each row once, as an
+//! insert) and inserts it. A history whose changing rows outgrow `held_rows` is written in windows, later
 //! windows as ordinary upserts and updates.
 
-use ltmc_core::RecordedEvent;
 use ltmc_projections::{Change, Replay, Rows};
 use rusqlite::{Connection, OpenFlags, params};
 use std::path::Path;
@@ -37,9 +37,9 @@ pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i6
     for t in tables {
         tx.execute(&format!("DELETE FROM \"{t}\""), []).map_err(sql_err)?;
     }
-    let (events_tx, events_rx) = mpsc::sync_channel::<Vec<RecordedEvent>>(2);
+    let (changes_tx, changes_rx) = mpsc::sync_channel::<(i64, Vec<Change>)>(2);
     let position = std::thread::scope(|scope| {
-        let reading = scope.spawn(move || read(source, until, held_rows, events_tx));
+        let reading = scope.spawn(move || read(source, until, held_rows, changes_tx));
         let written = (|| {
             let mut replay = Replay::default();
             let write = |rows: Rows| -> Result<()> {
@@ -47,9 +47,9 @@ pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i6
                 execute_all(tx, &rows.changes)
             };
             let mut position = 0;
-            for events in events_rx.iter() {
-                position = events.last().map_or(position, |e| e.global_position);
-                write(Rows { inserts: replay.push(&events), changes: Vec::new() })?;
+            for (last, changes) in changes_rx.iter() {
+                position = last;
+                write(Rows { inserts: replay.push_changes(changes), changes: Vec::new() })?;
                 if replay.held() > held_rows {
                     write(replay.take())?;
                 }
@@ -58,7 +58,7 @@ pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i6
             Ok(position)
         })();
         // On a write error the channel closes (its receiver is dropped) and the reader stops.
-        drop(events_rx);
+        drop(changes_rx);
         let read = reading.join().map_err(|_| Error::Backend("the rebuild's reader panicked".into()))?;
         let position = written?;
         read?;
@@ -69,8 +69,9 @@ pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i6
     }
     Ok(position)
 }
-/// The reading thread: reads and decodes the log in batches for the writer, which folds them.
-fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Vec<RecordedEvent>>) -> Result<()> {
+/// The reading thread: reads, decodes and projects the log in batches (each with the position
+/// of its last event) for the writer, which folds them.
+fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<(i64, Vec<Change>)>) -> Result<()> {
     let conn = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", source.display())))?;
     let mut stmt = conn
@@ -85,7 +86,7 @@ fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Vec<R
         let events = collect(stmt.query_map(params![position, until, batch], row_to_event).map_err(sql_err)?)?;
         let Some(last) = events.last() else { return Ok(()) };
         position = last.global_position;
-        if out.send(events).is_err() {
+        if out.send((position, ltmc_projections::project(&events))).is_err() {
             return Ok(()); // the writer stopped: its error says why
         }
     }
