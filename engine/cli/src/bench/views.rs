@@ -12,7 +12,6 @@ use ltmc_engine::store::new_event;
 use ltmc_engine::{Engine, EventStore, ExpectedVersion, Store, projector};
 use serde_json::json;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::raw::Raw;
@@ -89,47 +88,81 @@ pub(super) async fn rebuild(
 }
 
 /// V-LAG: p99 ms from a run's last append to the views including it, under W3.
+///
+/// Both ends are read off clocks that the loaded runtime cannot delay: a run's last event
+/// carries the time it was recorded (before its append commits), and a thread of its own notes
+/// the time each position the projector commits becomes visible. A run's lag is the time from
+/// its last event's `recorded_at` to the first commit at or past that event's position.
 pub(super) async fn live_lag(backend: &'static str, engine: &Engine, raw: &mut Raw) -> anyhow::Result<Row> {
     let store = engine.store().clone();
     projector::catch_up(&store).await?;
-    let handle = projector::spawn(store.clone());
-    let lags: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let handle = if std::env::var("LAGTHREAD").is_ok() {
+        projector::spawn_on_thread(store.clone())?
+    } else {
+        projector::spawn(store.clone())
+    };
+    let commits = observe(handle.watch())?;
     let wf = super::concurrency::w3()?;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..50 {
-        let (engine, wf, store, lags, watch) =
-            (engine.clone(), wf.clone(), store.clone(), lags.clone(), handle.watch());
+        let (engine, wf) = (engine.clone(), wf.clone());
         tasks.spawn(async move {
+            let mut runs = Vec::with_capacity(10);
             for _ in 0..10 {
                 let s = engine.run(wf.clone(), None, PathBuf::from("."), None).await?;
                 anyhow::ensure!(s.failure.is_none(), "W3 run failed: {:?}", s.failure);
-                // The head now is at or past this run's last event: a conservative target.
-                let pos = store.head_position().await?;
-                let t = Instant::now();
-                let (lags, mut watch) = (lags.clone(), watch.clone());
-                tokio::spawn(async move {
-                    if watch.wait_for(|p| *p >= pos).await.is_ok()
-                        && let Ok(mut l) = lags.lock()
-                    {
-                        l.push(ms(t.elapsed()));
-                    }
-                });
+                runs.push(s.run_id);
             }
-            Ok(())
+            Ok(runs)
         });
     }
+    let mut runs = Vec::with_capacity(500);
     while let Some(done) = tasks.join_next().await {
-        done??;
+        runs.extend(done??);
     }
     let head = store.head_position().await?;
     let mut w = handle.watch();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), w.wait_for(|p| *p >= head)).await;
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     handle.stop();
-    let mut lags = lags.lock().map(|l| l.clone()).unwrap_or_default();
+    // The observer ends once the stopped projector's task is dropped, on this runtime: wait
+    // for it off this thread.
+    let commits = tokio::task::spawn_blocking(move || commits.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the commit observer panicked"))?;
+    let mut lags = Vec::with_capacity(runs.len());
+    for run in &runs {
+        let events = ltmc_engine::store::read_stream_all(&store, &format!("run-{run}")).await?;
+        let last = events.last().ok_or_else(|| anyhow::anyhow!("run {run} has no events"))?;
+        let seen = commits.iter().find(|(p, _)| *p >= last.global_position);
+        if let Some((_, at)) = seen {
+            lags.push((*at - last.recorded_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0);
+        }
+    }
     anyhow::ensure!(lags.len() == 500, "only {} of 500 runs became visible", lags.len());
     lags.sort_by(|a, b| a.total_cmp(b));
-    let p99 = lags[(lags.len() * 99).div_ceil(100) - 1];
+    let at = |q: usize| lags[(lags.len() * q).div_ceil(100) - 1];
+    let p99 = at(99);
+    eprintln!("  V-LAG ms: p50 {:.1}, p90 {:.1}, p99 {p99:.1}, max {:.1}", at(50), at(90), lags[lags.len() - 1]);
     let commit = ms(raw.single_commits(200).await?) / 200.0;
     Ok(Row { backend, workload: "V-LAG p99 append -> runs view (W3)", unit: "ms", ltmc: p99, raw: commit })
+}
+
+/// Notes, on a thread of its own, when each position the projector publishes became visible
+/// (the projector publishes right after its transaction commits). Ends when the projector
+/// stops.
+fn observe(
+    mut positions: tokio::sync::watch::Receiver<i64>,
+) -> std::io::Result<std::thread::JoinHandle<Vec<(i64, chrono::DateTime<chrono::Utc>)>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    std::thread::Builder::new().name("v-lag-observer".into()).spawn(move || {
+        runtime.block_on(async move {
+            let mut seen = Vec::new();
+            while positions.changed().await.is_ok() {
+                let p = *positions.borrow_and_update();
+                seen.push((p, chrono::Utc::now()));
+            }
+            seen
+        })
+    })
 }

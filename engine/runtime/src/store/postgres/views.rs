@@ -77,10 +77,21 @@ async fn lock_checkpoint(tx: &Transaction<'_>) -> Result<i64> {
     Ok(row.get(0))
 }
 
-pub(super) async fn set_checkpoint(tx: &Transaction<'_>, position: i64) -> Result<()> {
-    tx.execute("UPDATE checkpoints SET position = $2, updated_at = now() WHERE name = $1", &[&CHECKPOINT, &position])
-        .await
-        .map_err(db_err)?;
+/// Locks the checkpoint row (creating it) and fails with [`MOVED`] in the message unless it is at
+/// `$2`: the failure aborts the transaction it is in, so statements sent after it in the same
+/// pipeline, `COMMIT` included, change nothing.
+const EXPECT_CHECKPOINT: &str = "WITH locked AS (INSERT INTO checkpoints (name, position) VALUES ($1, 0) \
+     ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING position) \
+     SELECT CASE WHEN position = $2 THEN position ELSE ('ltmc-checkpoint-moved:' || position)::bigint END \
+     FROM locked";
+
+const SET_CHECKPOINT: &str = "UPDATE checkpoints SET position = $2, updated_at = now() WHERE name = $1";
+
+/// What the error of [`EXPECT_CHECKPOINT`] says when the checkpoint was elsewhere.
+const MOVED: &str = "ltmc-checkpoint-moved";
+
+pub(super) async fn set_checkpoint(tx: &impl GenericClient, position: i64) -> Result<()> {
+    tx.execute(SET_CHECKPOINT, &[&CHECKPOINT, &position]).await.map_err(db_err)?;
     Ok(())
 }
 
@@ -108,7 +119,7 @@ pub(super) fn plan<'c>(changes: &'c [Change], types: &ColumnTypes) -> Result<Vec
 /// arrays, pipelined: every execution is sent without waiting for the previous one's answer
 /// (the connection keeps them in order).
 pub(super) async fn execute_plan(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     statements: &[Statement],
     plan: &[(String, &[Change])],
 ) -> Result<()> {
@@ -184,7 +195,7 @@ impl PgStore {
     /// `to`, in one transaction. `false`, writing nothing, when the checkpoint is not at `from`
     /// (another projector got there first).
     pub async fn apply_views(&self, from: i64, to: i64, changes: &[Change]) -> Result<bool> {
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         let plain: &tokio_postgres::Client = &client;
         let types = self.view_types(plain).await?;
         let plan = plan(changes, &types)?;
@@ -196,21 +207,35 @@ impl PgStore {
         for (sql, _) in &plan {
             statements.push(client.prepare_cached(sql).await.map_err(db_err)?);
         }
-        let tx = client.transaction().await.map_err(db_err)?;
-        // Lock, writes and checkpoint go out together (one round trip under load, not three);
-        // the lock is taken first, and if the checkpoint is not at `from` the writes are rolled
-        // back with the transaction.
-        let (locked, (), ()) = futures::future::try_join3(
-            lock_checkpoint(&tx),
-            execute_plan(&tx, &statements, &plan),
-            set_checkpoint(&tx, to),
+        // The whole transaction goes out as one pipeline, one round trip: begin, lock the
+        // checkpoint (failing unless it is at `from`), the writes, the new checkpoint, commit.
+        // If the checkpoint had moved, the failure aborted the transaction and the COMMIT
+        // rolled it back.
+        // Every statement is prepared beforehand: a statement given as text is prepared when
+        // first polled and executed only after the server answers, behind what was sent
+        // meanwhile (the COMMIT included).
+        let expect = client.prepare_cached(EXPECT_CHECKPOINT).await.map_err(db_err)?;
+        let set = client.prepare_cached(SET_CHECKPOINT).await.map_err(db_err)?;
+        let c: &tokio_postgres::Client = &client;
+        let applied = futures::future::try_join5(
+            async { c.batch_execute(BEGIN_ASYNC_COMMIT).await.map_err(db_err) },
+            async { c.query_one(&expect, &[&CHECKPOINT, &from]).await.map_err(db_err) },
+            execute_plan(c, &statements, &plan),
+            async { c.execute(&set, &[&CHECKPOINT, &to]).await.map_err(db_err) },
+            async { c.batch_execute("COMMIT").await.map_err(db_err) },
         )
-        .await?;
-        if locked != from {
-            return Ok(false);
+        .await;
+        match applied {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                // Ends the transaction whatever was sent of it (a warning if COMMIT ended it).
+                c.batch_execute("ROLLBACK").await.map_err(db_err)?;
+                match e {
+                    Error::Backend(m) if m.contains(MOVED) => Ok(false),
+                    e => Err(e),
+                }
+            }
         }
-        tx.commit().await.map_err(db_err)?;
-        Ok(true)
     }
 
     /// Replays the log (up to `until`) into fresh tables and swaps them in for `tables`, in one
@@ -271,6 +296,11 @@ impl PgStore {
         Ok(row.get(0))
     }
 }
+
+/// The views are derived from the log, so their transactions need not wait for the WAL to reach
+/// the disk: a crash may lose the last few, whole (rows and checkpoint together), and the
+/// projector applies those events again. The log's own appends keep synchronous commit.
+const BEGIN_ASYNC_COMMIT: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
 /// The log's last position: every event up to it has committed (appends take one lock per
 /// schema, decision 0001), so a replay up to it misses nothing.

@@ -79,14 +79,16 @@ impl SqliteStore {
     /// `false`, writing nothing, when the checkpoint is not at `from`.
     pub async fn apply_views(&self, from: i64, to: i64, changes: Vec<Change>) -> Result<bool> {
         self.with_writer(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
-            if checkpoint(&tx)? != from {
-                return Ok(false);
-            }
-            execute_all(&tx, &changes)?;
-            set_checkpoint(&tx, to)?;
-            tx.commit().map_err(sql_err)?;
-            Ok(true)
+            without_fsync(conn, |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
+                if checkpoint(&tx)? != from {
+                    return Ok(false);
+                }
+                execute_all(&tx, &changes)?;
+                set_checkpoint(&tx, to)?;
+                tx.commit().map_err(sql_err)?;
+                Ok(true)
+            })
         })
         .await
     }
@@ -154,6 +156,18 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Runs `f` (a views transaction) with `synchronous = NORMAL`: in WAL mode its commit then does
+/// not wait for an fsync. The views are derived from the log: a power loss may drop the last
+/// few views transactions, whole (rows and checkpoint together), and the projector applies
+/// those events again; the next append's fsync makes them durable anyway. The connection is
+/// the log's writer too, so `FULL` comes back before anything else uses it.
+fn without_fsync<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(sql_err)?;
+    let out = f(conn);
+    conn.execute_batch("PRAGMA synchronous = FULL").map_err(sql_err)?;
+    out
 }
 
 const CHECKPOINTS_DDL: &str = "CREATE TABLE checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL, \
