@@ -44,7 +44,7 @@ pub async fn snapshot(store: &Store, until: i64, into: &str) -> Result<i64, stor
 pub struct ProjectorHandle {
     position: watch::Receiver<i64>,
     last_error: Arc<Mutex<Option<String>>>,
-    task: Runner,
+    task: JoinHandle<()>,
 }
 
 impl ProjectorHandle {
@@ -70,12 +70,7 @@ impl ProjectorHandle {
 
     /// Stops it (at any point: the views stay consistent with the checkpoint).
     pub fn stop(self) {
-        match self.task {
-            Runner::Task(task) => task.abort(),
-            Runner::Thread(stop) => {
-                let _ = stop.send(());
-            }
-        }
+        self.task.abort();
     }
 }
 
@@ -83,29 +78,8 @@ impl ProjectorHandle {
 pub fn spawn(store: Store) -> ProjectorHandle {
     let (tx, position) = watch::channel(0);
     let last_error = Arc::new(Mutex::new(None));
-    let task = Runner::Task(tokio::spawn(run(store, tx, last_error.clone())));
+    let task = tokio::spawn(run(store, tx, last_error.clone()));
     ProjectorHandle { position, last_error, task }
-}
-
-/// Starts a projector on a thread of its own, with its own single-threaded runtime: its
-/// batches are not queued behind the tasks of the process's runtime. An engine running many
-/// workflows at once on a current-thread runtime (`ltmc`'s) keeps that thread busy, and a
-/// projector task sharing it waits a full turn of every ready task at each of its awaits.
-pub fn spawn_on_thread(store: Store) -> std::io::Result<ProjectorHandle> {
-    let (tx, position) = watch::channel(0);
-    let last_error = Arc::new(Mutex::new(None));
-    let errors = last_error.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("ltmc-projector".into()).spawn(move || {
-        runtime.block_on(async move {
-            tokio::select! {
-                () = run(store, tx, errors) => {}
-                _ = stopped => {}
-            }
-        })
-    })?;
-    Ok(ProjectorHandle { position, last_error, task: Runner::Thread(stop) })
 }
 
 /// Follows until stopped, retrying after errors with a growing pause.
@@ -124,13 +98,6 @@ async fn run(store: Store, tx: watch::Sender<i64>, errors: Arc<Mutex<Option<Stri
             }
         }
     }
-}
-
-/// Where a projector runs.
-enum Runner {
-    Task(JoinHandle<()>),
-    /// Dropping or sending stops the thread's runtime.
-    Thread(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Follows the log from the checkpoint, a batch per transaction; while a batch is applied, the

@@ -29,7 +29,9 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    /// Fair: the projector's and maintenance calls take their turn between appends' group
+    /// commits instead of losing every race to the next appender.
+    writer: parking_lot::FairMutex<Connection>,
     reader: Mutex<Connection>,
     /// Appends waiting for the writer (see `commit_group`).
     pending: Mutex<Vec<Pending>>,
@@ -109,7 +111,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
-                writer: Mutex::new(writer),
+                writer: parking_lot::FairMutex::new(writer),
                 reader: Mutex::new(reader),
                 pending: Mutex::new(Vec::new()),
                 tx,
@@ -140,7 +142,7 @@ impl SqliteStore {
     ) -> Result<T> {
         let inner = self.inner.clone();
         blocking(move || {
-            let mut conn = inner.writer.lock().map_err(|_| Error::Backend("writer lock poisoned".into()))?;
+            let mut conn = inner.writer.lock();
             f(&mut conn)
         })
         .await
@@ -385,7 +387,7 @@ impl EventStore for SqliteStore {
         let appended = blocking(move || {
             inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?.push(pending);
             {
-                let mut conn = inner.writer.lock().map_err(|_| Error::Backend("writer lock poisoned".into()))?;
+                let mut conn = inner.writer.lock();
                 let group: Vec<Pending> = std::mem::take(
                     &mut *inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?,
                 );
