@@ -96,11 +96,7 @@ pub(super) async fn rebuild(
 pub(super) async fn live_lag(backend: &'static str, engine: &Engine, raw: &mut Raw) -> anyhow::Result<Row> {
     let store = engine.store().clone();
     projector::catch_up(&store).await?;
-    let handle = if std::env::var("LAGTHREAD").is_ok() {
-        projector::spawn_on_thread(store.clone())?
-    } else {
-        projector::spawn(store.clone())
-    };
+    let handle = projector::spawn(store.clone());
     let commits = observe(handle.watch())?;
     let wf = super::concurrency::w3()?;
     let mut tasks = tokio::task::JoinSet::new();
