@@ -144,12 +144,13 @@ pub(super) async fn live_lag(backend: &'static str, engine: &Engine, raw: &mut R
     Ok(Row { backend, workload: "V-LAG p99 append -> runs view (W3)", unit: "ms", ltmc: p99, raw: commit })
 }
 
+/// Positions the projector committed, each with when it became visible.
+type Commits = Vec<(i64, chrono::DateTime<chrono::Utc>)>;
+
 /// Notes, on a thread of its own, when each position the projector publishes became visible
 /// (the projector publishes right after its transaction commits). Ends when the projector
 /// stops.
-fn observe(
-    mut positions: tokio::sync::watch::Receiver<i64>,
-) -> std::io::Result<std::thread::JoinHandle<Vec<(i64, chrono::DateTime<chrono::Utc>)>>> {
+fn observe(mut positions: tokio::sync::watch::Receiver<i64>) -> std::io::Result<std::thread::JoinHandle<Commits>> {
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     std::thread::Builder::new().name("v-lag-observer".into()).spawn(move || {
         runtime.block_on(async move {
