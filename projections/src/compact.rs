@@ -94,12 +94,15 @@ struct TableFold {
 
 impl TableFold {
     fn push(&mut self, change: Change) {
-        let key = key_columns(&change);
-        if self.key.as_ref().is_some_and(|k| *k != key) {
-            let before = self.layers();
-            self.done.extend(before);
+        match &self.key {
+            Some(key) if names_row_by(&change, key) => {}
+            Some(_) => {
+                let before = self.layers();
+                self.done.extend(before);
+                self.key = Some(key_columns(&change));
+            }
+            None => self.key = Some(key_columns(&change)),
         }
-        self.key = Some(key);
         let next = self.rows.len();
         let row = *self.index.entry(row_of(&change)).or_insert(next);
         if row == next {
@@ -157,6 +160,16 @@ fn key_columns(change: &Change) -> Vec<&'static str> {
             let mut cols: Vec<&'static str> = key.iter().map(|(c, _)| *c).collect();
             cols.sort_unstable();
             cols
+        }
+    }
+}
+
+/// Whether `change` names its row by exactly the (sorted) columns `key`, without allocating.
+fn names_row_by(change: &Change, key: &[&'static str]) -> bool {
+    match change {
+        Change::Upsert { key: k, .. } => k.len() == key.len() && k.iter().all(|c| key.contains(c)),
+        Change::Update { key: k, .. } | Change::Delete { key: k, .. } => {
+            k.len() == key.len() && k.iter().all(|(c, _)| key.contains(c))
         }
     }
 }

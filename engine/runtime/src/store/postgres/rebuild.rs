@@ -317,10 +317,13 @@ fn encode(inserts: &[Change], types: &CopyTypes) -> Result<Vec<(String, Vec<u8>)
         let Change::Upsert { table, cols, .. } = change else {
             return Err(Error::Backend("a rebuild insert is not an upsert".into()));
         };
-        let names: Vec<&'static str> = cols.iter().map(|(c, _)| *c).collect();
-        let i = match groups.iter().position(|((t, c), _)| t == table && *c == names) {
+        let same = |((t, names), _): &((&str, Vec<&str>), BytesMut)| {
+            t == table && names.len() == cols.len() && names.iter().zip(cols).all(|(n, (c, _))| n == c)
+        };
+        let i = match groups.iter().position(same) {
             Some(i) => i,
             None => {
+                let names: Vec<&'static str> = cols.iter().map(|(c, _)| *c).collect();
                 let mut buf = BytesMut::with_capacity(1 << 16);
                 buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
                 buf.extend_from_slice(&[0; 8]); // flags, header extension length
