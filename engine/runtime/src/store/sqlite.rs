@@ -29,12 +29,14 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    /// Fair: the projector's and maintenance calls take their turn between appends' group
-    /// commits instead of losing every race to the next appender.
-    writer: parking_lot::FairMutex<Connection>,
+    writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     /// Appends waiting for the writer (see `commit_group`).
     pending: Mutex<Vec<Pending>>,
+    /// Other work waiting for the writer (views batches, checkpoints, rebuilds): whoever holds
+    /// the writer runs it after its group commit, so it waits for one commit at most instead of
+    /// racing every new appender for the lock.
+    jobs: Mutex<Vec<Job>>,
     tx: broadcast::Sender<i64>,
 }
 
@@ -111,9 +113,10 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
-                writer: parking_lot::FairMutex::new(writer),
+                writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
                 pending: Mutex::new(Vec::new()),
+                jobs: Mutex::new(Vec::new()),
                 tx,
             }),
         })
@@ -141,9 +144,14 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
         blocking(move || {
-            let mut conn = inner.writer.lock();
-            f(&mut conn)
+            inner.jobs.lock().map_err(|_| Error::Backend("writer queue poisoned".into()))?.push(job);
+            drain(&inner)?;
+            answer.blocking_recv().map_err(|_| Error::Backend("the write was dropped".into()))?
         })
         .await
     }
@@ -325,6 +333,27 @@ fn append_in(tx: &Connection, stream: &str, expected: ExpectedVersion, events: &
     })
 }
 
+/// Work for the writer connection other than appends.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Takes the writer and does what is queued for it: the appends as one group commit, then the
+/// other jobs, each on its own. Whoever queued work calls this after queueing, so nothing
+/// queued is left behind: either this call or the holder it waited for ran it.
+fn drain(inner: &Inner) -> Result<()> {
+    let mut conn = inner.writer.lock().map_err(|_| Error::Backend("writer lock poisoned".into()))?;
+    let group: Vec<Pending> =
+        std::mem::take(&mut *inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?);
+    if !group.is_empty() {
+        commit_group(&mut conn, group);
+    }
+    let jobs: Vec<Job> =
+        std::mem::take(&mut *inner.jobs.lock().map_err(|_| Error::Backend("writer queue poisoned".into()))?);
+    for job in jobs {
+        job(&mut conn);
+    }
+    Ok(())
+}
+
 /// An append waiting for the writer.
 struct Pending {
     stream: String,
@@ -386,15 +415,7 @@ impl EventStore for SqliteStore {
         // Queue the append, then take the writer: whoever gets it commits everything queued.
         let appended = blocking(move || {
             inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?.push(pending);
-            {
-                let mut conn = inner.writer.lock();
-                let group: Vec<Pending> = std::mem::take(
-                    &mut *inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?,
-                );
-                if !group.is_empty() {
-                    commit_group(&mut conn, group);
-                }
-            }
+            drain(&inner)?;
             answer.blocking_recv().map_err(|_| Error::Backend("the append was dropped".into()))?
         })
         .await?;
