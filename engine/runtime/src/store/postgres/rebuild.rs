@@ -20,9 +20,17 @@ use tokio_postgres::types::{IsNull, ToSql, Type, private::BytesMut};
 use tokio_postgres::{Row, Transaction};
 
 use super::views::{ColumnTypes, PgParam, Prepared, execute_plan, plan, set_checkpoint};
-use super::{EVENT_COLUMNS, db_err, row_to_event};
+use super::{db_err, row_to_event};
 use crate::store::views_sql::Param;
 use crate::store::{Error, Result};
+
+/// The event columns a replay reads, in `row_to_event`'s order: the hash is left out (no
+/// projection reads it; it is a tenth of a row), so replayed events carry an empty one.
+const REPLAY_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, event_type, \
+                              schema_version, data, metadata, recorded_at, ''::text";
+
+/// Rows encoded per `COPY` handed to the writer.
+const COPY_CHUNK: usize = 20_000;
 
 /// Events read per query.
 const READ_BATCH: i64 = 10_000;
@@ -71,7 +79,7 @@ pub(super) async fn rebuild(
         // (with a LIMIT and a wide range it may sort the rest of the table for every batch).
         let read = reader
             .prepare(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > $1 AND global_position <= $2 \
+                "SELECT {REPLAY_COLUMNS} FROM events WHERE global_position > $1 AND global_position <= $2 \
                  ORDER BY global_position"
             ))
             .await
@@ -291,8 +299,10 @@ fn fold(
     let mut position = 0;
     let send = |o: Output| out.blocking_send(o).map_err(|_| Error::Backend("the rebuild's writer stopped".into()));
     let hand_over = |rows: Rows| -> Result<()> {
-        if !rows.inserts.is_empty() {
-            send(Output::Copy(encode(&rows.inserts, types)?))?;
+        // In chunks, so the writer loads one while the next is encoded (the last take of a
+        // rebuild hands over every held row at once).
+        for chunk in rows.inserts.chunks(COPY_CHUNK) {
+            send(Output::Copy(encode(chunk, types)?))?;
         }
         if !rows.changes.is_empty() {
             send(Output::Changes(rows.changes))?;
