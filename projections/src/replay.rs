@@ -86,3 +86,72 @@ impl Replay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Val;
+    use serde_json::json;
+
+    fn event(position: i64, event_type: &str, data: serde_json::Value) -> RecordedEvent {
+        RecordedEvent {
+            global_position: position,
+            stream_id: "run-r1".into(),
+            stream_version: position,
+            event_id: uuid::Uuid::nil(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            data,
+            metadata: Default::default(),
+            recorded_at: chrono::DateTime::UNIX_EPOCH,
+            hash: String::new(),
+        }
+    }
+
+    fn col<'a>(change: &'a Change, name: &str) -> Option<&'a Val> {
+        match change {
+            Change::Upsert { cols, .. } => cols.iter().find(|(c, _)| *c == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_run_becomes_one_row_per_table_row_and_audit_rows_come_at_once() {
+        let mut replay = Replay::default();
+        let first = replay.push(&[
+            event(1, "RunStarted", json!({"workflow": "w", "definition": {"pattern": "sequential", "steps": [{}]}})),
+            event(2, "StepReady", json!({"step": "a"})),
+        ]);
+        assert_eq!(first.len(), 2, "one audit row per event, at once: {first:?}");
+        let second = replay.push(&[
+            event(3, "StepDispatched", json!({"step": "a", "agent": "x", "attempt": 1})),
+            event(4, "StepCompleted", json!({"step": "a", "attempt": 1, "duration_ms": 5})),
+            event(5, "RunCompleted", json!({"output": 1})),
+        ]);
+        assert_eq!(second.len(), 3);
+        assert_eq!(replay.held(), 2, "the run's row and its step's row");
+        let rows = replay.take();
+        assert!(rows.changes.is_empty(), "every row starts with an upsert: {:?}", rows.changes);
+        let run = rows.inserts.iter().find(|c| matches!(c, Change::Upsert { table: "runs", .. })).expect("a run row");
+        assert_eq!(col(run, "status"), Some(&Val::Text("completed".into())));
+        assert_eq!((col(run, "steps_completed"), col(run, "attempts")), (Some(&Val::Int(1)), Some(&Val::Int(1))));
+        assert_eq!(col(run, "last_position"), Some(&Val::Int(5)));
+        let step =
+            rows.inserts.iter().find(|c| matches!(c, Change::Upsert { table: "steps", .. })).expect("a step row");
+        assert_eq!(col(step, "status"), Some(&Val::Text("completed".into())));
+        assert_eq!(col(step, "duration_ms"), Some(&Val::Int(5)));
+        assert_eq!(replay.held(), 0);
+    }
+
+    #[test]
+    fn after_the_first_take_everything_comes_as_changes() {
+        let mut replay = Replay::default();
+        replay.push(&[event(1, "RunStarted", json!({})), event(2, "StepReady", json!({"step": "a"}))]);
+        assert_eq!(replay.take().inserts.len(), 2);
+        replay.push(&[event(3, "RunCompleted", json!({}))]);
+        let rows = replay.take();
+        // The run's row was written by the first take: its update may not become an insert.
+        assert!(rows.inserts.is_empty());
+        assert!(matches!(rows.changes.as_slice(), [Change::Update { table: "runs", .. }]), "{:?}", rows.changes);
+    }
+}
