@@ -33,9 +33,8 @@ struct Inner {
     reader: Mutex<Connection>,
     /// Appends waiting for the writer (see `commit_group`).
     pending: Mutex<Vec<Pending>>,
-    /// Other work waiting for the writer (views batches, checkpoints, rebuilds): whoever holds
-    /// the writer runs it after its group commit, so it waits for one commit at most instead of
-    /// racing every new appender for the lock.
+    /// Short work waiting for the writer (projector batches, `with_writer_queued`): whoever
+    /// holds the writer runs it after its group commit.
     jobs: Mutex<Vec<Job>>,
     tx: broadcast::Sender<i64>,
 }
@@ -140,6 +139,22 @@ impl SqliteStore {
     }
 
     async fn with_writer<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| Error::Backend("writer lock poisoned".into()))?;
+            f(&mut conn)
+        })
+        .await
+    }
+
+    /// Like [`SqliteStore::with_writer`] for short work that must not wait behind a stream of
+    /// appends: it is queued beside them and whoever holds the writer runs it right after its
+    /// group commit (see [`drain`]). A projector batch waits for one commit at most instead of
+    /// racing every new appender for the lock.
+    async fn with_writer_queued<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -333,7 +348,7 @@ fn append_in(tx: &Connection, stream: &str, expected: ExpectedVersion, events: &
     })
 }
 
-/// Work for the writer connection other than appends.
+/// Short work for the writer connection other than appends (a projector batch: a few ms).
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// Takes the writer and does what is queued for it: the appends as one group commit, then the

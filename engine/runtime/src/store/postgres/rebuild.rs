@@ -203,6 +203,9 @@ async fn build_indexes(tx: &Transaction<'_>, stage: &str, indexes: &[Index], uni
 
 /// The views reading `tables` directly, with their definitions: (name, definition).
 async fn dependent_views(tx: &Transaction<'_>, target: &str, tables: &[&str]) -> Result<Vec<(String, String)>> {
+    // With only pg_catalog on the path, names and definitions come back schema-qualified, so
+    // they mean the same whatever the path is when they are replayed.
+    tx.batch_execute("SET LOCAL search_path TO pg_catalog").await.map_err(db_err)?;
     let views = tx
         .query(
             "SELECT DISTINCT v.oid::regclass::text, v.relkind::text, pg_get_viewdef(v.oid) \
@@ -214,6 +217,7 @@ async fn dependent_views(tx: &Transaction<'_>, target: &str, tables: &[&str]) ->
         )
         .await
         .map_err(db_err)?;
+    tx.batch_execute(&format!("SET LOCAL search_path TO \"{target}\"")).await.map_err(db_err)?;
     if let Some(m) = views.iter().find(|v| v.get::<_, String>(1) != "v") {
         return Err(Error::Invalid(format!(
             "{} (not a plain view) reads the view tables; drop it before rebuilding, and create it again after",
@@ -234,7 +238,11 @@ async fn swap(
     views: &[(String, String)],
 ) -> Result<()> {
     let old = format!("{stage}_old");
-    let mut ddl = format!("CREATE SCHEMA \"{old}\";");
+    // Views first, then tables: a reader of a view locks the view, then its tables; taking them
+    // the other way round could deadlock with it.
+    let mut locked: Vec<String> = views.iter().map(|(name, _)| name.clone()).collect();
+    locked.extend(tables.iter().map(|t| format!("\"{target}\".\"{t}\"")));
+    let mut ddl = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; CREATE SCHEMA \"{old}\";", locked.join(", "));
     for t in tables {
         ddl.push_str(&format!(
             "ALTER TABLE \"{target}\".\"{t}\" SET SCHEMA \"{old}\"; ALTER TABLE \"{stage}\".\"{t}\" SET SCHEMA \"{target}\";"

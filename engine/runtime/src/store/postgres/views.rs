@@ -138,11 +138,28 @@ pub(super) async fn execute_plan(
             columns
         })
         .collect();
-    let runs = statements.iter().zip(&columns).map(|(stmt, columns)| {
-        let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        async move { tx.execute(stmt, &params).await }
-    });
-    futures::future::try_join_all(runs).await.map_err(db_err)?;
+    let mut runs: Vec<_> = statements
+        .iter()
+        .zip(&columns)
+        .map(|(stmt, columns)| {
+            let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            Box::pin(futures::future::maybe_done(async move { tx.execute(stmt, &params).await }))
+        })
+        .collect();
+    // A request goes out when its future is first polled: poll each once, in order, now, so
+    // all of them are on the wire before this returns to the caller's pipeline (a join of many
+    // futures may stop polling part-way and let later statements, a COMMIT, overtake them).
+    for run in &mut runs {
+        let _ = futures::poll!(run.as_mut());
+    }
+    for run in &mut runs {
+        run.as_mut().await;
+    }
+    for run in &mut runs {
+        if let Some(Err(e)) = run.as_mut().take_output() {
+            return Err(db_err(e));
+        }
+    }
     Ok(())
 }
 
@@ -228,8 +245,9 @@ impl PgStore {
         match applied {
             Ok(_) => Ok(true),
             Err(e) => {
-                // Ends the transaction whatever was sent of it (a warning if COMMIT ended it).
-                c.batch_execute("ROLLBACK").await.map_err(db_err)?;
+                // Ends the transaction whatever was sent of it (a warning if COMMIT ended it);
+                // if that fails too, the connection is broken and the first error says why.
+                let _ = c.batch_execute("ROLLBACK").await;
                 match e {
                     Error::Backend(m) if m.contains(MOVED) => Ok(false),
                     e => Err(e),

@@ -78,7 +78,7 @@ impl SqliteStore {
     /// Applies `changes` and moves the checkpoint from `from` to `to` in one transaction;
     /// `false`, writing nothing, when the checkpoint is not at `from`.
     pub async fn apply_views(&self, from: i64, to: i64, changes: Vec<Change>) -> Result<bool> {
-        self.with_writer(move |conn| {
+        self.with_writer_queued(move |conn| {
             without_fsync(conn, |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
                 if checkpoint(&tx)? != from {
@@ -166,7 +166,14 @@ impl SqliteStore {
 fn without_fsync<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
     conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(sql_err)?;
     let out = f(conn);
-    conn.execute_batch("PRAGMA synchronous = FULL").map_err(sql_err)?;
+    // SQLite refuses to change `synchronous` inside a transaction: end any that `f` left open
+    // (its own rollback failed) before restoring, and say so if even that fails.
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL").map_err(|e| {
+        Error::Backend(format!("cannot restore synchronous = FULL on the writer (appends would not be durable): {e}"))
+    })?;
     out
 }
 
