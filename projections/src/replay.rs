@@ -69,6 +69,19 @@ impl Replay {
         inserts
     }
 
+    /// [`Replay::push_changes`] within a memory bound: when more than `held_rows` rows are
+    /// held afterwards, they are taken too ([`Replay::take`]) and come back after the inserts.
+    /// What a rebuild writes per batch; [`Replay::take`] at the end gives the rest.
+    pub fn push_within(&mut self, changes: Vec<Change>, held_rows: usize) -> Rows {
+        let mut rows = Rows { inserts: self.push_changes(changes), changes: Vec::new() };
+        if self.held() > held_rows {
+            let taken = self.take();
+            rows.inserts.extend(taken.inserts);
+            rows.changes = taken.changes;
+        }
+        rows
+    }
+
     /// Rows held in memory.
     pub fn held(&self) -> usize {
         self.fold.rows()
@@ -140,6 +153,16 @@ mod tests {
             rows.inserts.iter().find(|c| matches!(c, Change::Upsert { table: "steps", .. })).expect("a step row");
         assert_eq!(col(step, "status"), Some(&Val::Text("completed".into())));
         assert_eq!(col(step, "duration_ms"), Some(&Val::Int(5)));
+        assert_eq!(replay.held(), 0);
+    }
+
+    #[test]
+    fn pushing_within_a_bound_takes_what_is_held_beyond_it() {
+        let mut replay = Replay::default();
+        let rows = replay.push_within(project(&[event(1, "RunStarted", json!({}))]), 1);
+        assert_eq!((rows.inserts.len(), replay.held()), (1, 1), "the audit row; the run held (1 is not over 1)");
+        let rows = replay.push_within(project(&[event(2, "StepReady", json!({"step": "a"}))]), 1);
+        assert_eq!(rows.inserts.len(), 3, "the audit row, then the run and step rows taken: {rows:?}");
         assert_eq!(replay.held(), 0);
     }
 

@@ -78,26 +78,24 @@ impl ProjectorHandle {
 pub fn spawn(store: Store) -> ProjectorHandle {
     let (tx, position) = watch::channel(0);
     let last_error = Arc::new(Mutex::new(None));
-    let task = tokio::spawn(run(store, tx, last_error.clone()));
-    ProjectorHandle { position, last_error, task }
-}
-
-/// Follows until stopped, retrying after errors with a growing pause.
-async fn run(store: Store, tx: watch::Sender<i64>, errors: Arc<Mutex<Option<String>>>) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match follow(&store, &tx).await {
-            Ok(()) => backoff = Duration::from_millis(50),
-            Err(e) => {
-                tracing::warn!(error = %e, "projector interrupted; retrying");
-                if let Ok(mut slot) = errors.lock() {
-                    *slot = Some(e.to_string());
+    let errors = last_error.clone();
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match follow(&store, &tx).await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    tracing::warn!(error = %e, "projector interrupted; retrying");
+                    if let Ok(mut slot) = errors.lock() {
+                        *slot = Some(e.to_string());
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
-    }
+    });
+    ProjectorHandle { position, last_error, task }
 }
 
 /// Follows the log from the checkpoint, a batch per transaction; while a batch is applied, the

@@ -266,12 +266,12 @@ const VIEWS_DDL_SQLITE: &str = concat!(
     include_str!("../../../../migrations/sqlite/V3__sessions.sql"),
 );
 
-/// Default database: an embedded SQLite file in the working directory.
 /// Most rows of changing view tables (runs, steps, sessions, memory, …) a rebuild folds in
 /// memory before writing them (about 1.5 KB each); append-only tables are never held. A longer
 /// history is written in windows of this many rows.
 pub const REBUILD_HELD_ROWS: usize = 500_000;
 
+/// Default database: an embedded SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.ltmc/ltmc.db";
 
 impl Store {

@@ -319,10 +319,7 @@ fn fold(
     };
     while let Some((last, batch)) = changes.blocking_recv() {
         position = last;
-        hand_over(Rows { inserts: replay.push_changes(batch), changes: Vec::new() })?;
-        if replay.held() > held_rows {
-            hand_over(replay.take())?;
-        }
+        hand_over(replay.push_within(batch, held_rows))?;
     }
     hand_over(replay.take())?;
     Ok(position)

@@ -49,10 +49,7 @@ pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i6
             let mut position = 0;
             for (last, changes) in changes_rx.iter() {
                 position = last;
-                write(Rows { inserts: replay.push_changes(changes), changes: Vec::new() })?;
-                if replay.held() > held_rows {
-                    write(replay.take())?;
-                }
+                write(replay.push_within(changes, held_rows))?;
             }
             write(replay.take())?;
             Ok(position)
