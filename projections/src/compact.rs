@@ -149,7 +149,7 @@ fn table_of(change: &Change) -> &'static str {
 }
 
 /// The key columns a change names its row by.
-fn key_columns(change: &Change) -> Vec<&'static str> {
+pub(crate) fn key_columns(change: &Change) -> Vec<&'static str> {
     match change {
         Change::Upsert { key, .. } => {
             let mut cols = key.to_vec();
@@ -165,7 +165,7 @@ fn key_columns(change: &Change) -> Vec<&'static str> {
 }
 
 /// Whether `change` names its row by exactly the (sorted) columns `key`, without allocating.
-fn names_row_by(change: &Change, key: &[&'static str]) -> bool {
+pub(crate) fn names_row_by(change: &Change, key: &[&'static str]) -> bool {
     match change {
         Change::Upsert { key: k, .. } => k.len() == key.len() && k.iter().all(|c| key.contains(c)),
         Change::Update { key: k, .. } | Change::Delete { key: k, .. } => {
@@ -175,7 +175,7 @@ fn names_row_by(change: &Change, key: &[&'static str]) -> bool {
 }
 
 /// The key values of the row a change addresses, made hashable.
-fn row_of(change: &Change) -> Vec<KeyVal> {
+pub(crate) fn row_of(change: &Change) -> Vec<KeyVal> {
     match change {
         Change::Upsert { key, cols, .. } => {
             let mut key = key.to_vec();
@@ -188,6 +188,37 @@ fn row_of(change: &Change) -> Vec<KeyVal> {
             key_of(key.into_iter().map(|(_, v)| Some(v)))
         }
     }
+}
+
+/// A hash of the table and key values of the row a change addresses (the same for every
+/// change naming that row by the same columns), without allocating.
+pub(crate) fn row_hash(change: &Change) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x17c).build_hasher();
+    table_of(change).hash(&mut h);
+    let mut hash_val = |v: Option<&Val>| match v {
+        Some(Val::Text(s)) => (0u8, s.as_str()).hash(&mut h),
+        Some(Val::Int(i)) => (1u8, *i).hash(&mut h),
+        other => (2u8, format!("{other:?}")).hash(&mut h),
+    };
+    // Key columns in name order, picked one by one (keys have a column or two: no sort buffer).
+    let mut after: Option<&str> = None;
+    loop {
+        let next = match change {
+            Change::Upsert { key, cols, .. } => {
+                key.iter().filter(|c| after.is_none_or(|a| **c > a)).min().map(|c| (*c, col(cols, c)))
+            }
+            Change::Update { key, .. } | Change::Delete { key, .. } => key
+                .iter()
+                .filter(|(c, _)| after.is_none_or(|a| *c > a))
+                .min_by_key(|(c, _)| *c)
+                .map(|(c, v)| (*c, Some(v))),
+        };
+        let Some((c, v)) = next else { break };
+        hash_val(v);
+        after = Some(c);
+    }
+    h.finish()
 }
 
 /// What decides a change's statement text: its kind and columns (and how an update sets them).
@@ -223,7 +254,7 @@ fn normalized(change: Change) -> Change {
 
 /// A key value made hashable (keys are text or integers).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum KeyVal {
+pub(crate) enum KeyVal {
     Text(String),
     Int(i64),
     Other(String),
@@ -306,7 +337,7 @@ fn merge(a: &mut Vec<(&'static str, Set)>, b: &[(&'static str, Set)]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn up(id: &str, n: i64) -> Change {
@@ -376,8 +407,11 @@ mod tests {
         );
     }
 
-    /// A table in memory: key -> columns. Applies changes as SQL would.
-    fn apply(rows: &mut HashMap<Vec<KeyVal>, HashMap<&'static str, Val>>, change: &Change) {
+    /// A table in memory: key -> columns.
+    pub(crate) type Table = HashMap<Vec<KeyVal>, HashMap<&'static str, Val>>;
+
+    /// Applies a change to a table in memory as SQL would.
+    pub(crate) fn apply(rows: &mut Table, change: &Change) {
         let row = row_of(change);
         match change {
             Change::Upsert { cols, .. } => {
@@ -405,6 +439,33 @@ mod tests {
         }
     }
 
+    /// 1 to 12 random upserts, updates and deletes of three rows of `runs`.
+    pub(crate) fn random_changes(next: &mut impl FnMut(u64) -> u64) -> Vec<Change> {
+        let cols = ["n", "first", "at"];
+        let mut changes = Vec::new();
+        for _ in 0..next(12) + 1 {
+            let id = ["a", "b", "c"][next(3) as usize];
+            let val = |r: u64| if r == 0 { Val::Null } else { Val::Int(r as i64) };
+            changes.push(match next(6) {
+                0 => up(id, next(3) as i64),
+                1 => Change::Delete { table: "runs", key: vec![("run_id", Val::Text(id.into()))] },
+                _ => {
+                    let mut set = Vec::new();
+                    for c in cols {
+                        match next(4) {
+                            0 => set.push((c, Set::To(val(next(3))))),
+                            1 => set.push((c, Set::Add(next(3) as i64 + 1))),
+                            2 => set.push((c, Set::IfNull(val(next(3))))),
+                            _ => {}
+                        }
+                    }
+                    upd(id, set)
+                }
+            });
+        }
+        changes
+    }
+
     #[test]
     fn compacting_never_changes_the_result() {
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
@@ -414,37 +475,14 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        let cols = ["n", "first", "at"];
         for _ in 0..2_000 {
-            let mut changes = Vec::new();
-            for _ in 0..next(12) + 1 {
-                let id = ["a", "b", "c"][next(3) as usize];
-                let val = |r: u64| if r == 0 { Val::Null } else { Val::Int(r as i64) };
-                changes.push(match next(6) {
-                    0 => up(id, next(3) as i64),
-                    1 => Change::Delete { table: "runs", key: vec![("run_id", Val::Text(id.into()))] },
-                    _ => {
-                        let mut set = Vec::new();
-                        for c in cols {
-                            match next(4) {
-                                0 => set.push((c, Set::To(val(next(3))))),
-                                1 => set.push((c, Set::Add(next(3) as i64 + 1))),
-                                2 => set.push((c, Set::IfNull(val(next(3))))),
-                                _ => {}
-                            }
-                        }
-                        upd(id, set)
-                    }
-                });
-            }
-            let (mut plain, mut compacted) = (HashMap::new(), HashMap::new());
+            let changes = random_changes(&mut next);
+            let (mut plain, mut compacted) = (Table::new(), Table::new());
             changes.iter().for_each(|c| apply(&mut plain, c));
             let out = compact(changes.clone());
             assert!(out.len() <= changes.len());
             out.iter().for_each(|c| apply(&mut compacted, c));
-            let nulls_as_absent = |rows: &mut HashMap<Vec<KeyVal>, HashMap<&'static str, Val>>| {
-                rows.values_mut().for_each(|r| r.retain(|_, v| *v != Val::Null))
-            };
+            let nulls_as_absent = |rows: &mut Table| rows.values_mut().for_each(|r| r.retain(|_, v| *v != Val::Null));
             nulls_as_absent(&mut plain);
             nulls_as_absent(&mut compacted);
             assert_eq!(plain, compacted, "{changes:?}\n=> {out:?}");

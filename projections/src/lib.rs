@@ -46,6 +46,11 @@ pub fn tables() -> Vec<&'static str> {
     all().iter().flat_map(|p| p.tables().iter().copied()).collect()
 }
 
+/// The tables every projection writes only once per row ([`Projection::append_only`]).
+pub fn append_only_tables() -> Vec<&'static str> {
+    all().iter().flat_map(|p| p.append_only().iter().copied()).collect()
+}
+
 /// The changes of a batch of events, for every projection, folded by [`compact`].
 pub fn changes(events: &[RecordedEvent]) -> Vec<Change> {
     compact(project(events))

@@ -1,21 +1,43 @@
 //! A rebuild's view of the projections: the whole history replayed into empty tables.
 //!
 //! Replaying the log change by change writes a run's row a dozen times. Into empty tables it
-//! need not: [`Replay`] folds every change of the history in memory (the same fold as the live
-//! projector's batches, over a longer window) and hands out each row once, as a plain insert.
-//! Rows of append-only tables (one row per event, never changed) need no folding and are
-//! handed out as they come, so memory holds only the rows of tables that change.
+//! need not: [`Replay`] folds the changes of each row in memory (the same fold as the live
+//! projector's batches) and hands the row out once, as a plain insert. Rows of append-only
+//! tables (one row per event, never changed) need no folding and are handed out as they come.
+//!
+//! Memory holds only the rows changed lately. Rows are folded in a young generation; when it
+//! has grown past [`EVICT_AFTER_ROWS`] its rows are handed out as inserts and their keys
+//! remembered (as hashes). A later change of such a row (a run that spans the eviction) is
+//! folded with the others of its kind in a late fold, handed out as ordinary changes when the
+//! replay ends, after every insert. A table whose changes name rows by other columns than
+//! before cannot be tracked by key: from then on all its changes go to the late fold, in order.
+
+use std::collections::HashSet;
 
 use ltmc_core::RecordedEvent;
 
-use super::{Change, Fold, all};
+use super::compact::{key_columns, names_row_by, row_hash};
+use super::{Change, Fold, all, append_only_tables};
+
+/// Rows the young generation may hold before they are handed out. Small enough to stay in
+/// cache; large enough that few rows are still changing when it is emptied.
+const EVICT_AFTER_ROWS: usize = 16_384;
 
 /// A from-zero replay of the log into empty tables.
 pub struct Replay {
-    fold: Fold,
     append_only: Vec<&'static str>,
-    /// Nothing has been taken from the fold yet: the tables it writes are still empty.
-    fresh: bool,
+    /// Rows never handed out, folded.
+    young: Fold,
+    /// Changes of rows already handed out (and of tables tracked in order), folded.
+    late: Fold,
+    /// Hashes of the rows handed out ([`row_hash`]); a collision only sends a new row's changes
+    /// to the late fold, which is slower but writes the same rows.
+    written: HashSet<u64, foldhash::fast::RandomState>,
+    /// Per table, the columns its rows are named by, and whether its changes go in order to the
+    /// late fold (they named rows by other columns once).
+    keys: Vec<(&'static str, Vec<&'static str>, bool)>,
+    /// Young rows held before they are handed out.
+    evict_after: usize,
 }
 
 /// Every projection's changes of `events`, in order, unfolded.
@@ -42,16 +64,25 @@ pub struct Rows {
 impl Default for Replay {
     fn default() -> Self {
         Replay {
-            fold: Fold::default(),
-            append_only: all().iter().flat_map(|p| p.append_only().iter().copied()).collect(),
-            fresh: true,
+            append_only: append_only_tables(),
+            young: Fold::default(),
+            late: Fold::default(),
+            written: HashSet::default(),
+            keys: Vec::new(),
+            evict_after: EVICT_AFTER_ROWS,
         }
     }
 }
 
 impl Replay {
-    /// Projects `events` (in log order, after those pushed before). Returns the rows of
-    /// append-only tables, as inserts; every other change is folded and held.
+    /// A replay whose young generation holds at most `rows` rows (the default is
+    /// [`EVICT_AFTER_ROWS`]): fewer rows in memory, more of them changed after their insert.
+    pub fn evicting_after(rows: usize) -> Replay {
+        Replay { evict_after: rows, ..Replay::default() }
+    }
+
+    /// Projects `events` (in log order, after those pushed before). Returns the rows that are
+    /// ready, as inserts; every other change is folded and held.
     pub fn push(&mut self, events: &[RecordedEvent]) -> Vec<Change> {
         self.push_changes(project(events))
     }
@@ -59,21 +90,36 @@ impl Replay {
     /// [`Replay::push`] for changes already projected with [`project`] (which may run on
     /// another thread: it holds no state).
     pub fn push_changes(&mut self, changes: Vec<Change>) -> Vec<Change> {
+        self.push_evicting(changes, self.evict_after)
+    }
+
+    /// [`Replay::push_changes`], handing out the young rows when there are more than
+    /// `evict_after`.
+    fn push_evicting(&mut self, changes: Vec<Change>, evict_after: usize) -> Vec<Change> {
         let mut inserts = Vec::new();
         for change in changes {
-            match change {
-                Change::Upsert { table, .. } if self.append_only.contains(&table) => inserts.push(change),
-                other => self.fold.push(other),
+            let table = table_of(&change);
+            if self.append_only.contains(&table) {
+                inserts.push(change);
+            } else if self.in_order(&change, &mut inserts) || self.written.contains(&row_hash(&change)) {
+                self.late.push(change);
+            } else {
+                self.young.push(change);
             }
+        }
+        if self.young.rows() > evict_after {
+            inserts.extend(self.evict_young());
         }
         inserts
     }
 
     /// [`Replay::push_changes`] within a memory bound: when more than `held_rows` rows are
     /// held afterwards, they are taken too ([`Replay::take`]) and come back after the inserts.
-    /// What a rebuild writes per batch; [`Replay::take`] at the end gives the rest.
+    /// The young generation then holds at most half of `held_rows`. What a rebuild writes per
+    /// batch; [`Replay::take`] at the end gives the rest.
     pub fn push_within(&mut self, changes: Vec<Change>, held_rows: usize) -> Rows {
-        let mut rows = Rows { inserts: self.push_changes(changes), changes: Vec::new() };
+        let evict_after = self.evict_after.min(held_rows / 2);
+        let mut rows = Rows { inserts: self.push_evicting(changes, evict_after), changes: Vec::new() };
         if self.held() > held_rows {
             let taken = self.take();
             rows.inserts.extend(taken.inserts);
@@ -84,19 +130,53 @@ impl Replay {
 
     /// Rows held in memory.
     pub fn held(&self) -> usize {
-        self.fold.rows()
+        self.young.rows() + self.late.rows()
     }
 
-    /// Everything held, emptying the replay. The first take's rows are inserts (the tables
-    /// were empty); after it, what is taken may meet rows written before, so it all comes as
+    /// Everything held: the young rows as inserts (and what follows their first change), then
+    /// the late changes. Tables may have been written before: later changes keep coming as
     /// changes.
     pub fn take(&mut self) -> Rows {
-        if std::mem::replace(&mut self.fresh, false) {
-            let (inserts, changes) = self.fold.take_split();
-            Rows { inserts, changes }
-        } else {
-            Rows { inserts: Vec::new(), changes: self.fold.take().into_iter().flat_map(|(_, c)| c).collect() }
+        let inserts = self.evict_young();
+        let changes = self.late.take().into_iter().flat_map(|(_, c)| c).collect();
+        Rows { inserts, changes }
+    }
+
+    /// Hands out the young rows as inserts, remembering them; a row's changes that did not fold
+    /// into its first go to the late fold, to follow the insert.
+    fn evict_young(&mut self) -> Vec<Change> {
+        let (inserts, rest) = self.young.take_split();
+        self.written.extend(inserts.iter().chain(&rest).map(row_hash));
+        for change in rest {
+            self.late.push(change);
         }
+        inserts
+    }
+
+    /// Whether `change` belongs to a table whose changes go in order to the late fold. The
+    /// first change naming a row of a table by other columns than before makes it one: the
+    /// young rows are handed out first (into `inserts`), so the change follows them.
+    fn in_order(&mut self, change: &Change, inserts: &mut Vec<Change>) -> bool {
+        let table = table_of(change);
+        match self.keys.iter().position(|(t, _, _)| *t == table) {
+            None => {
+                self.keys.push((table, key_columns(change), false));
+                false
+            }
+            Some(i) if self.keys[i].2 => true,
+            Some(i) if names_row_by(change, &self.keys[i].1) => false,
+            Some(i) => {
+                self.keys[i].2 = true;
+                inserts.extend(self.evict_young());
+                true
+            }
+        }
+    }
+}
+
+fn table_of(change: &Change) -> &'static str {
+    match change {
+        Change::Upsert { table, .. } | Change::Update { table, .. } | Change::Delete { table, .. } => table,
     }
 }
 
@@ -158,23 +238,116 @@ mod tests {
 
     #[test]
     fn pushing_within_a_bound_takes_what_is_held_beyond_it() {
+        let run = |id: &str| Change::Upsert {
+            table: "runs",
+            key: &["run_id"],
+            cols: vec![("run_id", Val::Text(id.into())), ("n", Val::Int(0))],
+        };
+        let bump = |id: &str| Change::Update {
+            table: "runs",
+            key: vec![("run_id", Val::Text(id.into()))],
+            set: vec![("n", crate::Set::Add(1))],
+        };
         let mut replay = Replay::default();
-        let rows = replay.push_within(project(&[event(1, "RunStarted", json!({}))]), 1);
-        assert_eq!((rows.inserts.len(), replay.held()), (1, 1), "the audit row; the run held (1 is not over 1)");
-        let rows = replay.push_within(project(&[event(2, "StepReady", json!({"step": "a"}))]), 1);
-        assert_eq!(rows.inserts.len(), 3, "the audit row, then the run and step rows taken: {rows:?}");
+        // Within 4 rows, the young generation holds 2.
+        let rows = replay.push_within(vec![run("a"), run("b")], 4);
+        assert_eq!((rows.inserts.len(), replay.held()), (0, 2), "two young rows are not over 2");
+        let rows = replay.push_within(vec![run("c")], 4);
+        assert_eq!((rows.inserts.len(), replay.held()), (3, 0), "three are: handed out");
+        let rows = replay.push_within(vec![bump("a"), bump("b"), run("d")], 4);
+        assert!(rows.inserts.is_empty() && rows.changes.is_empty(), "{rows:?}");
+        assert_eq!(replay.held(), 3, "two late rows, one young");
+        let rows = replay.push_within(vec![bump("c"), run("e")], 4);
+        assert_eq!(rows.inserts, vec![run("d"), run("e")], "over the bound, the young rows go out as inserts");
+        assert_eq!(rows.changes, vec![bump("a"), bump("b"), bump("c")], "and the late ones as changes");
         assert_eq!(replay.held(), 0);
     }
 
     #[test]
-    fn after_the_first_take_everything_comes_as_changes() {
+    fn rows_handed_out_take_their_later_changes_as_changes() {
         let mut replay = Replay::default();
         replay.push(&[event(1, "RunStarted", json!({})), event(2, "StepReady", json!({"step": "a"}))]);
         assert_eq!(replay.take().inserts.len(), 2);
         replay.push(&[event(3, "RunCompleted", json!({}))]);
         let rows = replay.take();
-        // The run's row was written by the first take: its update may not become an insert.
+        // The run's row was handed out by the first take: its update may not become an insert.
         assert!(rows.inserts.is_empty());
         assert!(matches!(rows.changes.as_slice(), [Change::Update { table: "runs", .. }]), "{:?}", rows.changes);
+    }
+
+    #[test]
+    fn young_rows_are_handed_out_as_inserts_and_later_changes_follow_them() {
+        let mut replay = Replay::evicting_after(2);
+        let first = replay.push(&[
+            event(1, "RunStarted", json!({})),
+            event(2, "StepReady", json!({"step": "a"})),
+            event(3, "StepReady", json!({"step": "b"})),
+        ]);
+        // Three audit rows, then the run and its two steps: more than two young rows.
+        assert_eq!(first.len(), 6, "{first:?}");
+        assert_eq!(replay.held(), 0);
+        let second = replay.push(&[event(4, "RunCompleted", json!({}))]);
+        assert_eq!(second.len(), 1, "only the audit row: {second:?}");
+        assert_eq!(replay.held(), 1, "the run's late update");
+        let rows = replay.take();
+        assert!(rows.inserts.is_empty(), "{:?}", rows.inserts);
+        assert!(matches!(rows.changes.as_slice(), [Change::Update { table: "runs", .. }]), "{:?}", rows.changes);
+    }
+
+    #[test]
+    fn a_table_naming_rows_by_other_columns_goes_in_order_after_its_young_rows() {
+        let up = |id: &str| Change::Upsert {
+            table: "runs",
+            key: &["run_id"],
+            cols: vec![("run_id", Val::Text(id.into())), ("status", Val::Text("running".into()))],
+        };
+        let by_status = Change::Update {
+            table: "runs",
+            key: vec![("status", Val::Text("running".into()))],
+            set: vec![("status", crate::Set::To(Val::Text("stopped".into())))],
+        };
+        let mut replay = Replay::default();
+        let inserts = replay.push_changes(vec![up("a"), by_status.clone(), up("b")]);
+        assert_eq!(inserts, vec![up("a")], "the young row goes out before the change");
+        let rows = replay.take();
+        assert!(rows.inserts.is_empty());
+        assert_eq!(rows.changes, vec![by_status, up("b")], "in log order, after the insert");
+    }
+
+    #[test]
+    fn replaying_in_any_windows_writes_what_the_changes_write() {
+        use crate::compact::tests::{Table, apply, random_changes};
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..1_000 {
+            let batches: Vec<Vec<Change>> = (0..next(5) + 1).map(|_| random_changes(&mut next)).collect();
+            let mut plain = Table::new();
+            batches.iter().flatten().for_each(|c| apply(&mut plain, c));
+            let mut replay = Replay::evicting_after(next(4) as usize);
+            let held_rows = [1, 2, 5, usize::MAX][next(4) as usize];
+            let mut replayed = Table::new();
+            let mut write = |rows: Rows| {
+                for c in &rows.inserts {
+                    assert!(matches!(c, Change::Upsert { .. }));
+                    assert!(!replayed.contains_key(&crate::compact::row_of(c)), "an insert met a row: {batches:?}");
+                    apply(&mut replayed, c);
+                }
+                rows.changes.iter().for_each(|c| apply(&mut replayed, c));
+            };
+            for batch in &batches {
+                write(replay.push_within(batch.clone(), held_rows));
+            }
+            write(replay.take());
+            assert_eq!(replay.held(), 0);
+            let nulls_as_absent = |t: &mut Table| t.values_mut().for_each(|r| r.retain(|_, v| *v != Val::Null));
+            nulls_as_absent(&mut plain);
+            nulls_as_absent(&mut replayed);
+            assert_eq!(plain, replayed, "{batches:?}");
+        }
     }
 }

@@ -327,32 +327,43 @@ fn fold(
 
 /// The inserts as `COPY … (FORMAT binary)` statements, one per table and column list.
 fn encode(inserts: &[Change], types: &CopyTypes) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut groups: Vec<((&'static str, Vec<&'static str>), BytesMut)> = Vec::new();
+    struct Group {
+        table: &'static str,
+        cols: Vec<&'static str>,
+        /// The columns' types, in `cols`' order (looked up once per group, not per value).
+        types: Vec<Type>,
+        buf: BytesMut,
+    }
+    let mut groups: Vec<Group> = Vec::new();
     for change in inserts {
         let Change::Upsert { table, cols, .. } = change else {
             return Err(Error::Backend("a rebuild insert is not an upsert".into()));
         };
-        let same = |((t, names), _): &((&str, Vec<&str>), BytesMut)| {
-            t == table && names.len() == cols.len() && names.iter().zip(cols).all(|(n, (c, _))| n == c)
+        let same = |g: &Group| {
+            g.table == *table && g.cols.len() == cols.len() && g.cols.iter().zip(cols).all(|(n, (c, _))| n == c)
         };
         let i = match groups.iter().position(same) {
             Some(i) => i,
             None => {
-                let names: Vec<&'static str> = cols.iter().map(|(c, _)| *c).collect();
+                let table_types = types.get(table).ok_or_else(|| Error::Backend(format!("no view table {table}")))?;
+                let types = cols
+                    .iter()
+                    .map(|(c, _)| {
+                        table_types.get(*c).cloned().ok_or_else(|| {
+                            Error::Backend(format!("view column {table}.{c} is missing; are the migrations applied?"))
+                        })
+                    })
+                    .collect::<Result<Vec<Type>>>()?;
                 let mut buf = BytesMut::with_capacity(1 << 16);
                 buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
                 buf.extend_from_slice(&[0; 8]); // flags, header extension length
-                groups.push(((table, names), buf));
+                groups.push(Group { table, cols: cols.iter().map(|(c, _)| *c).collect(), types, buf });
                 groups.len() - 1
             }
         };
-        let table_types = types.get(table).ok_or_else(|| Error::Backend(format!("no view table {table}")))?;
-        let buf = &mut groups[i].1;
+        let Group { types, buf, .. } = &mut groups[i];
         buf.extend_from_slice(&(cols.len() as i16).to_be_bytes());
-        for (c, v) in cols {
-            let ty = table_types.get(*c).ok_or_else(|| {
-                Error::Backend(format!("view column {table}.{c} is missing; are the migrations applied?"))
-            })?;
+        for ((c, v), ty) in cols.iter().zip(types.iter()) {
             let at = buf.len();
             buf.extend_from_slice(&[0; 4]);
             let written = PgParam(Param::Val(v))
@@ -367,7 +378,7 @@ fn encode(inserts: &[Change], types: &CopyTypes) -> Result<Vec<(String, Vec<u8>)
     }
     Ok(groups
         .into_iter()
-        .map(|((table, cols), mut buf)| {
+        .map(|Group { table, cols, mut buf, .. }| {
             buf.extend_from_slice(&(-1i16).to_be_bytes());
             let cols: Vec<String> = cols.iter().map(|c| format!("\"{c}\"")).collect();
             (format!("COPY \"{table}\" ({}) FROM STDIN (FORMAT binary)", cols.join(", ")), Vec::from(buf))
