@@ -16,7 +16,7 @@ mod steps;
 
 pub use change::{Change, Set, Val};
 pub use compact::{Fold, compact};
-pub use replay::{Replay, Rows, project};
+pub use replay::{Replay, Rows, project, project_owned};
 
 use ltmc_core::RecordedEvent;
 
@@ -28,6 +28,11 @@ pub trait Projection: Sync {
     fn tables(&self) -> &'static [&'static str];
     /// The row changes `event` makes, appended to `out` (none for events it ignores).
     fn apply(&self, event: &RecordedEvent, out: &mut Vec<Change>);
+    /// [`Projection::apply`] for the last projection to see an event, which may take its
+    /// strings instead of copying them.
+    fn apply_owned(&self, event: RecordedEvent, out: &mut Vec<Change>) {
+        self.apply(&event, out)
+    }
     /// Those of its tables that are append-only: each row is written once, by an upsert keyed by
     /// the position of the event it records, and never changed. A rebuild streams their rows
     /// out instead of holding them ([`Replay`]).

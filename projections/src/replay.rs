@@ -51,6 +51,19 @@ pub fn project(events: &[RecordedEvent]) -> Vec<Change> {
     out
 }
 
+/// [`project`], consuming the events: the last projection takes their strings.
+pub fn project_owned(events: Vec<RecordedEvent>) -> Vec<Change> {
+    let mut out = Vec::with_capacity(events.len() * 3);
+    let [first @ .., last] = all();
+    for e in events {
+        for p in first {
+            p.apply(&e, &mut out);
+        }
+        last.apply_owned(e, &mut out);
+    }
+    out
+}
+
 /// Row changes to write, in this order: `inserts` are rows no write has made before (plain
 /// inserts, no conflict possible), `changes` apply after them with upsert and update semantics.
 #[derive(Debug, Default)]
@@ -349,5 +362,18 @@ mod tests {
             nulls_as_absent(&mut replayed);
             assert_eq!(plain, replayed, "{batches:?}");
         }
+    }
+
+    #[test]
+    fn projecting_owned_events_makes_the_same_changes() {
+        let mut events = vec![
+            event(1, "RunStarted", json!({"workflow": "w", "definition": {"steps": [{}]}})),
+            event(2, "StepReady", json!({"step": "a"})),
+        ];
+        events[0].metadata.actor = Some("cli".into());
+        events[1].metadata.run_id = Some("r1".into());
+        events[1].metadata.session_id = Some("s".into());
+        events[1].metadata.correlation_id = Some("c".into());
+        assert_eq!(project_owned(events.clone()), project(&events));
     }
 }

@@ -83,7 +83,7 @@ fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<(i64,
         let events = collect(stmt.query_map(params![position, until, batch], row_to_event).map_err(sql_err)?)?;
         let Some(last) = events.last() else { return Ok(()) };
         position = last.global_position;
-        if out.send((position, ltmc_projections::project(&events))).is_err() {
+        if out.send((position, ltmc_projections::project_owned(events))).is_err() {
             return Ok(()); // the writer stopped: its error says why
         }
     }
