@@ -266,9 +266,10 @@ const VIEWS_DDL_SQLITE: &str = concat!(
     include_str!("../../../../migrations/sqlite/V3__sessions.sql"),
 );
 
-/// Most rows of changing view tables (runs, steps, sessions, memory, …) a rebuild folds in
-/// memory before writing them (about 1.5 KB each); append-only tables are never held. A longer
-/// history is written in windows of this many rows.
+/// Most rows of changing view tables (runs, steps, sessions, memory, …) a rebuild holds in
+/// memory (about 1.5 KB each): its young rows and the late changes of rows already written
+/// (`ltmc_projections::Replay`). Append-only tables are never held. Beyond it, everything held
+/// is written and folding starts again.
 pub const REBUILD_HELD_ROWS: usize = 500_000;
 
 /// Default database: an embedded SQLite file in the working directory.

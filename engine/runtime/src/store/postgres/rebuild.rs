@@ -7,9 +7,10 @@
 //! row once, as an insert) and encodes the rows in `COPY`'s binary format, and the
 //! transaction's connection `COPY`s them in.
 //! The fresh tables get their indexes after the load (an index built over sorted input costs a
-//! fraction of one maintained row by row). A history whose changing rows outgrow
-//! `held_rows` is written in windows: the unique indexes are built first, and what a later
-//! window changes in an earlier one's rows is applied as ordinary upserts and updates.
+//! fraction of one maintained row by row). Changes of rows already written (a run still going
+//! when the replay handed its row out), and everything held beyond `held_rows`, need the
+//! unique indexes: these are built before the first such change is applied as an ordinary
+//! upsert or update.
 
 use ltmc_core::{Metadata, RecordedEvent};
 use ltmc_projections::{Change, Replay, Rows};

@@ -4,8 +4,8 @@
 //!
 //! A thread with a read connection of its own reads, decodes and projects the log to row
 //! changes while the writer folds what it handed over before ([`Replay`]: each row once, as an
-//! insert) and inserts it. A history whose changing rows outgrow `held_rows` is written in windows, later
-//! windows as ordinary upserts and updates.
+//! insert) and inserts it. Changes of rows already written, and everything held beyond
+//! `held_rows`, are applied as ordinary upserts and updates.
 
 use ltmc_projections::{Change, Replay, Rows};
 use rusqlite::{Connection, OpenFlags, params};
