@@ -31,6 +31,12 @@ pub struct Fold {
 impl Fold {
     /// Folds `change` into what is held.
     pub fn push(&mut self, change: Change) {
+        let hash = row_hash(&change);
+        self.push_hashed(change, hash)
+    }
+
+    /// [`Fold::push`] for a change whose [`row_hash`] is known.
+    pub(crate) fn push_hashed(&mut self, change: Change, hash: u64) {
         let table = table_of(&change);
         let i = match self.tables.iter().position(|(t, _)| *t == table) {
             Some(i) => i,
@@ -39,7 +45,7 @@ impl Fold {
                 self.tables.len() - 1
             }
         };
-        self.tables[i].1.push(change);
+        self.tables[i].1.push(change, hash);
     }
 
     /// Rows held (changes not yet taken, counted by the row they address).
@@ -86,14 +92,17 @@ struct TableFold {
     /// The columns this table's rows are named by, once a change has named one.
     key: Option<Vec<&'static str>>,
     rows: Vec<Vec<Change>>,
-    index: HashMap<Vec<KeyVal>, usize, foldhash::fast::RandomState>,
+    /// Row by [`row_hash`] of its key (its first change holds the key, to check against).
+    index: HashMap<u64, usize, foldhash::fast::RandomState>,
+    /// Rows whose hash another row had first, by key.
+    collided: HashMap<Vec<KeyVal>, usize, foldhash::fast::RandomState>,
     /// Emitted when a change named its row by other columns (rows may overlap: what came
     /// before is emitted first, in full).
     done: Vec<Change>,
 }
 
 impl TableFold {
-    fn push(&mut self, change: Change) {
+    fn push(&mut self, change: Change, hash: u64) {
         match &self.key {
             Some(key) if names_row_by(&change, key) => {}
             Some(_) => {
@@ -104,7 +113,11 @@ impl TableFold {
             None => self.key = Some(key_columns(&change)),
         }
         let next = self.rows.len();
-        let row = *self.index.entry(row_of(&change)).or_insert(next);
+        let row = match self.index.get(&hash) {
+            Some(&row) if same_row(&self.rows[row][0], &change) => row,
+            Some(_) => *self.collided.entry(row_of(&change)).or_insert(next),
+            None => *self.index.entry(hash).or_insert(next),
+        };
         if row == next {
             self.rows.push(Vec::new());
         }
@@ -122,6 +135,7 @@ impl TableFold {
     /// The rows' changes, first changes first (sorted by shape), then second changes, and so on.
     fn layers(&mut self) -> Vec<Change> {
         self.index.clear();
+        self.collided.clear();
         let mut out = Vec::new();
         let mut rows: Vec<std::vec::IntoIter<Change>> =
             std::mem::take(&mut self.rows).into_iter().map(Vec::into_iter).collect();
@@ -187,6 +201,26 @@ pub(crate) fn row_of(change: &Change) -> Vec<KeyVal> {
             key.sort_unstable_by_key(|(c, _)| *c);
             key_of(key.into_iter().map(|(_, v)| Some(v)))
         }
+    }
+}
+
+/// Whether `a` and `b`, naming rows by the same columns, name the same row.
+fn same_row(a: &Change, b: &Change) -> bool {
+    fn value<'a>(change: &'a Change, column: &str) -> Option<&'a Val> {
+        match change {
+            Change::Upsert { cols, .. } => col(cols, column),
+            Change::Update { key, .. } | Change::Delete { key, .. } => {
+                key.iter().find(|(c, _)| *c == column).map(|(_, v)| v)
+            }
+        }
+    }
+    let same = |c: &str| match (value(a, c), value(b, c)) {
+        (Some(x), Some(y)) => x == y || format!("{x:?}") == format!("{y:?}"),
+        (x, y) => x == y,
+    };
+    match b {
+        Change::Upsert { key, .. } => key.iter().all(|c| same(c)),
+        Change::Update { key, .. } | Change::Delete { key, .. } => key.iter().all(|(c, _)| same(c)),
     }
 }
 
@@ -502,6 +536,18 @@ pub(crate) mod tests {
             nulls_as_absent(&mut split);
             assert_eq!(plain, split, "{changes:?}\n=> {inserts:?} then {rest:?}");
         }
+    }
+
+    #[test]
+    fn rows_whose_hashes_collide_stay_apart() {
+        let changes =
+            vec![up("a", 1), up("b", 2), upd("a", vec![("n", Set::Add(1))]), upd("b", vec![("n", Set::Add(1))])];
+        let mut fold = Fold::default();
+        changes.iter().cloned().for_each(|c| fold.push_hashed(c, 7));
+        assert_eq!(fold.rows(), 2);
+        let out: Vec<Change> = fold.take().into_iter().flat_map(|(_, c)| c).collect();
+        assert_eq!(out, compact(changes));
+        assert_eq!(out, vec![up("a", 2), up("b", 3)]);
     }
 
     #[test]

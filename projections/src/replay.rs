@@ -114,10 +114,13 @@ impl Replay {
             let table = table_of(&change);
             if self.append_only.contains(&table) {
                 inserts.push(change);
-            } else if self.in_order(&change, &mut inserts) || self.written.contains(&row_hash(&change)) {
-                self.late.push(change);
+                continue;
+            }
+            let hash = row_hash(&change);
+            if self.in_order(&change, &mut inserts) || self.written.contains(&hash) {
+                self.late.push_hashed(change, hash);
             } else {
-                self.young.push(change);
+                self.young.push_hashed(change, hash);
             }
         }
         if self.young.rows() > evict_after {
