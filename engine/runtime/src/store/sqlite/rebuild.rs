@@ -1,11 +1,12 @@
 //! Rebuilding the views on SQLite, inside one write transaction (readers keep seeing the old
-//! views until it commits): the tables are emptied and lose their secondary indexes, the log is
-//! replayed into them, and the indexes are built again over the loaded rows.
+//! views until it commits): the tables are emptied and the log is replayed into them.
 //!
-//! A thread with a read connection of its own reads, decodes and projects the log to row
-//! changes while the writer folds what it handed over before ([`Replay`]: each row once, as an
-//! insert) and inserts it. Changes of rows already written, and everything held beyond
-//! `held_rows`, are applied as ordinary upserts and updates.
+//! A thread with a read connection of its own reads, decodes, projects and folds the log
+//! ([`Replay`]: each row once, as an insert) while the writer inserts what it handed over
+//! before. Changes of rows already written, and everything held beyond `held_rows`, are
+//! applied as ordinary upserts and updates. The tables keep their indexes: the writer has time
+//! to spare while the reader works, and dropping and building them again after the load took
+//! longer (measured in docs/benchmarks.md).
 
 use ltmc_projections::{Change, Replay, Rows};
 use rusqlite::{Connection, OpenFlags, params};
@@ -23,52 +24,29 @@ const READ_BATCH: i64 = 10_000;
 /// Replays the events of the SQLite file `source` up to `until` into `tables` of `tx` (a write
 /// transaction), emptied first, holding at most `held_rows` changing rows in memory. Returns the last position replayed.
 pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i64, held_rows: usize) -> Result<i64> {
-    let indexes: Vec<(String, String, String)> = {
-        let mut stmt = tx
-            .prepare("SELECT tbl_name, name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
-            .map_err(sql_err)?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(sql_err)?;
-        let all = rows.collect::<rusqlite::Result<Vec<(String, String, String)>>>().map_err(sql_err)?;
-        all.into_iter().filter(|(table, _, _)| tables.contains(&table.as_str())).collect()
-    };
-    for (_, name, _) in &indexes {
-        tx.execute_batch(&format!("DROP INDEX \"{name}\"")).map_err(sql_err)?;
-    }
     for t in tables {
         tx.execute(&format!("DELETE FROM \"{t}\""), []).map_err(sql_err)?;
     }
-    let (changes_tx, changes_rx) = mpsc::sync_channel::<(i64, Vec<Change>)>(2);
+    let (rows_tx, rows_rx) = mpsc::sync_channel::<Rows>(2);
     let position = std::thread::scope(|scope| {
-        let reading = scope.spawn(move || read(source, until, held_rows, changes_tx));
-        let written = (|| {
-            let mut replay = Replay::default();
-            let write = |rows: Rows| -> Result<()> {
-                insert(tx, &rows.inserts)?;
-                execute_all(tx, &rows.changes)
-            };
-            let mut position = 0;
-            for (last, changes) in changes_rx.iter() {
-                position = last;
-                write(replay.push_within(changes, held_rows))?;
-            }
-            write(replay.take())?;
-            Ok(position)
-        })();
+        let reading = scope.spawn(move || read(source, until, held_rows, rows_tx));
+        let written = rows_rx.iter().try_for_each(|rows| {
+            insert(tx, &rows.inserts)?;
+            execute_all(tx, &rows.changes)
+        });
         // On a write error the channel closes (its receiver is dropped) and the reader stops.
-        drop(changes_rx);
+        drop(rows_rx);
         let read = reading.join().map_err(|_| Error::Backend("the rebuild's reader panicked".into()))?;
-        let position = written?;
-        read?;
-        Ok::<_, Error>(position)
+        written?;
+        read
     })?;
-    for (_, _, sql) in indexes {
-        tx.execute_batch(&sql).map_err(sql_err)?;
-    }
     Ok(position)
 }
-/// The reading thread: reads, decodes and projects the log in batches (each with the position
-/// of its last event) for the writer, which folds them.
-fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<(i64, Vec<Change>)>) -> Result<()> {
+
+/// The reading thread: reads, decodes, projects and folds the log ([`Replay`]: each row once,
+/// as an insert) and hands the writer the rows to write; returns the last position read. The
+/// writer's thread, which holds SQLite's one write, only writes.
+fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Rows>) -> Result<i64> {
     let conn = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", source.display())))?;
     let mut stmt = conn
@@ -78,15 +56,20 @@ fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<(i64,
         ))
         .map_err(sql_err)?;
     let batch = READ_BATCH.min(held_rows.max(1) as i64); // small windows read small batches
+    let mut replay = Replay::default();
     let mut position = 0i64;
     loop {
         let events = collect(stmt.query_map(params![position, until, batch], row_to_event).map_err(sql_err)?)?;
-        let Some(last) = events.last() else { return Ok(()) };
+        let Some(last) = events.last() else { break };
         position = last.global_position;
-        if out.send((position, ltmc_projections::project_owned(events))).is_err() {
-            return Ok(()); // the writer stopped: its error says why
+        let rows = replay.push_within(ltmc_projections::project_owned(events), held_rows);
+        if out.send(rows).is_err() {
+            return Ok(position); // the writer stopped: its error says why
         }
     }
+    // Sent only once the whole log was read: a failed read leaves the rest unwritten.
+    let _ = out.send(replay.take());
+    Ok(position)
 }
 
 /// Plain inserts, through one cached statement per table and column list.
