@@ -500,15 +500,19 @@ pub(crate) mod tests {
         changes
     }
 
-    #[test]
-    fn compacting_never_changes_the_result() {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = |n: u64| {
+    /// A reproducible random number below `n` per call (xorshift), from `seed`.
+    pub(crate) fn random(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n: u64| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed % n
-        };
+        }
+    }
+
+    #[test]
+    fn compacting_never_changes_the_result() {
+        let mut next = random(0x2545_f491_4f6c_dd1d);
         for _ in 0..2_000 {
             let changes = random_changes(&mut next);
             let (mut plain, mut compacted) = (Table::new(), Table::new());

@@ -332,14 +332,8 @@ mod tests {
 
     #[test]
     fn replaying_in_any_windows_writes_what_the_changes_write() {
-        use crate::compact::tests::{Table, apply, random_changes};
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        use crate::compact::tests::{Table, apply, random, random_changes};
+        let mut next = random(0x9e37_79b9_7f4a_7c15);
         for _ in 0..1_000 {
             let batches: Vec<Vec<Change>> = (0..next(5) + 1).map(|_| random_changes(&mut next)).collect();
             let mut plain = Table::new();
