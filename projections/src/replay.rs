@@ -23,6 +23,11 @@ use super::{Change, Fold, all, append_only_tables};
 /// cache; large enough that few rows are still changing when it is emptied.
 const EVICT_AFTER_ROWS: usize = 16_384;
 
+/// Rows whose key hashes a replay remembers (about 10 bytes each). Past that many, it forgets
+/// them and applies every later change of a changing table as an ordinary change, as if every
+/// row could have been written before: slower, but its memory stays bounded.
+const REMEMBER_ROWS: usize = 8_000_000;
+
 /// A from-zero replay of the log into empty tables.
 pub struct Replay {
     append_only: Vec<&'static str>,
@@ -38,6 +43,11 @@ pub struct Replay {
     keys: Vec<(&'static str, Vec<&'static str>, bool)>,
     /// Young rows held before they are handed out.
     evict_after: usize,
+    /// Rows `written` may hold; past it, `forgetful`.
+    remember: usize,
+    /// Rows handed out are no longer remembered: every change of a changing table goes to the
+    /// late fold.
+    forgetful: bool,
 }
 
 /// Every projection's changes of `events`, in order, unfolded.
@@ -83,6 +93,8 @@ impl Default for Replay {
             written: HashSet::default(),
             keys: Vec::new(),
             evict_after: EVICT_AFTER_ROWS,
+            remember: REMEMBER_ROWS,
+            forgetful: false,
         }
     }
 }
@@ -117,7 +129,7 @@ impl Replay {
                 continue;
             }
             let hash = row_hash(&change);
-            if self.in_order(&change, &mut inserts) || self.written.contains(&hash) {
+            if self.in_order(&change, &mut inserts) || self.forgetful || self.written.contains(&hash) {
                 self.late.push_hashed(change, hash);
             } else {
                 self.young.push_hashed(change, hash);
@@ -163,6 +175,10 @@ impl Replay {
     fn evict_young(&mut self) -> Vec<Change> {
         let (inserts, rest) = self.young.take_split();
         self.written.extend(inserts.iter().chain(&rest).map(row_hash));
+        if self.written.len() > self.remember {
+            self.forgetful = true;
+            self.written = HashSet::default();
+        }
         for change in rest {
             self.late.push(change);
         }
@@ -339,6 +355,7 @@ mod tests {
             let mut plain = Table::new();
             batches.iter().flatten().for_each(|c| apply(&mut plain, c));
             let mut replay = Replay::evicting_after(next(4) as usize);
+            replay.remember = [0, 1, 3, usize::MAX][next(4) as usize];
             let held_rows = [1, 2, 5, usize::MAX][next(4) as usize];
             let mut replayed = Table::new();
             let mut write = |rows: Rows| {
@@ -372,5 +389,22 @@ mod tests {
         events[1].metadata.session_id = Some("s".into());
         events[1].metadata.correlation_id = Some("c".into());
         assert_eq!(project_owned(events.clone()), project(&events));
+    }
+
+    #[test]
+    fn past_the_rows_it_remembers_every_change_comes_as_a_change() {
+        let run = |id: &str| Change::Upsert {
+            table: "runs",
+            key: &["run_id"],
+            cols: vec![("run_id", Val::Text(id.into())), ("n", Val::Int(0))],
+        };
+        let mut replay = Replay::evicting_after(1);
+        replay.remember = 2;
+        assert_eq!(replay.push_changes(vec![run("a"), run("b")]), vec![run("a"), run("b")]);
+        assert!(!replay.forgetful, "two rows remembered");
+        assert_eq!(replay.push_changes(vec![run("c"), run("d")]), vec![run("c"), run("d")]);
+        assert!(replay.forgetful && replay.written.is_empty(), "four are past two: forgotten");
+        assert!(replay.push_changes(vec![run("e"), run("a")]).is_empty(), "new or not, it may have been written");
+        assert_eq!(replay.take().changes, vec![run("e"), run("a")]);
     }
 }

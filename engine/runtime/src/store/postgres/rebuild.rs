@@ -12,7 +12,7 @@
 //! unique indexes: these are built before the first such change is applied as an ordinary
 //! upsert or update.
 
-use ltmc_core::{Metadata, RecordedEvent};
+use ltmc_core::RecordedEvent;
 use ltmc_projections::{Change, Replay, Rows};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,19 +20,17 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::{IsNull, ToSql, Type, private::BytesMut};
 use tokio_postgres::{Row, Transaction};
 
-use super::db_err;
 use super::views::{ColumnTypes, PgParam, Prepared, execute_plan, plan, set_checkpoint};
+use super::{db_err, row_to_event};
 use crate::store::views_sql::Param;
 use crate::store::{Error, Result};
 
-/// The event columns a replay reads, in [`replay_row_to_event`]'s order. The hash is left out
-/// (no projection reads it; it is a tenth of a row), so replayed events carry an empty one; the
-/// metadata's fields are read one by one (a lookup each in the stored `jsonb`, where the whole
-/// document would be printed as text and parsed again).
+/// The event columns a replay reads, in `row_to_event`'s order: the hash is left out (no
+/// projection reads it; it is a tenth of a row), so replayed events carry an empty one. The
+/// metadata is parsed whole, as the live projector does: reading its fields with `->>` would
+/// accept values (numbers, a non-object) that the projector refuses as corrupt.
 const REPLAY_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, event_type, \
-                              schema_version, data, recorded_at, metadata->>'correlation_id', \
-                              metadata->>'causation_id', metadata->>'actor', metadata->>'session_id', \
-                              metadata->>'run_id'";
+                              schema_version, data, metadata, recorded_at, ''::text";
 
 /// Rows encoded per `COPY` handed to the writer.
 const COPY_CHUNK: usize = 20_000;
@@ -286,35 +284,11 @@ async fn copy_in(tx: &Transaction<'_>, sql: &str, data: Vec<u8>) -> Result<()> {
 
 type CopyTypes = HashMap<&'static str, HashMap<String, Type>>;
 
-/// An event of a row read with [`REPLAY_COLUMNS`].
-fn replay_row_to_event(r: &Row) -> Result<RecordedEvent> {
-    let position: i64 = r.get(0);
-    let corrupt = |what: &str, e: tokio_postgres::Error| Error::Corrupt { position, reason: format!("{what}: {e}") };
-    Ok(RecordedEvent {
-        global_position: position,
-        stream_id: r.try_get(1).map_err(|e| corrupt("stream_id", e))?,
-        stream_version: r.try_get(2).map_err(|e| corrupt("stream_version", e))?,
-        event_id: r.try_get(3).map_err(|e| corrupt("event_id", e))?,
-        event_type: r.try_get(4).map_err(|e| corrupt("event_type", e))?,
-        schema_version: r.try_get(5).map_err(|e| corrupt("schema_version", e))?,
-        data: r.try_get(6).map_err(|e| corrupt("data", e))?,
-        recorded_at: r.try_get(7).map_err(|e| corrupt("recorded_at", e))?,
-        metadata: Metadata {
-            correlation_id: r.try_get(8).map_err(|e| corrupt("metadata", e))?,
-            causation_id: r.try_get(9).map_err(|e| corrupt("metadata", e))?,
-            actor: r.try_get(10).map_err(|e| corrupt("metadata", e))?,
-            session_id: r.try_get(11).map_err(|e| corrupt("metadata", e))?,
-            run_id: r.try_get(12).map_err(|e| corrupt("metadata", e))?,
-        },
-        hash: String::new(),
-    })
-}
-
 /// The decoding thread: stored rows to events, and events to row changes (with the position
 /// of the last).
 fn decode(mut rows: mpsc::Receiver<Vec<Row>>, changes: mpsc::Sender<(i64, Vec<Change>)>) -> Result<()> {
     while let Some(batch) = rows.blocking_recv() {
-        let events = batch.iter().map(replay_row_to_event).collect::<Result<Vec<RecordedEvent>>>()?;
+        let events = batch.iter().map(row_to_event).collect::<Result<Vec<RecordedEvent>>>()?;
         drop(batch);
         let last = events.last().map_or(0, |e| e.global_position);
         if changes.blocking_send((last, ltmc_projections::project_owned(events))).is_err() {
