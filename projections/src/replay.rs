@@ -218,6 +218,15 @@ mod tests {
     use crate::Val;
     use serde_json::json;
 
+    /// The upsert of run `id`'s row, with a counter at 0.
+    fn run(id: &str) -> Change {
+        Change::Upsert {
+            table: "runs",
+            key: &["run_id"],
+            cols: vec![("run_id", Val::Text(id.into())), ("n", Val::Int(0))],
+        }
+    }
+
     fn event(position: i64, event_type: &str, data: serde_json::Value) -> RecordedEvent {
         RecordedEvent {
             global_position: position,
@@ -270,11 +279,6 @@ mod tests {
 
     #[test]
     fn pushing_within_a_bound_takes_what_is_held_beyond_it() {
-        let run = |id: &str| Change::Upsert {
-            table: "runs",
-            key: &["run_id"],
-            cols: vec![("run_id", Val::Text(id.into())), ("n", Val::Int(0))],
-        };
         let bump = |id: &str| Change::Update {
             table: "runs",
             key: vec![("run_id", Val::Text(id.into()))],
@@ -393,11 +397,6 @@ mod tests {
 
     #[test]
     fn past_the_rows_it_remembers_every_change_comes_as_a_change() {
-        let run = |id: &str| Change::Upsert {
-            table: "runs",
-            key: &["run_id"],
-            cols: vec![("run_id", Val::Text(id.into())), ("n", Val::Int(0))],
-        };
         let mut replay = Replay::evicting_after(1);
         replay.remember = 2;
         assert_eq!(replay.push_changes(vec![run("a"), run("b")]), vec![run("a"), run("b")]);
