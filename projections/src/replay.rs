@@ -123,8 +123,7 @@ impl Replay {
     fn push_evicting(&mut self, changes: Vec<Change>, evict_after: usize) -> Vec<Change> {
         let mut inserts = Vec::new();
         for change in changes {
-            let table = table_of(&change);
-            if self.append_only.contains(&table) {
+            if matches!(&change, Change::Upsert { table, .. } if self.append_only.contains(table)) {
                 inserts.push(change);
                 continue;
             }
