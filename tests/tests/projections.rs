@@ -279,44 +279,37 @@ async fn rebuilding_while_the_projector_follows(store: Store, sqlite: Option<&Pa
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_rebuilding_while_the_projector_follows() -> anyhow::Result<()> {
-    let (store, dir) = ltmc_tests::sqlite_store().await?;
-    rebuilding_while_the_projector_follows(store, Some(&dir.path().join("ltmc.db"))).await
+/// Each test above, once on SQLite (given its file) and once on Postgres (in a schema of its
+/// own), as `sqlite::<name>` and `postgres::<name>`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    let (store, dir) = ltmc_tests::sqlite_store().await?;
+                    super::$name(store, Some(&dir.path().join("ltmc.db"))).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    let schema = ltmc_tests::PgSchema::new().await?;
+                    super::$name(schema.store().await?, None).await?;
+                    schema.drop().await
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_rebuilding_while_the_projector_follows() -> anyhow::Result<()> {
-    let schema = ltmc_tests::PgSchema::new().await?;
-    rebuilding_while_the_projector_follows(schema.store().await?, None).await?;
-    schema.drop().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_views_equal_a_rebuild_after_a_mix_of_runs() -> anyhow::Result<()> {
-    let (store, dir) = ltmc_tests::sqlite_store().await?;
-    views_equal_a_rebuild_after_a_mix_of_runs(store, Some(&dir.path().join("ltmc.db"))).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_views_equal_a_rebuild_after_a_mix_of_runs() -> anyhow::Result<()> {
-    let schema = ltmc_tests::PgSchema::new().await?;
-    views_equal_a_rebuild_after_a_mix_of_runs(schema.store().await?, None).await?;
-    schema.drop().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_killing_the_projector_keeps_views_consistent() -> anyhow::Result<()> {
-    let (store, dir) = ltmc_tests::sqlite_store().await?;
-    killing_the_projector_keeps_views_consistent(store, Some(&dir.path().join("ltmc.db"))).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_killing_the_projector_keeps_views_consistent() -> anyhow::Result<()> {
-    let schema = ltmc_tests::PgSchema::new().await?;
-    killing_the_projector_keeps_views_consistent(schema.store().await?, None).await?;
-    schema.drop().await
-}
+on_both_backends!(
+    rebuilding_while_the_projector_follows,
+    views_equal_a_rebuild_after_a_mix_of_runs,
+    killing_the_projector_keeps_views_consistent,
+);
 
 /// Time travel: the views as of a position, built into another schema or file; the live views
 /// are untouched, and the snapshot equals a rebuild of the same prefix.
