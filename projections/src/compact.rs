@@ -156,72 +156,55 @@ impl TableFold {
     }
 }
 
-fn table_of(change: &Change) -> &'static str {
+/// The table a change writes.
+pub(crate) fn table_of(change: &Change) -> &'static str {
     match change {
         Change::Upsert { table, .. } | Change::Update { table, .. } | Change::Delete { table, .. } => table,
     }
 }
 
-/// The key columns a change names its row by.
-pub(crate) fn key_columns(change: &Change) -> Vec<&'static str> {
+/// The columns a change names its row by, in the order it gives them.
+fn key_names(change: &Change) -> impl Iterator<Item = &'static str> + '_ {
+    (0..).map_while(move |i| match change {
+        Change::Upsert { key, .. } => key.get(i).copied(),
+        Change::Update { key, .. } | Change::Delete { key, .. } => key.get(i).map(|(c, _)| *c),
+    })
+}
+
+/// The value a change gives key column `column`.
+fn key_value<'a>(change: &'a Change, column: &str) -> Option<&'a Val> {
     match change {
-        Change::Upsert { key, .. } => {
-            let mut cols = key.to_vec();
-            cols.sort_unstable();
-            cols
-        }
+        Change::Upsert { cols, .. } => col(cols, column),
         Change::Update { key, .. } | Change::Delete { key, .. } => {
-            let mut cols: Vec<&'static str> = key.iter().map(|(c, _)| *c).collect();
-            cols.sort_unstable();
-            cols
+            key.iter().find(|(c, _)| *c == column).map(|(_, v)| v)
         }
     }
+}
+
+/// The key columns a change names its row by, sorted.
+pub(crate) fn key_columns(change: &Change) -> Vec<&'static str> {
+    let mut cols: Vec<&'static str> = key_names(change).collect();
+    cols.sort_unstable();
+    cols
 }
 
 /// Whether `change` names its row by exactly the (sorted) columns `key`, without allocating.
 pub(crate) fn names_row_by(change: &Change, key: &[&'static str]) -> bool {
-    match change {
-        Change::Upsert { key: k, .. } => k.len() == key.len() && k.iter().all(|c| key.contains(c)),
-        Change::Update { key: k, .. } | Change::Delete { key: k, .. } => {
-            k.len() == key.len() && k.iter().all(|(c, _)| key.contains(c))
-        }
-    }
+    key_names(change).count() == key.len() && key_names(change).all(|c| key.contains(&c))
 }
 
 /// The key values of the row a change addresses, made hashable.
 pub(crate) fn row_of(change: &Change) -> Vec<KeyVal> {
-    match change {
-        Change::Upsert { key, cols, .. } => {
-            let mut key = key.to_vec();
-            key.sort_unstable();
-            key_of(key.into_iter().map(|k| col(cols, k)))
-        }
-        Change::Update { key, .. } | Change::Delete { key, .. } => {
-            let mut key: Vec<&(&'static str, Val)> = key.iter().collect();
-            key.sort_unstable_by_key(|(c, _)| *c);
-            key_of(key.into_iter().map(|(_, v)| Some(v)))
-        }
-    }
+    key_of(key_columns(change).into_iter().map(|c| key_value(change, c)))
 }
 
-/// Whether `a` and `b`, naming rows by the same columns, name the same row.
+/// Whether `a` and `b`, naming rows by the same columns, name the same row. Values other than
+/// text and integers compare by their debug text, as [`row_of`] and [`row_hash`] see them.
 fn same_row(a: &Change, b: &Change) -> bool {
-    fn value<'a>(change: &'a Change, column: &str) -> Option<&'a Val> {
-        match change {
-            Change::Upsert { cols, .. } => col(cols, column),
-            Change::Update { key, .. } | Change::Delete { key, .. } => {
-                key.iter().find(|(c, _)| *c == column).map(|(_, v)| v)
-            }
-        }
-    }
-    let same = |c: &str| match (value(a, c), value(b, c)) {
+    key_names(b).all(|c| match (key_value(a, c), key_value(b, c)) {
         (Some(x), Some(y)) => x == y || format!("{x:?}") == format!("{y:?}"),
         (x, y) => x == y,
-    };
-    match b {
-        Change::Upsert { key, .. } => key.iter().all(|c| same(c)),
-        Change::Update { key, .. } | Change::Delete { key, .. } => key.iter().all(|(c, _)| same(c)),
-    }
+    })
 }
 
 /// A hash of the table and key values of the row a change addresses (the same for every
@@ -230,26 +213,14 @@ pub(crate) fn row_hash(change: &Change) -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
     let mut h = foldhash::fast::FixedState::with_seed(0x17c).build_hasher();
     table_of(change).hash(&mut h);
-    let mut hash_val = |v: Option<&Val>| match v {
-        Some(Val::Text(s)) => (0u8, s.as_str()).hash(&mut h),
-        Some(Val::Int(i)) => (1u8, *i).hash(&mut h),
-        other => (2u8, format!("{other:?}")).hash(&mut h),
-    };
     // Key columns in name order, picked one by one (keys have a column or two: no sort buffer).
     let mut after: Option<&str> = None;
-    loop {
-        let next = match change {
-            Change::Upsert { key, cols, .. } => {
-                key.iter().filter(|c| after.is_none_or(|a| **c > a)).min().map(|c| (*c, col(cols, c)))
-            }
-            Change::Update { key, .. } | Change::Delete { key, .. } => key
-                .iter()
-                .filter(|(c, _)| after.is_none_or(|a| *c > a))
-                .min_by_key(|(c, _)| *c)
-                .map(|(c, v)| (*c, Some(v))),
-        };
-        let Some((c, v)) = next else { break };
-        hash_val(v);
+    while let Some(c) = key_names(change).filter(|c| after.is_none_or(|a| *c > a)).min() {
+        match key_value(change, c) {
+            Some(Val::Text(s)) => (0u8, s.as_str()).hash(&mut h),
+            Some(Val::Int(i)) => (1u8, *i).hash(&mut h),
+            other => (2u8, format!("{other:?}")).hash(&mut h),
+        }
         after = Some(c);
     }
     h.finish()

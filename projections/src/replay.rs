@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use ltmc_core::RecordedEvent;
 
-use super::compact::{key_columns, names_row_by, row_hash};
+use super::compact::{key_columns, names_row_by, row_hash, table_of};
 use super::{Change, Fold, all, append_only_tables};
 
 /// Rows the young generation may hold before they are handed out. Small enough to stay in
@@ -202,12 +202,6 @@ impl Replay {
                 true
             }
         }
-    }
-}
-
-fn table_of(change: &Change) -> &'static str {
-    match change {
-        Change::Upsert { table, .. } | Change::Update { table, .. } | Change::Delete { table, .. } => table,
     }
 }
 
