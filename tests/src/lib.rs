@@ -131,3 +131,32 @@ pub fn drive_in_background(
     let (engine, run_id) = (engine.clone(), run_id.to_owned());
     tokio::spawn(async move { engine.drive(&run_id, None, None).await })
 }
+
+/// Declares each named test twice: `sqlite::<name>` on a fresh SQLite file, `postgres::<name>`
+/// in a schema of its own. Each is an `async fn <name>(store: Store, dir: &Path)` in the
+/// invoking module; `dir` is a scratch directory of the test's.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    let (store, dir) = $crate::sqlite_store().await?;
+                    super::$name(store, dir.path()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    let schema = $crate::PgSchema::new().await?;
+                    let dir = tempfile::tempdir()?;
+                    super::$name(schema.store().await?, dir.path()).await?;
+                    schema.drop().await
+                }
+            )*
+        }
+    };
+}

@@ -87,6 +87,27 @@ async fn session_mix(store: &Store) -> anyhow::Result<String> {
 }
 
 /// Every row of every view, as sorted text: equal dumps mean equal views.
+/// Waits for `live` to apply the log up to its head (failing after 20 s), then stops it;
+/// returns the head.
+async fn caught_up(mut live: projector::ProjectorHandle, store: &Store) -> anyhow::Result<i64> {
+    let head = store.head_position().await?;
+    assert!(
+        live.wait_for(head, Duration::from_secs(20)).await,
+        "the live projector reached the head: {:?}",
+        live.last_error()
+    );
+    live.stop();
+    Ok(head)
+}
+
+/// The SQLite file of `store`, if it is one.
+fn sqlite_file(store: &Store) -> Option<PathBuf> {
+    match store {
+        Store::Sqlite(s) => Some(s.path().to_path_buf()),
+        Store::Postgres(_) => None,
+    }
+}
+
 async fn dump(store: &Store, sqlite: Option<&Path>) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for t in TABLES {
@@ -143,17 +164,13 @@ async fn schema_objects(store: &Store, sqlite: Option<&Path>) -> anyhow::Result<
     }
 }
 
-async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, sqlite: Option<&Path>) -> anyhow::Result<()> {
+async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, _dir: &Path) -> anyhow::Result<()> {
+    let sqlite = sqlite_file(&store);
+    let sqlite = sqlite.as_deref();
     let engine = Engine::new(store.clone(), EngineOptions::default());
-    let mut live = projector::spawn(store.clone());
+    let live = projector::spawn(store.clone());
     let ids = run_mix(&engine, 2).await?;
-    let head = store.head_position().await?;
-    assert!(
-        live.wait_for(head, Duration::from_secs(20)).await,
-        "the live projector reached the head: {:?}",
-        live.last_error()
-    );
-    live.stop();
+    let head = caught_up(live, &store).await?;
     // A view of the user's own over a view table: a rebuild keeps it working.
     let own_view = "CREATE VIEW my_runs AS SELECT run_id, status FROM runs";
     match (&store, sqlite) {
@@ -230,7 +247,9 @@ async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, sqlite: Option<
 
 /// The projector is aborted 20 times at random points while runs append; restarted each time,
 /// it ends with views equal to a rebuild.
-async fn killing_the_projector_keeps_views_consistent(store: Store, sqlite: Option<&Path>) -> anyhow::Result<()> {
+async fn killing_the_projector_keeps_views_consistent(store: Store, _dir: &Path) -> anyhow::Result<()> {
+    let sqlite = sqlite_file(&store);
+    let sqlite = sqlite.as_deref();
     let engine = Engine::new(store.clone(), EngineOptions::default());
     let writer = tokio::spawn({
         let engine = engine.clone();
@@ -254,9 +273,11 @@ async fn killing_the_projector_keeps_views_consistent(store: Store, sqlite: Opti
 /// Rebuilds while runs append and the live projector follows: each rebuild completes (the
 /// projector waits for it and starts again from its checkpoint), and the live views end equal
 /// to a rebuild.
-async fn rebuilding_while_the_projector_follows(store: Store, sqlite: Option<&Path>) -> anyhow::Result<()> {
+async fn rebuilding_while_the_projector_follows(store: Store, _dir: &Path) -> anyhow::Result<()> {
+    let sqlite = sqlite_file(&store);
+    let sqlite = sqlite.as_deref();
     let engine = Engine::new(store.clone(), EngineOptions::default());
-    let mut live = projector::spawn(store.clone());
+    let live = projector::spawn(store.clone());
     let writer = tokio::spawn({
         let engine = engine.clone();
         async move { run_mix(&engine, 4).await }
@@ -266,46 +287,14 @@ async fn rebuilding_while_the_projector_follows(store: Store, sqlite: Option<&Pa
         projector::rebuild(&store, None).await?;
     }
     writer.await??;
-    let head = store.head_position().await?;
-    assert!(
-        live.wait_for(head, Duration::from_secs(20)).await,
-        "the live projector reached the head: {:?}",
-        live.last_error()
-    );
-    live.stop();
+    caught_up(live, &store).await?;
     let following = dump(&store, sqlite).await?;
     projector::rebuild(&store, None).await?;
     assert_eq!(following, dump(&store, sqlite).await?, "views followed across rebuilds differ from a rebuild");
     Ok(())
 }
 
-/// Each test above, once on SQLite (given its file) and once on Postgres (in a schema of its
-/// own), as `sqlite::<name>` and `postgres::<name>`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    let (store, dir) = ltmc_tests::sqlite_store().await?;
-                    super::$name(store, Some(&dir.path().join("ltmc.db"))).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    let schema = ltmc_tests::PgSchema::new().await?;
-                    super::$name(schema.store().await?, None).await?;
-                    schema.drop().await
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+ltmc_tests::on_both_backends!(
     rebuilding_while_the_projector_follows,
     views_equal_a_rebuild_after_a_mix_of_runs,
     killing_the_projector_keeps_views_consistent,

@@ -18,32 +18,7 @@ async fn events(store: &Store, run_id: &str) -> Vec<RecordedEvent> {
     read_stream_all(store, &stream_id(run_id)).await.expect("readable stream")
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    let (store, dir) = ltmc_tests::sqlite_store().await?;
-                    super::$name(store, dir.path()).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    let schema = ltmc_tests::PgSchema::new().await?;
-                    let dir = tempfile::tempdir()?;
-                    super::$name(schema.store().await?, dir.path()).await?;
-                    schema.drop().await
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+ltmc_tests::on_both_backends!(
     sequential_hands_each_output_to_the_next,
     parallel_dispatches_every_agent_at_once,
     dependency_graph_joins_outputs,
