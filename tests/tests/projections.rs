@@ -294,7 +294,39 @@ async fn rebuilding_while_the_projector_follows(store: Store, _dir: &Path) -> an
     Ok(())
 }
 
+/// A rebuild that meets an event it cannot read fails, names it, and leaves the views as they
+/// were: their rows, their indexes (SQLite drops the audit log's while it loads), their checkpoint.
+async fn a_failed_rebuild_leaves_the_views_as_they_were(store: Store, _dir: &Path) -> anyhow::Result<()> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    run_mix(&engine, 1).await?;
+    projector::catch_up(&store).await?;
+    let sqlite = sqlite_file(&store);
+    let sqlite = sqlite.as_deref();
+    let (rows, objects, checkpoint) =
+        (dump(&store, sqlite).await?, schema_objects(&store, sqlite).await?, store.views_checkpoint().await?);
+    // An event whose metadata is not an object, written behind the engine's back.
+    let insert = "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, data, \
+                  metadata, recorded_at, hash) VALUES ('run-broken', 1, '0192f3c4-0000-7000-8000-000000000001', \
+                  'RunStarted', 1, '{}', '5', '2026-01-01T00:00:00.000000Z', 'x')";
+    match &store {
+        Store::Postgres(pg) => {
+            pg.client().await?.batch_execute(insert).await?;
+        }
+        Store::Sqlite(_) => {
+            rusqlite::Connection::open(sqlite.expect("a SQLite file"))?.execute_batch(insert)?;
+        }
+    }
+    let position = store.head_position().await?;
+    let err = projector::rebuild(&store, None).await.expect_err("the broken event fails the rebuild");
+    assert!(err.to_string().contains(&position.to_string()), "the error names the position: {err}");
+    assert_eq!(rows, dump(&store, sqlite).await?, "a failed rebuild changed the views' rows");
+    assert_eq!(objects, schema_objects(&store, sqlite).await?, "a failed rebuild changed indexes or views");
+    assert_eq!(checkpoint, store.views_checkpoint().await?, "a failed rebuild moved the checkpoint");
+    Ok(())
+}
+
 ltmc_tests::on_both_backends!(
+    a_failed_rebuild_leaves_the_views_as_they_were,
     rebuilding_while_the_projector_follows,
     views_equal_a_rebuild_after_a_mix_of_runs,
     killing_the_projector_keeps_views_consistent,

@@ -198,22 +198,23 @@ pub struct SqliteLease {
 
 fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<std::result::Result<RecordedEvent, Error>> {
     let position: i64 = r.get(0)?;
-    let event_id: String = r.get(3)?;
-    let data: String = r.get(6)?;
-    let metadata: String = r.get(7)?;
-    let recorded_at: String = r.get(8)?;
     let corrupt = |what: &str, e: String| Error::Corrupt { position, reason: format!("{what}: {e}") };
+    // The columns only parsed are borrowed from SQLite's row, not copied into strings first.
+    let text = |i: usize, what: &str| {
+        r.get_ref(i).map_err(|e| corrupt(what, e.to_string()))?.as_str().map_err(|e| corrupt(what, e.to_string()))
+    };
     let parsed = (|| {
         Ok(RecordedEvent {
             global_position: position,
             stream_id: r.get(1).map_err(|e| corrupt("stream_id", e.to_string()))?,
             stream_version: r.get(2).map_err(|e| corrupt("stream_version", e.to_string()))?,
-            event_id: event_id.parse().map_err(|e: uuid::Error| corrupt("event_id", e.to_string()))?,
+            event_id: text(3, "event_id")?.parse().map_err(|e: uuid::Error| corrupt("event_id", e.to_string()))?,
             event_type: r.get(4).map_err(|e| corrupt("event_type", e.to_string()))?,
             schema_version: r.get(5).map_err(|e| corrupt("schema_version", e.to_string()))?,
-            data: serde_json::from_str(&data).map_err(|e| corrupt("data", e.to_string()))?,
-            metadata: serde_json::from_str::<Metadata>(&metadata).map_err(|e| corrupt("metadata", e.to_string()))?,
-            recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
+            data: serde_json::from_str(text(6, "data")?).map_err(|e| corrupt("data", e.to_string()))?,
+            metadata: serde_json::from_str::<Metadata>(text(7, "metadata")?)
+                .map_err(|e| corrupt("metadata", e.to_string()))?,
+            recorded_at: DateTime::parse_from_rfc3339(text(8, "recorded_at")?)
                 .map_err(|e| corrupt("recorded_at", e.to_string()))?
                 .with_timezone(&Utc),
             hash: r.get(9).map_err(|e| corrupt("hash", e.to_string()))?,

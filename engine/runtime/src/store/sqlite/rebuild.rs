@@ -4,9 +4,10 @@
 //! A thread with a read connection of its own reads, decodes, projects and folds the log
 //! ([`Replay`]: each row once, as an insert) while the writer inserts what it handed over
 //! before. Changes of rows already written, and everything held beyond `held_rows`, are
-//! applied as ordinary upserts and updates. The tables keep their indexes: the writer has time
-//! to spare while the reader works, and dropping and building them again after the load took
-//! longer (measured in docs/benchmarks.md).
+//! applied as ordinary upserts and updates. The append-only tables (the audit log: a row per
+//! event) load without their secondary indexes, which are built again, sorted, once the rows
+//! are in; the other tables keep theirs, as their changes look rows up (measured in
+//! docs/benchmarks.md).
 
 use ltmc_projections::{Change, Replay, Rows};
 use rusqlite::{Connection, OpenFlags, params};
@@ -14,9 +15,14 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use super::views::{Bound, execute_all};
-use super::{EVENT_COLUMNS, collect, row_to_event, sql_err};
+use super::{collect, row_to_event, sql_err};
 use crate::store::views_sql::Param;
 use crate::store::{Error, Result};
+
+/// The event columns a replay reads, in `row_to_event`'s order: the hash is left out (no view
+/// shows it, and it is a long string per event).
+const REPLAY_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, event_type, \
+                              schema_version, data, metadata, recorded_at, ''";
 
 /// Events read per query.
 const READ_BATCH: i64 = 10_000;
@@ -27,6 +33,7 @@ pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i6
     for t in tables {
         tx.execute(&format!("DELETE FROM \"{t}\""), []).map_err(sql_err)?;
     }
+    let deferred = defer_indexes(tx, tables)?;
     let (rows_tx, rows_rx) = mpsc::sync_channel::<Rows>(2);
     let position = std::thread::scope(|scope| {
         let reading = scope.spawn(move || read(source, until, held_rows, rows_tx));
@@ -40,7 +47,47 @@ pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i6
         written?;
         read
     })?;
+    build_indexes(tx, &deferred)?;
     Ok(position)
+}
+
+/// Drops the non-unique indexes of the append-only tables among `tables` and returns their
+/// definitions, to be built again once the rows are in: a rebuild only inserts into those
+/// tables, and sorting once is cheaper than keeping the indexes through a million inserts. In
+/// the rebuild's transaction, so readers never see the views without them.
+fn defer_indexes(tx: &Connection, tables: &[&str]) -> Result<Vec<(String, String)>> {
+    let append_only = ltmc_projections::append_only_tables();
+    let mut stmt = tx
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL")
+        .map_err(sql_err)?;
+    let mut deferred = Vec::new();
+    for table in tables.iter().filter(|t| append_only.contains(t)) {
+        let rows =
+            stmt.query_map([table], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(sql_err)?;
+        for row in rows {
+            let (name, sql) = row.map_err(sql_err)?;
+            if !sql.trim_start().to_ascii_uppercase().starts_with("CREATE UNIQUE") {
+                deferred.push((name, sql));
+            }
+        }
+    }
+    for (name, _) in &deferred {
+        tx.execute_batch(&format!("DROP INDEX \"{name}\"")).map_err(sql_err)?;
+    }
+    Ok(deferred)
+}
+
+/// Builds the indexes [`defer_indexes`] dropped, letting SQLite's sorter use helper threads (the
+/// reading thread is done by then).
+fn build_indexes(tx: &Connection, deferred: &[(String, String)]) -> Result<()> {
+    if deferred.is_empty() {
+        return Ok(());
+    }
+    let helpers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    tx.execute_batch(&format!("PRAGMA threads = {helpers}")).map_err(sql_err)?;
+    let built = deferred.iter().try_for_each(|(_, sql)| tx.execute_batch(sql).map_err(sql_err));
+    tx.execute_batch("PRAGMA threads = 0").map_err(sql_err)?;
+    built
 }
 
 /// The reading thread: reads, decodes, projects and folds the log ([`Replay`]: each row once,
@@ -51,7 +98,7 @@ fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Rows>
         .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", source.display())))?;
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?1 AND global_position <= ?2 \
+            "SELECT {REPLAY_COLUMNS} FROM events WHERE global_position > ?1 AND global_position <= ?2 \
              ORDER BY global_position LIMIT ?3"
         ))
         .map_err(sql_err)?;
