@@ -127,8 +127,9 @@ impl Raw {
 
     /// The floor of a rebuild: every row the views of `store` hold, bulk-loaded raw into empty
     /// tables of the same definition (same indexes), the way [`Raw::bulk`] loads its rows: `COPY`
-    /// on Postgres, one `INSERT … SELECT` per table on SQLite (no per-row binding: a lower floor
-    /// than the 10,000-row transactions). Returns the time of the loads alone.
+    /// on Postgres, one `INSERT … SELECT` per table on SQLite (no per-row binding, and SQLite's
+    /// transfer optimization copies the records without decoding them: a lower floor than any
+    /// row-by-row load, measured in docs/benchmarks.md). Returns the time of the loads alone.
     pub(super) async fn view_rows(&mut self, store: &ltmc_engine::Store) -> anyhow::Result<Duration> {
         let tables = ltmc_projections::tables();
         match (self, store) {
