@@ -57,22 +57,23 @@ pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i6
 /// the rebuild's transaction, so readers never see the views without them.
 fn defer_indexes(tx: &Connection, tables: &[&str]) -> Result<Vec<(String, String)>> {
     let append_only = ltmc_projections::append_only_tables();
+    // Indexes made by CREATE INDEX (origin 'c'), not by a UNIQUE or PRIMARY KEY constraint.
     let mut stmt = tx
-        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL")
+        .prepare(
+            "SELECT l.name, m.sql FROM pragma_index_list(?1) AS l JOIN sqlite_master AS m ON m.name = l.name \
+             WHERE l.\"unique\" = 0 AND l.origin = 'c' AND m.sql IS NOT NULL",
+        )
         .map_err(sql_err)?;
     let mut deferred = Vec::new();
     for table in tables.iter().filter(|t| append_only.contains(t)) {
         let rows =
             stmt.query_map([table], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(sql_err)?;
         for row in rows {
-            let (name, sql) = row.map_err(sql_err)?;
-            if !sql.trim_start().to_ascii_uppercase().starts_with("CREATE UNIQUE") {
-                deferred.push((name, sql));
-            }
+            deferred.push(row.map_err(sql_err)?);
         }
     }
     for (name, _) in &deferred {
-        tx.execute_batch(&format!("DROP INDEX \"{name}\"")).map_err(sql_err)?;
+        tx.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\""))).map_err(sql_err)?;
     }
     Ok(deferred)
 }
