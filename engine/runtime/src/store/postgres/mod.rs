@@ -203,24 +203,21 @@ async fn find_duplicate(client: &tokio_postgres::Client, stream: &str, ids: &[Uu
 }
 
 pub(crate) fn row_to_event(r: &Row) -> Result<RecordedEvent> {
-    let position: i64 = r.get(0);
+    let position: i64 = r.try_get(0).map_err(|e| Error::Backend(format!("reading an event's position: {e}")))?;
     let corrupt = |what: &str, e: String| Error::Corrupt { position, reason: format!("{what}: {e}") };
     let json = |i: usize, what: &str| r.try_get::<_, JsonText>(i).map_err(|e| corrupt(what, e.to_string()));
-    let data = serde_json::from_str(json(6, "data")?.0).map_err(|e| corrupt("data", e.to_string()))?;
-    let metadata =
-        serde_json::from_str::<Metadata>(json(7, "metadata")?.0).map_err(|e| corrupt("metadata", e.to_string()))?;
-    let recorded_at: DateTime<Utc> = r.get(8);
     Ok(RecordedEvent {
         global_position: position,
-        stream_id: r.get(1),
-        stream_version: r.get(2),
-        event_id: r.get::<_, Uuid>(3),
-        event_type: r.get(4),
-        schema_version: r.get(5),
-        data,
-        metadata,
-        recorded_at,
-        hash: r.get(9),
+        stream_id: r.try_get(1).map_err(|e| corrupt("stream_id", e.to_string()))?,
+        stream_version: r.try_get(2).map_err(|e| corrupt("stream_version", e.to_string()))?,
+        event_id: r.try_get::<_, Uuid>(3).map_err(|e| corrupt("event_id", e.to_string()))?,
+        event_type: r.try_get(4).map_err(|e| corrupt("event_type", e.to_string()))?,
+        schema_version: r.try_get(5).map_err(|e| corrupt("schema_version", e.to_string()))?,
+        data: serde_json::from_str(json(6, "data")?.0).map_err(|e| corrupt("data", e.to_string()))?,
+        metadata: serde_json::from_str::<Metadata>(json(7, "metadata")?.0)
+            .map_err(|e| corrupt("metadata", e.to_string()))?,
+        recorded_at: r.try_get::<_, DateTime<Utc>>(8).map_err(|e| corrupt("recorded_at", e.to_string()))?,
+        hash: r.try_get(9).map_err(|e| corrupt("hash", e.to_string()))?,
     })
 }
 

@@ -4,10 +4,10 @@
 //! A thread with a read connection of its own reads, decodes, projects and folds the log
 //! ([`Replay`]: each row once, as an insert) while the writer inserts what it handed over
 //! before. Changes of rows already written, and everything held beyond `held_rows`, are
-//! applied as ordinary upserts and updates. The append-only tables (the audit log: a row per
-//! event) load without their secondary indexes, which are built again, sorted, once the rows
-//! are in; the other tables keep theirs, as their changes look rows up (measured in
-//! docs/benchmarks.md).
+//! applied as ordinary upserts and updates. The append-only tables (`audit_log`, `handoffs`,
+//! `memory_history`: a row per event, only ever inserted) load without their non-unique
+//! indexes, which are built again, sorted, once the rows are in; the other tables keep theirs,
+//! as their changes look rows up (measured in docs/benchmarks.md).
 
 use ltmc_projections::{Change, Replay, Rows};
 use rusqlite::{Connection, OpenFlags, params};
@@ -87,8 +87,9 @@ fn build_indexes(tx: &Connection, deferred: &[(String, String)]) -> Result<()> {
     let helpers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
     tx.execute_batch(&format!("PRAGMA threads = {helpers}")).map_err(sql_err)?;
     let built = deferred.iter().try_for_each(|(_, sql)| tx.execute_batch(sql).map_err(sql_err));
-    tx.execute_batch("PRAGMA threads = 0").map_err(sql_err)?;
-    built
+    // Reset on the writer's connection either way; a failed build's own error comes first.
+    let reset = tx.execute_batch("PRAGMA threads = 0").map_err(sql_err);
+    built.and(reset)
 }
 
 /// The reading thread: reads, decodes, projects and folds the log ([`Replay`]: each row once,
@@ -144,4 +145,48 @@ fn insert(tx: &Connection, inserts: &[Change]) -> Result<()> {
         stmt.execute(rusqlite::params_from_iter(cols.iter().map(|(_, v)| Bound(Param::Val(v))))).map_err(sql_err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_append_only_tables_non_unique_indexes_are_deferred() -> Result<()> {
+        let conn = Connection::open_in_memory().map_err(sql_err)?;
+        conn.execute_batch(
+            "CREATE TABLE audit_log (position INTEGER PRIMARY KEY, at TEXT, run_id TEXT, event_id TEXT UNIQUE);
+             CREATE INDEX audit_log_run ON audit_log (run_id);
+             CREATE UNIQUE INDEX \"odd \"\"name\" ON audit_log (at, run_id);
+             CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT);
+             CREATE INDEX runs_status ON runs (status);",
+        )
+        .map_err(sql_err)?;
+        let deferred = defer_indexes(&conn, &["audit_log", "runs"])?;
+        let names: Vec<&str> = deferred.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["audit_log_run"]);
+        let left = |table: &str| -> Result<i64> {
+            conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1", [table], |r| {
+                r.get(0)
+            })
+            .map_err(sql_err)
+        };
+        assert_eq!(left("audit_log")?, 2, "the unique indexes stay");
+        assert_eq!(left("runs")?, 2, "a changing table keeps its indexes");
+        build_indexes(&conn, &deferred)?;
+        assert_eq!(left("audit_log")?, 3, "built again");
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_index_build_says_why_and_resets_the_sorter_threads() -> Result<()> {
+        let conn = Connection::open_in_memory().map_err(sql_err)?;
+        conn.execute_batch("CREATE TABLE t (a INTEGER)").map_err(sql_err)?;
+        let deferred = vec![("i".to_owned(), "CREATE INDEX i ON t (no_such_column)".to_owned())];
+        let err = build_indexes(&conn, &deferred).expect_err("the column does not exist");
+        assert!(err.to_string().contains("no_such_column"), "{err}");
+        let threads: i64 = conn.query_row("PRAGMA threads", [], |r| r.get(0)).map_err(sql_err)?;
+        assert_eq!(threads, 0);
+        Ok(())
+    }
 }
