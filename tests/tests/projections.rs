@@ -86,7 +86,6 @@ async fn session_mix(store: &Store) -> anyhow::Result<String> {
     Ok(name)
 }
 
-/// Every row of every view, as sorted text: equal dumps mean equal views.
 /// Waits for `live` to apply the log up to its head (failing after 20 s), then stops it;
 /// returns the head.
 async fn caught_up(mut live: projector::ProjectorHandle, store: &Store) -> anyhow::Result<i64> {
@@ -100,25 +99,18 @@ async fn caught_up(mut live: projector::ProjectorHandle, store: &Store) -> anyho
     Ok(head)
 }
 
-/// The SQLite file of `store`, if it is one.
-fn sqlite_file(store: &Store) -> Option<PathBuf> {
-    match store {
-        Store::Sqlite(s) => Some(s.path().to_path_buf()),
-        Store::Postgres(_) => None,
-    }
-}
-
-async fn dump(store: &Store, sqlite: Option<&Path>) -> anyhow::Result<Vec<String>> {
+/// Every row of every view, as sorted text: equal dumps mean equal views.
+async fn dump(store: &Store) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for t in TABLES {
-        let mut rows: Vec<String> = match (store, sqlite) {
-            (Store::Postgres(pg), _) => {
+        let mut rows: Vec<String> = match store {
+            Store::Postgres(pg) => {
                 let client = pg.client().await?;
                 let rows = client.query(&format!("SELECT row_to_json(t)::text FROM {t} t"), &[]).await?;
                 rows.iter().map(|r| format!("{t}: {}", r.get::<_, String>(0))).collect()
             }
-            (Store::Sqlite(_), Some(path)) => {
-                let conn = rusqlite::Connection::open(path)?;
+            Store::Sqlite(s) => {
+                let conn = rusqlite::Connection::open(s.path())?;
                 let mut stmt = conn.prepare(&format!("SELECT * FROM {t}"))?;
                 let n = stmt.column_count();
                 let rows = stmt.query_map([], |r| {
@@ -129,7 +121,6 @@ async fn dump(store: &Store, sqlite: Option<&Path>) -> anyhow::Result<Vec<String
                 })?;
                 rows.collect::<Result<_, _>>()?
             }
-            _ => anyhow::bail!("no SQLite path"),
         };
         rows.sort();
         out.extend(rows);
@@ -139,9 +130,9 @@ async fn dump(store: &Store, sqlite: Option<&Path>) -> anyhow::Result<Vec<String
 
 /// The indexes, views and tables of the store's schema with their definitions: a rebuild swaps
 /// tables and must leave the same objects behind.
-async fn schema_objects(store: &Store, sqlite: Option<&Path>) -> anyhow::Result<Vec<String>> {
-    match (store, sqlite) {
-        (Store::Postgres(pg), _) => {
+async fn schema_objects(store: &Store) -> anyhow::Result<Vec<String>> {
+    match store {
+        Store::Postgres(pg) => {
             let client = pg.client().await?;
             let rows = client
                 .query(
@@ -153,49 +144,44 @@ async fn schema_objects(store: &Store, sqlite: Option<&Path>) -> anyhow::Result<
                 .await?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         }
-        (Store::Sqlite(_), Some(path)) => {
-            let conn = rusqlite::Connection::open(path)?;
+        Store::Sqlite(s) => {
+            let conn = rusqlite::Connection::open(s.path())?;
             let mut stmt = conn
                 .prepare("SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_master ORDER BY name")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<Result<_, _>>()?)
         }
-        _ => anyhow::bail!("no SQLite path"),
     }
 }
 
 async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, _dir: &Path) -> anyhow::Result<()> {
-    let sqlite = sqlite_file(&store);
-    let sqlite = sqlite.as_deref();
     let engine = Engine::new(store.clone(), EngineOptions::default());
     let live = projector::spawn(store.clone());
     let ids = run_mix(&engine, 2).await?;
     let head = caught_up(live, &store).await?;
     // A view of the user's own over a view table: a rebuild keeps it working.
     let own_view = "CREATE VIEW my_runs AS SELECT run_id, status FROM runs";
-    match (&store, sqlite) {
-        (Store::Postgres(pg), _) => pg.client().await?.batch_execute(own_view).await?,
-        (Store::Sqlite(_), Some(path)) => rusqlite::Connection::open(path)?.execute_batch(own_view)?,
-        _ => anyhow::bail!("no SQLite path"),
+    match &store {
+        Store::Postgres(pg) => pg.client().await?.batch_execute(own_view).await?,
+        Store::Sqlite(s) => rusqlite::Connection::open(s.path())?.execute_batch(own_view)?,
     }
-    let before = dump(&store, sqlite).await?;
-    let tables_before = schema_objects(&store, sqlite).await?;
+    let before = dump(&store).await?;
+    let tables_before = schema_objects(&store).await?;
     assert_eq!(projector::rebuild(&store, None).await?, head);
-    let after = dump(&store, sqlite).await?;
+    let after = dump(&store).await?;
     assert_eq!(before, after, "live views differ from a rebuild");
-    assert_eq!(tables_before, schema_objects(&store, sqlite).await?, "a rebuild changed indexes or views");
-    let own_rows: i64 = match (&store, sqlite) {
-        (Store::Postgres(pg), _) => pg.client().await?.query_one("SELECT count(*) FROM my_runs", &[]).await?.get(0),
-        (Store::Sqlite(_), Some(path)) => {
-            rusqlite::Connection::open(path)?.query_row("SELECT count(*) FROM my_runs", [], |r| r.get(0))?
+    assert_eq!(tables_before, schema_objects(&store).await?, "a rebuild changed indexes or views");
+    let own_rows: i64 = match &store {
+        Store::Postgres(pg) => pg.client().await?.query_one("SELECT count(*) FROM my_runs", &[]).await?.get(0),
+        Store::Sqlite(s) => {
+            rusqlite::Connection::open(s.path())?.query_row("SELECT count(*) FROM my_runs", [], |r| r.get(0))?
         }
-        _ => anyhow::bail!("no SQLite path"),
     };
     assert_eq!(own_rows, ids.len() as i64, "the user's view reads the rebuilt runs");
     // A rebuild that may hold only 3 changing rows writes in windows, with the same result.
     assert_eq!(store.rebuild_views(None, 3).await?, head);
-    assert_eq!(after, dump(&store, sqlite).await?, "a rebuild in windows differs");
-    assert_eq!(tables_before, schema_objects(&store, sqlite).await?);
+    assert_eq!(after, dump(&store).await?, "a rebuild in windows differs");
+    assert_eq!(tables_before, schema_objects(&store).await?);
     let status = projector::status(&store).await?;
     assert_eq!((status.checkpoint, status.lag), (head, 0));
 
@@ -219,9 +205,10 @@ async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, _dir: &Path) ->
     let count = |table: &str| after.iter().filter(|r| r.starts_with(&format!("{table}: "))).count();
     // Two sessions of the mix: 2 agents each, 3 keys left of 4 written, 8 memory events each.
     assert_eq!((count("sessions"), count("session_agents"), count("memory"), count("memory_history")), (2, 4, 6, 16));
-    let closed = if sqlite.is_some() { r#"Text("closed")"# } else { r#""status":"closed""# };
+    let sqlite = matches!(store, Store::Sqlite(_));
+    let closed = if sqlite { r#"Text("closed")"# } else { r#""status":"closed""# };
     assert!(after.iter().filter(|r| r.starts_with("sessions: ")).all(|r| r.contains(closed)), "{after:?}");
-    let inactive = if sqlite.is_some() { "Integer(0)" } else { r#""active":false"# };
+    let inactive = if sqlite { "Integer(0)" } else { r#""active":false"# };
     assert!(after.iter().filter(|r| r.starts_with("session_agents: ")).all(|r| r.contains(inactive)));
     assert!(!after.iter().any(|r| r.starts_with("memory: ") && r.contains("gone")), "a deleted key has no row");
     let runs: Vec<&String> = after.iter().filter(|r| r.starts_with("runs:")).collect();
@@ -229,18 +216,15 @@ async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, _dir: &Path) ->
     let row = |id: &str| runs.iter().find(|r| r.contains(id)).map(|r| r.to_string()).unwrap_or_default();
     let (seq, flaky, gate) = (row(&ids[0]), row(&ids[1]), row(&ids[2]));
     let has = |row: &str, needle: &str| row.contains(needle);
-    match sqlite {
-        None => {
-            assert!(has(&seq, r#""status":"completed""#) && has(&seq, r#""steps_completed":3"#), "{seq}");
-            assert!(has(&flaky, r#""status":"failed""#) && has(&flaky, r#""retries":2"#), "{flaky}");
-            assert!(has(&gate, r#""status":"failed""#), "{gate}");
-            assert!(after.iter().any(|r| r.starts_with("handoffs:") && r.contains(r#""outcome":"refused""#)));
-        }
-        Some(_) => {
-            assert!(has(&seq, r#"Text("completed")"#), "{seq}");
-            assert!(has(&flaky, r#"Text("failed")"#), "{flaky}");
-            assert!(after.iter().any(|r| r.starts_with("handoffs:") && r.contains(r#"Text("refused")"#)));
-        }
+    if sqlite {
+        assert!(has(&seq, r#"Text("completed")"#), "{seq}");
+        assert!(has(&flaky, r#"Text("failed")"#), "{flaky}");
+        assert!(after.iter().any(|r| r.starts_with("handoffs:") && r.contains(r#"Text("refused")"#)));
+    } else {
+        assert!(has(&seq, r#""status":"completed""#) && has(&seq, r#""steps_completed":3"#), "{seq}");
+        assert!(has(&flaky, r#""status":"failed""#) && has(&flaky, r#""retries":2"#), "{flaky}");
+        assert!(has(&gate, r#""status":"failed""#), "{gate}");
+        assert!(after.iter().any(|r| r.starts_with("handoffs:") && r.contains(r#""outcome":"refused""#)));
     }
     Ok(())
 }
@@ -248,8 +232,6 @@ async fn views_equal_a_rebuild_after_a_mix_of_runs(store: Store, _dir: &Path) ->
 /// The projector is aborted 20 times at random points while runs append; restarted each time,
 /// it ends with views equal to a rebuild.
 async fn killing_the_projector_keeps_views_consistent(store: Store, _dir: &Path) -> anyhow::Result<()> {
-    let sqlite = sqlite_file(&store);
-    let sqlite = sqlite.as_deref();
     let engine = Engine::new(store.clone(), EngineOptions::default());
     let writer = tokio::spawn({
         let engine = engine.clone();
@@ -264,9 +246,9 @@ async fn killing_the_projector_keeps_views_consistent(store: Store, _dir: &Path)
     writer.await??;
     let head = store.head_position().await?;
     assert_eq!(projector::catch_up(&store).await?, head);
-    let live = dump(&store, sqlite).await?;
+    let live = dump(&store).await?;
     projector::rebuild(&store, None).await?;
-    assert_eq!(live, dump(&store, sqlite).await?, "views after 20 kills differ from a rebuild");
+    assert_eq!(live, dump(&store).await?, "views after 20 kills differ from a rebuild");
     Ok(())
 }
 
@@ -274,8 +256,6 @@ async fn killing_the_projector_keeps_views_consistent(store: Store, _dir: &Path)
 /// projector waits for it and starts again from its checkpoint), and the live views end equal
 /// to a rebuild.
 async fn rebuilding_while_the_projector_follows(store: Store, _dir: &Path) -> anyhow::Result<()> {
-    let sqlite = sqlite_file(&store);
-    let sqlite = sqlite.as_deref();
     let engine = Engine::new(store.clone(), EngineOptions::default());
     let live = projector::spawn(store.clone());
     let writer = tokio::spawn({
@@ -288,9 +268,9 @@ async fn rebuilding_while_the_projector_follows(store: Store, _dir: &Path) -> an
     }
     writer.await??;
     caught_up(live, &store).await?;
-    let following = dump(&store, sqlite).await?;
+    let following = dump(&store).await?;
     projector::rebuild(&store, None).await?;
-    assert_eq!(following, dump(&store, sqlite).await?, "views followed across rebuilds differ from a rebuild");
+    assert_eq!(following, dump(&store).await?, "views followed across rebuilds differ from a rebuild");
     Ok(())
 }
 
@@ -300,10 +280,8 @@ async fn a_failed_rebuild_leaves_the_views_as_they_were(store: Store, _dir: &Pat
     let engine = Engine::new(store.clone(), EngineOptions::default());
     run_mix(&engine, 1).await?;
     projector::catch_up(&store).await?;
-    let sqlite = sqlite_file(&store);
-    let sqlite = sqlite.as_deref();
     let (rows, objects, checkpoint) =
-        (dump(&store, sqlite).await?, schema_objects(&store, sqlite).await?, store.views_checkpoint().await?);
+        (dump(&store).await?, schema_objects(&store).await?, store.views_checkpoint().await?);
     // An event whose metadata is not an object, written behind the engine's back.
     let insert = "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, data, \
                   metadata, recorded_at, hash) VALUES ('run-broken', 1, '0192f3c4-0000-7000-8000-000000000001', \
@@ -312,8 +290,8 @@ async fn a_failed_rebuild_leaves_the_views_as_they_were(store: Store, _dir: &Pat
         Store::Postgres(pg) => {
             pg.client().await?.batch_execute(insert).await?;
         }
-        Store::Sqlite(_) => {
-            rusqlite::Connection::open(sqlite.expect("a SQLite file"))?.execute_batch(insert)?;
+        Store::Sqlite(s) => {
+            rusqlite::Connection::open(s.path())?.execute_batch(insert)?;
         }
     }
     let position = store.head_position().await?;
@@ -324,8 +302,8 @@ async fn a_failed_rebuild_leaves_the_views_as_they_were(store: Store, _dir: &Pat
             matches!(err, ltmc_engine::store::Error::Corrupt { position: p, .. } if p == position),
             "the error names the broken event's position {position}: {err}"
         );
-        assert_eq!(rows, dump(&store, sqlite).await?, "a failed rebuild changed the views' rows");
-        assert_eq!(objects, schema_objects(&store, sqlite).await?, "a failed rebuild changed indexes or views");
+        assert_eq!(rows, dump(&store).await?, "a failed rebuild changed the views' rows");
+        assert_eq!(objects, schema_objects(&store).await?, "a failed rebuild changed indexes or views");
         assert_eq!(checkpoint, store.views_checkpoint().await?, "a failed rebuild moved the checkpoint");
     }
     // The writer is still usable: runs go on appending.
@@ -342,16 +320,16 @@ ltmc_tests::on_both_backends!(
 
 /// Time travel: the views as of a position, built into another schema or file; the live views
 /// are untouched, and the snapshot equals a rebuild of the same prefix.
-async fn time_travel_builds_views_elsewhere(store: Store, into: &str, sqlite: Option<&Path>) -> anyhow::Result<()> {
+async fn time_travel_builds_views_elsewhere(store: Store, into: &str) -> anyhow::Result<()> {
     let engine = Engine::new(store.clone(), EngineOptions::default());
     let ids = run_mix(&engine, 1).await?;
     projector::catch_up(&store).await?;
-    let live = dump(&store, sqlite).await?;
+    let live = dump(&store).await?;
     // Just after the first run's RunStarted and first dispatch: it is running in the snapshot.
     let first = store.read_stream(&format!("run-{}", ids[0]), 0, 3).await?;
     let until = first[2].global_position;
     assert_eq!(projector::snapshot(&store, until, into).await?, until);
-    assert_eq!(live, dump(&store, sqlite).await?, "the live views were not touched");
+    assert_eq!(live, dump(&store).await?, "the live views were not touched");
     let err = projector::snapshot(&store, until, into).await.expect_err("exists");
     assert!(err.to_string().contains("exists"), "{err}");
     let (status, position): (String, i64) = match &store {
@@ -388,14 +366,14 @@ async fn time_travel_builds_views_elsewhere(store: Store, into: &str, sqlite: Op
 async fn sqlite_time_travel_builds_views_elsewhere() -> anyhow::Result<()> {
     let (store, dir) = ltmc_tests::sqlite_store().await?;
     let into = dir.path().join("as-of.db").display().to_string();
-    time_travel_builds_views_elsewhere(store, &into, Some(&dir.path().join("ltmc.db"))).await
+    time_travel_builds_views_elsewhere(store, &into).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_time_travel_builds_views_elsewhere() -> anyhow::Result<()> {
     let schema = ltmc_tests::PgSchema::new().await?;
     let into = format!("{}_asof", schema.name);
-    time_travel_builds_views_elsewhere(schema.store().await?, &into, None).await?;
+    time_travel_builds_views_elsewhere(schema.store().await?, &into).await?;
     schema.drop().await
 }
 
@@ -416,7 +394,7 @@ async fn views_fed_from_nats_equal_views_fed_from_the_log() -> anyhow::Result<()
     let fed = tokio::time::timeout(Duration::from_secs(60), projector::from_nats(&dst, &opts, Some(head))).await??;
     assert_eq!(fed, head);
     assert_eq!(dst.head_position().await?, 0, "the copy never read or wrote a log of its own");
-    assert_eq!(dump(&src, None).await?, dump(&dst, None).await?, "the NATS-fed views differ");
+    assert_eq!(dump(&src).await?, dump(&dst).await?, "the NATS-fed views differ");
     // Started again, it skips what it has.
     assert_eq!(projector::from_nats(&dst, &opts, Some(head)).await?, head);
     if let Ok(js) = ltmc_engine::relay::jetstream(&ltmc_tests::nats_url()).await {
