@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::store::{self, EventStore, Store};
@@ -75,14 +75,23 @@ impl ProjectorHandle {
 }
 
 /// Starts a projector on its own task; it retries after errors until stopped.
+///
+/// On SQLite, while it runs, this process's appends apply their own events to the views in
+/// their transactions ([`Store::follow_views`]): the task then only catches up with what they
+/// leave (the backlog when it starts, other processes' appends, a batch that failed there).
 pub fn spawn(store: Store) -> ProjectorHandle {
     let (tx, position) = watch::channel(0);
+    // Owned by the task: stopping it ends the appends' part too (the store keeps a weak
+    // reference), and closes the channel for those watching.
+    let tx = Arc::new(tx);
+    let with_appends = store.follow_views(&tx);
     let last_error = Arc::new(Mutex::new(None));
     let errors = last_error.clone();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match follow(&store, &tx).await {
+            let followed = if with_appends { follow_appends(&store, &tx).await } else { follow(&store, &tx).await };
+            match followed {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     tracing::warn!(error = %e, "projector interrupted; retrying");
@@ -103,7 +112,7 @@ pub fn spawn(store: Store) -> ProjectorHandle {
 /// projector moved it.
 async fn follow(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Error> {
     let mut from = store.views_checkpoint().await?;
-    tx.send_replace(from);
+    publish(tx, from);
     let mut sub = store.subscribe(from);
     let mut events = Vec::new();
     loop {
@@ -134,9 +143,48 @@ async fn follow(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Err
         }
         tracing::debug!(events = events.len(), apply_us = started.elapsed().as_micros() as u64, "applied a batch");
         from = to;
-        tx.send_replace(to);
+        publish(tx, to);
         events = next;
     }
+}
+
+/// [`follow`] on a store whose appends apply their own events to the views: catches up with
+/// what they left, a batch per transaction, then waits for an append they did not cover (its
+/// position beyond the views') or polls, for other processes' appends.
+async fn follow_appends(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Error> {
+    let mut wake = store.wake().await?;
+    loop {
+        let from = store.views_checkpoint().await?;
+        publish(tx, from);
+        let events = store.read_all(from, BATCH).await?;
+        if let Some(last) = events.last() {
+            let to = last.global_position;
+            // `false`: the appends moved the checkpoint meanwhile; read from where it is now.
+            if store.apply_views(from, to, ltmc_projections::changes(&events)).await? {
+                publish(tx, to);
+            }
+            continue;
+        }
+        loop {
+            match tokio::time::timeout(store::POLL_INTERVAL, wake.recv()).await {
+                Ok(Ok(appended)) if appended <= *tx.borrow() => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => wake = store.wake().await?,
+                _ => break, // beyond the views, missed wake-ups (lagged), or time to poll
+            }
+        }
+    }
+}
+
+/// Publishes `position` as applied, unless a later one already is: the appends and the task
+/// both publish, each right after its own commit.
+pub(crate) fn publish(tx: &watch::Sender<i64>, position: i64) {
+    tx.send_if_modified(|p| {
+        let later = position > *p;
+        if later {
+            *p = position;
+        }
+        later
+    });
 }
 
 /// Where the views are.

@@ -362,6 +362,20 @@ impl Store {
         }
     }
 
+    /// Asks this process's appends to bring the views up to date in their own transactions
+    /// while `position` (a running projector's) lives, publishing each new checkpoint to it.
+    /// `true` on SQLite (its one writer is in this process); Postgres appends never wait for
+    /// the views (`false`).
+    pub fn follow_views(&self, position: &std::sync::Arc<tokio::sync::watch::Sender<i64>>) -> bool {
+        match self {
+            Store::Postgres(_) => false,
+            Store::Sqlite(s) => {
+                s.follow_views(position);
+                true
+            }
+        }
+    }
+
     /// Subscribes to the whole log after `position`: catch-up reads, then live events.
     pub fn subscribe(&self, after: i64) -> Subscription {
         Subscription::new(self.clone(), after)

@@ -9,8 +9,9 @@ use ltmc_core::event::to_micros;
 use ltmc_core::{Metadata, NewEvent, RecordedEvent};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::{broadcast, watch};
 
 use super::{Appended, Error, EventStore, ExpectedVersion, Result, StreamInfo, chain_hashes, check_batch};
 
@@ -36,7 +37,13 @@ struct Inner {
     /// Short work waiting for the writer (projector batches, `with_writer_queued`): whoever
     /// holds the writer runs it after its group commit.
     jobs: Mutex<Vec<Job>>,
+    /// A drain is scheduled that has not taken the queues yet (see `schedule_drain`).
+    drain_scheduled: AtomicBool,
     tx: broadcast::Sender<i64>,
+    /// The positions published by this process's running projectors ([`SqliteStore::follow_views`]):
+    /// while one lives, each group commit brings the views up to its own last event in its
+    /// transaction and publishes the new checkpoint to them.
+    followers: Mutex<Vec<Weak<watch::Sender<i64>>>>,
 }
 
 fn sql_err(e: rusqlite::Error) -> Error {
@@ -62,7 +69,19 @@ fn open_connection(path: &Path) -> Result<Connection> {
     .map_err(sql_err)?;
     // The projector's statements (one per shape of row change) stay prepared beside the log's.
     conn.set_prepared_statement_cache_capacity(64);
+    plan_once(&conn)?;
     Ok(conn)
+}
+
+/// Has `conn` plan each statement once, whatever values are bound (SQLite's query planner
+/// stability guarantee). Otherwise SQLite (3.54) marks a statement to be planned again when the
+/// value bound to a `LIMIT ?` or an `= ?` changes, and rusqlite clears the bindings of every
+/// statement it returns to its cache, which counts as a change: the log's hottest statements
+/// were compiled again on every use (measured in docs/benchmarks.md). Our statements have one
+/// good plan whatever their values.
+fn plan_once(conn: &Connection) -> Result<()> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(sql_err)?;
+    Ok(())
 }
 
 /// Opens (creating) `<db>.<name>.lock`, the file OS locks are taken on.
@@ -116,7 +135,9 @@ impl SqliteStore {
                 reader: Mutex::new(reader),
                 pending: Mutex::new(Vec::new()),
                 jobs: Mutex::new(Vec::new()),
+                drain_scheduled: AtomicBool::new(false),
                 tx,
+                followers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -163,12 +184,22 @@ impl SqliteStore {
         let job: Job = Box::new(move |conn| {
             let _ = reply.send(f(conn));
         });
-        blocking(move || {
-            inner.jobs.lock().map_err(|_| Error::Backend("writer queue poisoned".into()))?.push(job);
-            drain(&inner)?;
-            answer.blocking_recv().map_err(|_| Error::Backend("the write was dropped".into()))?
-        })
-        .await
+        inner.jobs.lock().map_err(|_| Error::Backend("writer queue poisoned".into()))?.push(job);
+        schedule_drain(&inner);
+        answer.await.map_err(|_| Error::Backend("the write was dropped".into()))?
+    }
+
+    /// Has this process's appends keep the views current while `position` (a running
+    /// projector's) lives: each group commit also applies the events after the views'
+    /// checkpoint, up to its own last one, in its transaction, and publishes the new checkpoint
+    /// to `position` once committed. So the views include an append as soon as it is
+    /// acknowledged, and no hop through a busy runtime delays them. Views that are far behind
+    /// (more than [`crate::projector::BATCH`] events) are left to the projector's catch-up.
+    pub fn follow_views(&self, position: &Arc<watch::Sender<i64>>) {
+        if let Ok(mut followers) = self.inner.followers.lock() {
+            followers.retain(|f| f.strong_count() > 0);
+            followers.push(Arc::downgrade(position));
+        }
     }
 
     /// Stores a checkpoint.
@@ -352,15 +383,47 @@ fn append_in(tx: &Connection, stream: &str, expected: ExpectedVersion, events: &
 /// Short work for the writer connection other than appends (a projector batch: a few ms).
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// Makes sure a [`drain`] runs after work just queued: starts one on a blocking thread unless
+/// one is already scheduled and has not yet taken the queues. Whoever queues work calls this,
+/// and then waits for its answer without holding a thread: at most a running drain and the
+/// next one occupy threads, where a thread per waiting appender (50 under W3) meant as many
+/// cold allocator heaps and wake-ups (measured in docs/benchmarks.md).
+fn schedule_drain(inner: &Arc<Inner>) {
+    if !inner.drain_scheduled.swap(true, Ordering::SeqCst) {
+        let inner = inner.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = drain(&inner) {
+                tracing::error!(error = %e, "the SQLite writer cannot run what was queued for it");
+            }
+        });
+    }
+}
+
 /// Takes the writer and does what is queued for it: the appends as one group commit, then the
-/// other jobs, each on its own. Whoever queued work calls this after queueing, so nothing
-/// queued is left behind: either this call or the holder it waited for ran it.
+/// other jobs, each on its own. Work queued after it took the queues schedules the next drain.
+/// When the writer cannot be had, what was queued is dropped, so those waiting are told.
 fn drain(inner: &Inner) -> Result<()> {
-    let mut conn = inner.writer.lock().map_err(|_| Error::Backend("writer lock poisoned".into()))?;
+    let writer = inner.writer.lock();
+    // From here, newly queued work needs a drain of its own: this one may already have taken
+    // the queues.
+    inner.drain_scheduled.store(false, Ordering::SeqCst);
+    let mut conn = match writer {
+        Ok(conn) => conn,
+        Err(_) => {
+            let pending = inner.pending.lock().map(|mut p| std::mem::take(&mut *p));
+            let jobs = inner.jobs.lock().map(|mut j| std::mem::take(&mut *j));
+            drop((pending, jobs));
+            return Err(Error::Backend("writer lock poisoned".into()));
+        }
+    };
     let group: Vec<Pending> =
         std::mem::take(&mut *inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?);
     if !group.is_empty() {
-        commit_group(&mut conn, group);
+        let followers: Vec<Arc<watch::Sender<i64>>> = match inner.followers.lock() {
+            Ok(f) => f.iter().filter_map(Weak::upgrade).collect(),
+            Err(_) => Vec::new(), // the projectors catch up on their own
+        };
+        commit_group(&mut conn, group, &followers);
     }
     let jobs: Vec<Job> =
         std::mem::take(&mut *inner.jobs.lock().map_err(|_| Error::Backend("writer queue poisoned".into()))?);
@@ -380,8 +443,10 @@ struct Pending {
 
 /// Group commit: appends waiting while another holds the writer share one transaction (one
 /// fsync), each in a savepoint so that a refused one leaves no trace and fails nothing else.
-/// A lone append is a plain transaction.
-fn commit_group(conn: &mut Connection, group: Vec<Pending>) {
+/// A lone append is a plain transaction. With `followers` (running projectors), the views
+/// are brought up to the group's last event in the same transaction (see
+/// [`SqliteStore::follow_views`]).
+fn commit_group(conn: &mut Connection, group: Vec<Pending>, followers: &[Arc<watch::Sender<i64>>]) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -411,8 +476,22 @@ fn commit_group(conn: &mut Connection, group: Vec<Pending>) {
         };
         answers.push((p.reply, result));
     }
-    let wrote = answers.iter().any(|(_, r)| matches!(r, Ok(Appended { duplicate: false, .. })));
-    let committed = if wrote { tx.commit().map_err(sql_err) } else { Ok(()) };
+    let last =
+        answers.iter().filter_map(|(_, r)| r.as_ref().ok().filter(|a| !a.duplicate)).map(|a| a.last_position).max();
+    let views = match last {
+        Some(last) if !followers.is_empty() => views::follow_in(&tx, last),
+        _ => Ok(None),
+    };
+    let committed = match (&views, last) {
+        (Err(e), _) => Err(Error::Backend(format!("the views could not be undone in the append's transaction: {e}"))),
+        (Ok(_), Some(_)) => tx.commit().map_err(sql_err),
+        (Ok(_), None) => Ok(()),
+    };
+    if let (Ok(()), Ok(Some(position))) = (&committed, views) {
+        for f in followers {
+            crate::projector::publish(f, position);
+        }
+    }
     for (reply, result) in answers {
         let result = match (&committed, result) {
             (Err(e), Ok(a)) if !a.duplicate => Err(Error::Unavailable(format!("commit failed: {e}"))),
@@ -427,14 +506,10 @@ impl EventStore for SqliteStore {
         check_batch(stream, events)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let pending = Pending { stream: stream.to_owned(), expected, events: events.to_vec(), reply };
-        let inner = self.inner.clone();
-        // Queue the append, then take the writer: whoever gets it commits everything queued.
-        let appended = blocking(move || {
-            inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?.push(pending);
-            drain(&inner)?;
-            answer.blocking_recv().map_err(|_| Error::Backend("the append was dropped".into()))?
-        })
-        .await?;
+        // Queue the append; a drain commits everything queued as one group.
+        self.inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?.push(pending);
+        schedule_drain(&self.inner);
+        let appended = answer.await.map_err(|_| Error::Backend("the append was dropped".into()))??;
         if !appended.duplicate {
             let _ = self.inner.tx.send(appended.last_position);
         }

@@ -98,6 +98,7 @@ fn build_indexes(tx: &Connection, deferred: &[(String, String)]) -> Result<()> {
 fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Rows>) -> Result<i64> {
     let conn = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", source.display())))?;
+    super::plan_once(&conn)?;
     let mut stmt = conn
         .prepare(&format!(
             "SELECT {REPLAY_COLUMNS} FROM events WHERE global_position > ?1 AND global_position <= ?2 \

@@ -5,7 +5,7 @@ use ltmc_projections::{Change, Val};
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
 
-use super::{SqliteStore, sql_err, write_checkpoint};
+use super::{EVENT_COLUMNS, SqliteStore, collect, row_to_event, sql_err, write_checkpoint};
 use crate::store::views_sql::{CHECKPOINT, Param, groups, params as change_params, sqlite_time};
 use crate::store::{Error, Result};
 use std::path::PathBuf;
@@ -55,6 +55,41 @@ pub(super) fn execute_all(conn: &Connection, changes: &[Change]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Brings the views from their checkpoint up to `last`, the last event of a group commit, in
+/// that commit's transaction `tx` (a running projector asked for it: see
+/// `SqliteStore::follow_views`); returns the new checkpoint. `Ok(None)` leaves them to the
+/// projector: they are more than a batch behind, or applying failed, which is undone to a
+/// savepoint (the appends still commit) and logged; the projector then meets the same error and
+/// reports it. An error means even the undo failed: the group must not commit.
+pub(super) fn follow_in(tx: &Connection, last: i64) -> Result<Option<i64>> {
+    let at = match checkpoint(tx) {
+        Ok(at) if at < last && last - at <= crate::projector::BATCH as i64 => at,
+        _ => return Ok(None),
+    };
+    if let Err(e) = tx.execute_batch("SAVEPOINT ltmc_views") {
+        tracing::warn!(error = %e, "the views were not applied with the append; the projector will");
+        return Ok(None);
+    }
+    let applied = (|| {
+        let mut stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?1 AND global_position <= ?2 \
+                 ORDER BY global_position"
+            ))
+            .map_err(sql_err)?;
+        let events = collect(stmt.query_map(params![at, last], row_to_event).map_err(sql_err)?)?;
+        execute_all(tx, &ltmc_projections::changes(&events))?;
+        set_checkpoint(tx, last)
+    })();
+    match applied {
+        Ok(()) => tx.execute_batch("RELEASE ltmc_views").map(|()| Some(last)).map_err(sql_err),
+        Err(e) => {
+            tracing::warn!(error = %e, from = at, to = last, "the views were not applied with the append; the projector will");
+            tx.execute_batch("ROLLBACK TO ltmc_views; RELEASE ltmc_views").map(|()| None).map_err(sql_err)
+        }
+    }
 }
 
 impl SqliteStore {

@@ -1,0 +1,96 @@
+//! SQLite with a projector running in the process: each group commit brings the views up to
+//! its own events in its transaction, so an acknowledged append is already in the views; what
+//! the appends cannot apply is left to the projector, which says why.
+
+use ltmc_core::spec::{self, ParseOptions, Workflow};
+use ltmc_engine::{Engine, EngineOptions, EventStore, Store, projector};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn sequential() -> Workflow {
+    let yaml = "name: pair\npattern: sequential\nagents:\n  a: {builtin: noop}\n  b: {builtin: echo}\n";
+    spec::parse_str(yaml, "pair.yaml", &ParseOptions::default()).expect("valid workflow")
+}
+
+fn sqlite(store: &Store) -> anyhow::Result<rusqlite::Connection> {
+    let Store::Sqlite(s) = store else { anyhow::bail!("a SQLite store") };
+    Ok(rusqlite::Connection::open(s.path())?)
+}
+
+fn run_status(store: &Store, run_id: &str) -> anyhow::Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    Ok(sqlite(store)?.query_row("SELECT status FROM runs WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_append_is_already_in_the_views() -> anyhow::Result<()> {
+    let (store, _dir) = ltmc_tests::sqlite_store().await?;
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    // A backlog of more than a batch before the projector starts: its catch-up applies that,
+    // and the appends take over once the views are close behind.
+    for _ in 0..80 {
+        engine.run(sequential(), None, PathBuf::from("."), None).await?;
+    }
+    let backlog = store.head_position().await?;
+    assert!(backlog > projector::BATCH as i64, "{backlog} events");
+    let mut live = projector::spawn(store.clone());
+    assert!(live.wait_for(backlog, Duration::from_secs(20)).await, "caught up: {:?}", live.last_error());
+    for _ in 0..5 {
+        let state = engine.run(sequential(), None, PathBuf::from("."), None).await?;
+        // No waiting: the run's last append committed its views.
+        let head = store.head_position().await?;
+        assert_eq!(store.views_checkpoint().await?, head, "the views include the acknowledged appends");
+        assert_eq!(live.position(), head, "and the projector's position says so");
+        assert_eq!(run_status(&store, &state.run_id)?.as_deref(), Some("completed"));
+    }
+    live.stop();
+    // With the projector stopped, appends leave the views alone again.
+    engine.run(sequential(), None, PathBuf::from("."), None).await?;
+    assert!(store.views_checkpoint().await? < store.head_position().await?, "nobody follows the log now");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_the_appends_cannot_write_fails_no_append_and_is_reported() -> anyhow::Result<()> {
+    let (store, _dir) = ltmc_tests::sqlite_store().await?;
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let mut live = projector::spawn(store.clone());
+    engine.run(sequential(), None, PathBuf::from("."), None).await?;
+    let before = store.head_position().await?;
+    assert_eq!(store.views_checkpoint().await?, before);
+    // The audit log disappears behind the engine's back.
+    let ddl: Vec<String> = {
+        let c = sqlite(&store)?;
+        let mut stmt = c.prepare("SELECT sql FROM sqlite_master WHERE tbl_name = 'audit_log' AND sql IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    sqlite(&store)?.execute_batch("DROP TABLE audit_log")?;
+
+    let state = engine.run(sequential(), None, PathBuf::from("."), None).await?;
+    assert_eq!(state.status, ltmc_core::run::RunStatus::Completed, "the appends committed: {:?}", state.failure);
+    let head = store.head_position().await?;
+    assert!(head > before);
+    assert_eq!(store.views_checkpoint().await?, before, "no view moved without the audit log");
+    assert_eq!(run_status(&store, &state.run_id)?, None, "nor any row of another view");
+    let mut why = None;
+    for _ in 0..100 {
+        why = live.last_error();
+        if why.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let why = why.expect("the projector reports why the views stand still");
+    assert!(why.contains("audit_log"), "{why}");
+    assert_eq!(projector::status(&store).await?.lag, head - before);
+
+    // Put back, the projector applies what was left (on its next retry) and the appends follow.
+    sqlite(&store)?.execute_batch(&(ddl.join(";\n") + ";"))?;
+    assert!(live.wait_for(head, Duration::from_secs(20)).await, "{:?}", live.last_error());
+    assert_eq!(run_status(&store, &state.run_id)?.as_deref(), Some("completed"));
+    engine.run(sequential(), None, PathBuf::from("."), None).await?;
+    assert_eq!(store.views_checkpoint().await?, store.head_position().await?);
+    live.stop();
+    Ok(())
+}
