@@ -1,6 +1,8 @@
-//! SQLite with a projector running in the process: each group commit brings the views up to
-//! its own events in its transaction, so an acknowledged append is already in the views; what
-//! the appends cannot apply is left to the projector, which says why.
+//! Where a projector's work happens. SQLite, with a projector running in the process: each
+//! group commit brings the views up to its own events in its transaction, so an acknowledged
+//! append is already in the views; what the appends cannot apply is left to the projector,
+//! which says why. Postgres: the projector runs on a thread and runtime of its own, so a busy
+//! caller's runtime does not hold it up.
 
 use ltmc_core::spec::{self, ParseOptions, Workflow};
 use ltmc_engine::{Engine, EngineOptions, EventStore, Store, projector};
@@ -93,4 +95,25 @@ async fn a_view_the_appends_cannot_write_fails_no_append_and_is_reported() -> an
     assert_eq!(store.views_checkpoint().await?, store.head_position().await?);
     live.stop();
     Ok(())
+}
+
+/// The caller's one runtime thread is blocked (as by a busy engine) while the Postgres projector
+/// applies what was appended: it does not need that thread.
+#[tokio::test(flavor = "current_thread")]
+async fn the_postgres_projector_does_not_wait_for_the_callers_runtime() -> anyhow::Result<()> {
+    let schema = ltmc_tests::PgSchema::new().await?;
+    let store = schema.store().await?;
+    let live = projector::spawn(store.clone());
+    let meta = ltmc_core::Metadata::default();
+    let events: Vec<_> =
+        (0..20).map(|_| ltmc_engine::store::new_event("NoteTaken", 1, serde_json::json!({}), meta.clone())).collect();
+    let appended = store.append("notes-1", ltmc_engine::ExpectedVersion::NoStream, &events).await?;
+    // From here on this runtime runs nothing until the loop ends.
+    let started = std::time::Instant::now();
+    while live.position() < appended.last_position && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(live.position(), appended.last_position, "{:?}", live.last_error());
+    live.stop();
+    schema.drop().await
 }

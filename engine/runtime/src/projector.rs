@@ -44,7 +44,15 @@ pub async fn snapshot(store: &Store, until: i64, into: &str) -> Result<i64, stor
 pub struct ProjectorHandle {
     position: watch::Receiver<i64>,
     last_error: Arc<Mutex<Option<String>>>,
-    task: JoinHandle<()>,
+    running: Running,
+}
+
+/// Where a projector runs, and how it is stopped.
+enum Running {
+    /// A task on the caller's runtime.
+    Task(JoinHandle<()>),
+    /// A thread with a runtime of its own (Postgres), stopped by a message.
+    Thread(tokio::sync::oneshot::Sender<()>),
 }
 
 impl ProjectorHandle {
@@ -70,24 +78,34 @@ impl ProjectorHandle {
 
     /// Stops it (at any point: the views stay consistent with the checkpoint).
     pub fn stop(self) {
-        self.task.abort();
+        match self.running {
+            Running::Task(task) => task.abort(),
+            Running::Thread(stop) => {
+                let _ = stop.send(());
+            }
+        }
     }
 }
 
-/// Starts a projector on its own task; it retries after errors until stopped.
+/// Starts a projector; it retries after errors until stopped.
 ///
-/// On SQLite, while it runs, this process's appends apply their own events to the views in
-/// their transactions ([`Store::follow_views`]): the task then only catches up with what they
-/// leave (the backlog when it starts, other processes' appends, a batch that failed there).
+/// On SQLite it is a task of the caller's runtime, and while it runs this process's appends
+/// apply their own events to the views in their transactions ([`Store::follow_views`]): the
+/// task then only catches up with what they leave (the backlog when it starts, other
+/// processes' appends, a batch that failed there). On Postgres it runs on a thread of its own,
+/// with a runtime and connections of its own ([`crate::store::postgres::PgStore::detached`]):
+/// each of its steps (the wake-up, the read, the batch's pipeline) would otherwise wait for the
+/// caller's runtime, which a busy process (an engine driving 50 runs) keeps busy for tens of
+/// milliseconds (measured in docs/benchmarks.md).
 pub fn spawn(store: Store) -> ProjectorHandle {
     let (tx, position) = watch::channel(0);
-    // Owned by the task: stopping it ends the appends' part too (the store keeps a weak
+    // Owned by the projector: stopping it ends the appends' part too (the store keeps a weak
     // reference), and closes the channel for those watching.
     let tx = Arc::new(tx);
     let with_appends = store.follow_views(&tx);
     let last_error = Arc::new(Mutex::new(None));
     let errors = last_error.clone();
-    let task = tokio::spawn(async move {
+    let run = move |store: Store| async move {
         let mut backoff = Duration::from_millis(50);
         loop {
             let followed = if with_appends { follow_appends(&store, &tx).await } else { follow(&store, &tx).await };
@@ -103,8 +121,53 @@ pub fn spawn(store: Store) -> ProjectorHandle {
                 }
             }
         }
-    });
-    ProjectorHandle { position, last_error, task }
+    };
+    let running = match &store {
+        Store::Postgres(pg) => {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (pg, failed) = (pg.clone(), last_error.clone());
+            let thread = std::thread::Builder::new().name("ltmc-projector".into()).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => return note(&failed, format!("cannot start the projector's runtime: {e}")),
+                };
+                runtime.block_on(async move {
+                    let store = match pg.detached() {
+                        Ok(pg) => Store::Postgres(pg),
+                        Err(e) => return note(&failed, e.to_string()),
+                    };
+                    // Only a stop ends it; a handle dropped without one leaves it running, as
+                    // a task would.
+                    let stop = async {
+                        if stopped.await.is_err() {
+                            std::future::pending::<()>().await
+                        }
+                    };
+                    tokio::select! {
+                        () = stop => {}
+                        () = run(store) => {}
+                    }
+                });
+            });
+            match thread {
+                Ok(_) => Running::Thread(stop),
+                Err(e) => {
+                    note(&last_error, format!("cannot start the projector's thread: {e}"));
+                    Running::Thread(stop)
+                }
+            }
+        }
+        Store::Sqlite(_) => Running::Task(tokio::spawn(run(store))),
+    };
+    ProjectorHandle { position, last_error, running }
+}
+
+/// Records why the projector is not running.
+fn note(slot: &Mutex<Option<String>>, why: String) {
+    tracing::error!(error = %why, "the projector cannot run");
+    if let Ok(mut slot) = slot.lock() {
+        *slot = Some(why);
+    }
 }
 
 /// Follows the log from the checkpoint, a batch per transaction; while a batch is applied, the

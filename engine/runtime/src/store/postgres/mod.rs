@@ -100,6 +100,30 @@ impl PgStore {
         })
     }
 
+    /// The same database and schema through connections of its own (a new pool, listener and
+    /// committer), driven by the runtime this is called on: a task on another runtime thread
+    /// (the projector's) then never waits for this one's.
+    pub fn detached(&self) -> Result<PgStore> {
+        let config = self.inner.config.clone();
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .build()
+            .map_err(|e| Error::Backend(format!("building the pool: {e}")))?;
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                committer: GroupCommitter::start(config.clone()),
+                config,
+                schema: self.inner.schema.clone(),
+                heads: HeadCache::default(),
+                listener: OnceCell::new(),
+                view_types: OnceCell::new(),
+            }),
+        })
+    }
+
     /// The schema holding the tables.
     pub fn schema(&self) -> &str {
         &self.inner.schema
