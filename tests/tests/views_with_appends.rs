@@ -5,7 +5,7 @@
 //! caller's runtime does not hold it up.
 
 use ltmc_core::spec::{self, ParseOptions, Workflow};
-use ltmc_engine::{Engine, EngineOptions, EventStore, Store, projector};
+use ltmc_engine::{Engine, EngineOptions, EventStore, ExpectedVersion, Store, projector};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,12 +24,18 @@ fn run_status(store: &Store, run_id: &str) -> anyhow::Result<Option<String>> {
     Ok(sqlite(store)?.query_row("SELECT status FROM runs WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+fn notes(n: usize) -> Vec<ltmc_core::NewEvent> {
+    (0..n).map(|_| ltmc_engine::store::new_event("NoteTaken", 1, serde_json::json!({}), Default::default())).collect()
+}
+
+/// One runtime thread: between an append's return and the next `.await`, no task of this
+/// runtime (the projector's included) can run, so a position seen there was published by the
+/// append's own commit.
+#[tokio::test(flavor = "current_thread")]
 async fn an_acknowledged_append_is_already_in_the_views() -> anyhow::Result<()> {
     let (store, _dir) = ltmc_tests::sqlite_store().await?;
     let engine = Engine::new(store.clone(), EngineOptions::default());
-    // A backlog of more than a batch before the projector starts: its catch-up applies that,
-    // and the appends take over once the views are close behind.
+    // A backlog of more than a batch before the projector starts: its catch-up applies that.
     for _ in 0..80 {
         engine.run(sequential(), None, PathBuf::from("."), None).await?;
     }
@@ -37,18 +43,25 @@ async fn an_acknowledged_append_is_already_in_the_views() -> anyhow::Result<()> 
     assert!(backlog > projector::BATCH as i64, "{backlog} events");
     let mut live = projector::spawn(store.clone());
     assert!(live.wait_for(backlog, Duration::from_secs(20)).await, "caught up: {:?}", live.last_error());
-    for _ in 0..5 {
-        let state = engine.run(sequential(), None, PathBuf::from("."), None).await?;
-        // No waiting: the run's last append committed its views.
-        let head = store.head_position().await?;
-        assert_eq!(store.views_checkpoint().await?, head, "the views include the acknowledged appends");
-        assert_eq!(live.position(), head, "and the projector's position says so");
-        assert_eq!(run_status(&store, &state.run_id)?.as_deref(), Some("completed"));
+    for i in 0..5 {
+        let appended = store.append(&format!("notes-{i}"), ExpectedVersion::NoStream, &notes(3)).await?;
+        assert_eq!(live.position(), appended.last_position, "published by the append's commit");
+        assert_eq!(store.views_checkpoint().await?, appended.last_position, "and in the views");
     }
+    let state = engine.run(sequential(), None, PathBuf::from("."), None).await?;
+    assert_eq!(run_status(&store, &state.run_id)?.as_deref(), Some("completed"));
+    // An append of more than a batch is left to the projector's catch-up.
+    let big = store.append("notes-big", ExpectedVersion::NoStream, &notes(projector::BATCH + 100)).await?;
+    assert!(live.position() < big.last_position, "the append did not apply {} events", projector::BATCH + 100);
+    assert!(live.wait_for(big.last_position, Duration::from_secs(20)).await, "{:?}", live.last_error());
+    // Caught up, the appends apply again.
+    let appended = store.append("notes-after", ExpectedVersion::NoStream, &notes(1)).await?;
+    assert_eq!(live.position(), appended.last_position);
     live.stop();
     // With the projector stopped, appends leave the views alone again.
-    engine.run(sequential(), None, PathBuf::from("."), None).await?;
-    assert!(store.views_checkpoint().await? < store.head_position().await?, "nobody follows the log now");
+    tokio::task::yield_now().await; // the aborted task is dropped
+    let alone = store.append("notes-alone", ExpectedVersion::NoStream, &notes(1)).await?;
+    assert!(store.views_checkpoint().await? < alone.last_position, "nobody follows the log now");
     Ok(())
 }
 

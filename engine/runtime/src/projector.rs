@@ -123,43 +123,69 @@ pub fn spawn(store: Store) -> ProjectorHandle {
         }
     };
     let running = match &store {
-        Store::Postgres(pg) => {
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let (pg, failed) = (pg.clone(), last_error.clone());
-            let thread = std::thread::Builder::new().name("ltmc-projector".into()).spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(r) => r,
-                    Err(e) => return note(&failed, format!("cannot start the projector's runtime: {e}")),
-                };
-                runtime.block_on(async move {
-                    let store = match pg.detached() {
-                        Ok(pg) => Store::Postgres(pg),
-                        Err(e) => return note(&failed, e.to_string()),
-                    };
-                    // Only a stop ends it; a handle dropped without one leaves it running, as
-                    // a task would.
-                    let stop = async {
-                        if stopped.await.is_err() {
-                            std::future::pending::<()>().await
-                        }
-                    };
-                    tokio::select! {
-                        () = stop => {}
-                        () = run(store) => {}
-                    }
-                });
-            });
-            match thread {
-                Ok(_) => Running::Thread(stop),
-                Err(e) => {
-                    note(&last_error, format!("cannot start the projector's thread: {e}"));
-                    Running::Thread(stop)
-                }
-            }
-        }
+        Store::Postgres(pg) => on_own_thread(pg.clone(), run, last_error.clone()),
         Store::Sqlite(_) => Running::Task(tokio::spawn(run(store))),
     };
     ProjectorHandle { position, last_error, running }
+}
+
+/// Runs `run` on a thread with a current-thread runtime of its own and a store with
+/// connections of its own ([`crate::store::postgres::PgStore::detached`]). It ends on
+/// [`ProjectorHandle::stop`], or when the caller's runtime does, as a task of it would.
+fn on_own_thread<F, Fut>(pg: crate::store::postgres::PgStore, run: F, failed: Arc<Mutex<Option<String>>>) -> Running
+where
+    F: FnOnce(Store) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // `alive` is held by a task of the caller's runtime, which ends when that runtime does or
+    // when the thread has ended (dropping `done`).
+    let (alive, caller_gone) = tokio::sync::oneshot::channel::<()>();
+    let (done, thread_ended) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _alive = alive;
+        let _ = thread_ended.await;
+    });
+    let noted = failed.clone();
+    let thread = std::thread::Builder::new().name("ltmc-projector".into()).spawn(move || {
+        let _done = done;
+        // A panic ends the thread: say so where `last_error` is read.
+        struct Panicked(Arc<Mutex<Option<String>>>);
+        impl Drop for Panicked {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    note(&self.0, "the projector's thread panicked".into());
+                }
+            }
+        }
+        let _panicked = Panicked(failed.clone());
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => return note(&failed, format!("cannot start the projector's runtime: {e}")),
+        };
+        runtime.block_on(async move {
+            let store = match pg.detached() {
+                Ok(own) => Store::Postgres(own),
+                Err(e) => return note(&failed, e.to_string()),
+            };
+            drop(pg); // the caller's pool is not this thread's to keep
+            // A handle dropped without `stop` leaves it running, as a task would.
+            let stop = async {
+                if stopped.await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            };
+            tokio::select! {
+                () = stop => {}
+                _ = caller_gone => {}
+                () = run(store) => {}
+            }
+        });
+    });
+    if let Err(e) = thread {
+        note(&noted, format!("cannot start the projector's thread: {e}"));
+    }
+    Running::Thread(stop)
 }
 
 /// Records why the projector is not running.
@@ -175,7 +201,7 @@ fn note(slot: &Mutex<Option<String>>, why: String) {
 /// projector moved it.
 async fn follow(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Error> {
     let mut from = store.views_checkpoint().await?;
-    publish(tx, from);
+    tx.send_replace(from); // read from the store: also lower, after a rebuild `--until`
     let mut sub = store.subscribe(from);
     let mut events = Vec::new();
     loop {
@@ -218,7 +244,9 @@ async fn follow_appends(store: &Store, tx: &watch::Sender<i64>) -> Result<(), st
     let mut wake = store.wake().await?;
     loop {
         let from = store.views_checkpoint().await?;
-        publish(tx, from);
+        // Read from the store: also lower, after a rebuild `--until`. (If the appends moved it
+        // meanwhile, they publish again with their next group, or the next round does.)
+        tx.send_replace(from);
         let events = store.read_all(from, BATCH).await?;
         if let Some(last) = events.last() {
             let to = last.global_position;
@@ -239,7 +267,8 @@ async fn follow_appends(store: &Store, tx: &watch::Sender<i64>) -> Result<(), st
 }
 
 /// Publishes `position` as applied, unless a later one already is: the appends and the task
-/// both publish, each right after its own commit.
+/// both publish, each right after its own commit (a position read from the store replaces the
+/// published one instead).
 pub(crate) fn publish(tx: &watch::Sender<i64>, position: i64) {
     tx.send_if_modified(|p| {
         let later = position > *p;

@@ -155,7 +155,8 @@ pub(super) async fn live_lag(backend: &'static str, engine: &Engine, raw: &mut R
 type Commits = Vec<(i64, chrono::DateTime<chrono::Utc>)>;
 
 /// Notes, on a thread of its own, when each position the projector publishes became visible
-/// (the projector publishes right after its transaction commits). Ends when the projector
+/// (a position is published right after the transaction that applied it commits: the
+/// projector's, or on SQLite the appends' own). Ends when the projector
 /// stops.
 fn observe(mut positions: tokio::sync::watch::Receiver<i64>) -> std::io::Result<std::thread::JoinHandle<Commits>> {
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;

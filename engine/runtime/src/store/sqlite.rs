@@ -39,6 +39,9 @@ struct Inner {
     jobs: Mutex<Vec<Job>>,
     /// A drain is scheduled that has not taken the queues yet (see `schedule_drain`).
     drain_scheduled: AtomicBool,
+    /// The appends leave the views to the projector: applying them failed in an append's
+    /// transaction, and no projector batch has been applied since.
+    views_paused: AtomicBool,
     tx: broadcast::Sender<i64>,
     /// The positions published by this process's running projectors ([`SqliteStore::follow_views`]):
     /// while one lives, each group commit brings the views up to its own last event in its
@@ -136,6 +139,7 @@ impl SqliteStore {
                 pending: Mutex::new(Vec::new()),
                 jobs: Mutex::new(Vec::new()),
                 drain_scheduled: AtomicBool::new(false),
+                views_paused: AtomicBool::new(false),
                 tx,
                 followers: Mutex::new(Vec::new()),
             }),
@@ -390,9 +394,17 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// cold allocator heaps and wake-ups (measured in docs/benchmarks.md).
 fn schedule_drain(inner: &Arc<Inner>) {
     if !inner.drain_scheduled.swap(true, Ordering::SeqCst) {
-        let inner = inner.clone();
+        // Clears the mark however the drain ends, also if it never runs (a runtime shutting
+        // down drops it; no thread for it panics): the next work queued schedules another.
+        struct Scheduled(Arc<Inner>);
+        impl Drop for Scheduled {
+            fn drop(&mut self) {
+                self.0.drain_scheduled.store(false, Ordering::SeqCst);
+            }
+        }
+        let scheduled = Scheduled(inner.clone());
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = drain(&inner) {
+            if let Err(e) = drain(&scheduled.0) {
                 tracing::error!(error = %e, "the SQLite writer cannot run what was queued for it");
             }
         });
@@ -419,11 +431,16 @@ fn drain(inner: &Inner) -> Result<()> {
     let group: Vec<Pending> =
         std::mem::take(&mut *inner.pending.lock().map_err(|_| Error::Backend("append queue poisoned".into()))?);
     if !group.is_empty() {
+        // After the views failed in an append's transaction, the appends leave them to the
+        // projector until it has applied a batch, rather than fail again in every group.
+        let paused = inner.views_paused.load(Ordering::SeqCst);
         let followers: Vec<Arc<watch::Sender<i64>>> = match inner.followers.lock() {
-            Ok(f) => f.iter().filter_map(Weak::upgrade).collect(),
-            Err(_) => Vec::new(), // the projectors catch up on their own
+            Ok(f) if !paused => f.iter().filter_map(Weak::upgrade).collect(),
+            _ => Vec::new(), // the projectors catch up on their own
         };
-        commit_group(&mut conn, group, &followers);
+        if commit_group(&mut conn, group, &followers) == Views::Failed {
+            inner.views_paused.store(true, Ordering::SeqCst);
+        }
     }
     let jobs: Vec<Job> =
         std::mem::take(&mut *inner.jobs.lock().map_err(|_| Error::Backend("writer queue poisoned".into()))?);
@@ -446,7 +463,7 @@ struct Pending {
 /// A lone append is a plain transaction. With `followers` (running projectors), the views
 /// are brought up to the group's last event in the same transaction (see
 /// [`SqliteStore::follow_views`]).
-fn commit_group(conn: &mut Connection, group: Vec<Pending>, followers: &[Arc<watch::Sender<i64>>]) {
+fn commit_group(conn: &mut Connection, group: Vec<Pending>, followers: &[Arc<watch::Sender<i64>>]) -> Views {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -454,7 +471,7 @@ fn commit_group(conn: &mut Connection, group: Vec<Pending>, followers: &[Arc<wat
             for p in group {
                 let _ = p.reply.send(Err(Error::Unavailable(why.clone())));
             }
-            return;
+            return Views::Skipped;
         }
     };
     let alone = group.len() == 1;
@@ -480,16 +497,16 @@ fn commit_group(conn: &mut Connection, group: Vec<Pending>, followers: &[Arc<wat
         answers.iter().filter_map(|(_, r)| r.as_ref().ok().filter(|a| !a.duplicate)).map(|a| a.last_position).max();
     let views = match last {
         Some(last) if !followers.is_empty() => views::follow_in(&tx, last),
-        _ => Ok(None),
+        _ => Ok(Views::Skipped),
     };
     let committed = match (&views, last) {
         (Err(e), _) => Err(Error::Backend(format!("the views could not be undone in the append's transaction: {e}"))),
         (Ok(_), Some(_)) => tx.commit().map_err(sql_err),
         (Ok(_), None) => Ok(()),
     };
-    if let (Ok(()), Ok(Some(position))) = (&committed, views) {
+    if let (Ok(()), Ok(Views::Applied(position))) = (&committed, &views) {
         for f in followers {
-            crate::projector::publish(f, position);
+            crate::projector::publish(f, *position);
         }
     }
     for (reply, result) in answers {
@@ -499,6 +516,21 @@ fn commit_group(conn: &mut Connection, group: Vec<Pending>, followers: &[Arc<wat
         };
         let _ = reply.send(result);
     }
+    match views {
+        Ok(v) => v,
+        Err(_) => Views::Failed,
+    }
+}
+
+/// What a group commit did with the views ([`views::follow_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Views {
+    /// Brought up to this position.
+    Applied(i64),
+    /// Left to the projector: none follows, or they are far behind.
+    Skipped,
+    /// Applying failed (undone): left to the projector, which reports why.
+    Failed,
 }
 
 impl EventStore for SqliteStore {

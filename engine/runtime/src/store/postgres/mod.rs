@@ -63,6 +63,13 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> Error {
     }
 }
 
+/// A pool of at most `size` connections made with `config`.
+fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
+    let manager =
+        Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager).max_size(size).build().map_err(|e| Error::Backend(format!("building the pool: {e}")))
+}
+
 fn pool_err(e: deadpool_postgres::PoolError) -> Error {
     match e {
         deadpool_postgres::PoolError::Backend(e) => db_err(e),
@@ -77,17 +84,25 @@ impl PgStore {
         let config = tokio_postgres::Config::from_str(url)
             .map_err(|e| Error::Invalid(format!("database URL is not a valid postgres URL: {e}")))?;
         migrate(&config).await?;
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .build()
-            .map_err(|e| Error::Backend(format!("building the pool: {e}")))?;
+        let pool = pool(&config, 16)?;
         let client = pool.get().await.map_err(pool_err)?;
         let schema: Option<String> = client.query_one("SELECT current_schema()", &[]).await.map_err(db_err)?.get(0);
         let schema = schema.ok_or_else(|| Error::Invalid("the search_path names no existing schema".into()))?;
         drop(client);
-        Ok(PgStore {
+        Ok(PgStore::with(pool, config, schema))
+    }
+
+    /// The same database and schema through connections of its own (a new pool, listener and
+    /// committer), driven by the runtime this is called on: a task on another runtime thread
+    /// (the projector's) then never waits for this one's.
+    pub(crate) fn detached(&self) -> Result<PgStore> {
+        let config = self.inner.config.clone();
+        Ok(PgStore::with(pool(&config, 4)?, config, self.inner.schema.clone()))
+    }
+
+    /// A store over `pool`, its committer started on the current runtime.
+    fn with(pool: Pool, config: tokio_postgres::Config, schema: String) -> PgStore {
+        PgStore {
             inner: Arc::new(Inner {
                 pool,
                 committer: GroupCommitter::start(config.clone()),
@@ -97,31 +112,7 @@ impl PgStore {
                 listener: OnceCell::new(),
                 view_types: OnceCell::new(),
             }),
-        })
-    }
-
-    /// The same database and schema through connections of its own (a new pool, listener and
-    /// committer), driven by the runtime this is called on: a task on another runtime thread
-    /// (the projector's) then never waits for this one's.
-    pub fn detached(&self) -> Result<PgStore> {
-        let config = self.inner.config.clone();
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(4)
-            .build()
-            .map_err(|e| Error::Backend(format!("building the pool: {e}")))?;
-        Ok(PgStore {
-            inner: Arc::new(Inner {
-                pool,
-                committer: GroupCommitter::start(config.clone()),
-                config,
-                schema: self.inner.schema.clone(),
-                heads: HeadCache::default(),
-                listener: OnceCell::new(),
-                view_types: OnceCell::new(),
-            }),
-        })
+        }
     }
 
     /// The schema holding the tables.

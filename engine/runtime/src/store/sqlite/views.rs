@@ -5,7 +5,7 @@ use ltmc_projections::{Change, Val};
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
 
-use super::{EVENT_COLUMNS, SqliteStore, collect, row_to_event, sql_err, write_checkpoint};
+use super::{EVENT_COLUMNS, SqliteStore, Views, collect, row_to_event, sql_err, write_checkpoint};
 use crate::store::views_sql::{CHECKPOINT, Param, groups, params as change_params, sqlite_time};
 use crate::store::{Error, Result};
 use std::path::PathBuf;
@@ -59,20 +59,20 @@ pub(super) fn execute_all(conn: &Connection, changes: &[Change]) -> Result<()> {
 
 /// Brings the views from their checkpoint up to `last`, the last event of a group commit, in
 /// that commit's transaction `tx` (a running projector asked for it: see
-/// `SqliteStore::follow_views`); returns the new checkpoint. `Ok(None)` leaves them to the
-/// projector: they are more than a batch behind, or applying failed, which is undone to a
+/// `SqliteStore::follow_views`). `Skipped` leaves them to the projector when they are more
+/// than a batch behind; `Failed` when applying failed (or panicked), which is undone to a
 /// savepoint (the appends still commit) and logged; the projector then meets the same error and
 /// reports it. An error means even the undo failed: the group must not commit.
-pub(super) fn follow_in(tx: &Connection, last: i64) -> Result<Option<i64>> {
+pub(super) fn follow_in(tx: &Connection, last: i64) -> Result<Views> {
     let at = match checkpoint(tx) {
         Ok(at) if at < last && last - at <= crate::projector::BATCH as i64 => at,
-        _ => return Ok(None),
+        Ok(_) => return Ok(Views::Skipped),
+        Err(e) => return Ok(failed(&e, 0, last)),
     };
     if let Err(e) = tx.execute_batch("SAVEPOINT ltmc_views") {
-        tracing::warn!(error = %e, "the views were not applied with the append; the projector will");
-        return Ok(None);
+        return Ok(failed(&sql_err(e), at, last));
     }
-    let applied = (|| {
+    let apply = || {
         let mut stmt = tx
             .prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?1 AND global_position <= ?2 \
@@ -82,14 +82,24 @@ pub(super) fn follow_in(tx: &Connection, last: i64) -> Result<Option<i64>> {
         let events = collect(stmt.query_map(params![at, last], row_to_event).map_err(sql_err)?)?;
         execute_all(tx, &ltmc_projections::changes(&events))?;
         set_checkpoint(tx, last)
-    })();
+    };
+    // A panic in projection code must not unwind through the writer's lock (poisoning it for
+    // every later append): it is a failed apply like any other.
+    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(apply))
+        .unwrap_or_else(|_| Err(Error::Backend("projecting the events panicked".into())));
     match applied {
-        Ok(()) => tx.execute_batch("RELEASE ltmc_views").map(|()| Some(last)).map_err(sql_err),
+        Ok(()) => tx.execute_batch("RELEASE ltmc_views").map(|()| Views::Applied(last)).map_err(sql_err),
         Err(e) => {
-            tracing::warn!(error = %e, from = at, to = last, "the views were not applied with the append; the projector will");
-            tx.execute_batch("ROLLBACK TO ltmc_views; RELEASE ltmc_views").map(|()| None).map_err(sql_err)
+            let failed = failed(&e, at, last);
+            tx.execute_batch("ROLLBACK TO ltmc_views; RELEASE ltmc_views").map(|()| failed).map_err(sql_err)
         }
     }
+}
+
+/// Logs why the appends could not apply the views.
+fn failed(e: &Error, from: i64, to: i64) -> Views {
+    tracing::warn!(error = %e, from, to, "the views were not applied with the append; the projector will");
+    Views::Failed
 }
 
 impl SqliteStore {
@@ -113,6 +123,7 @@ impl SqliteStore {
     /// Applies `changes` and moves the checkpoint from `from` to `to` in one transaction;
     /// `false`, writing nothing, when the checkpoint is not at `from`.
     pub async fn apply_views(&self, from: i64, to: i64, changes: Vec<Change>) -> Result<bool> {
+        let inner = self.inner.clone();
         self.with_writer_queued(move |conn| {
             without_fsync(conn, |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
@@ -122,6 +133,8 @@ impl SqliteStore {
                 execute_all(&tx, &changes)?;
                 set_checkpoint(&tx, to)?;
                 tx.commit().map_err(sql_err)?;
+                // The views can be written again: the appends may take them up again.
+                inner.views_paused.store(false, std::sync::atomic::Ordering::SeqCst);
                 Ok(true)
             })
         })
