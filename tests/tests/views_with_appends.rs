@@ -57,6 +57,14 @@ async fn an_acknowledged_append_is_already_in_the_views() -> anyhow::Result<()> 
     // Caught up, the appends apply again.
     let appended = store.append("notes-after", ExpectedVersion::NoStream, &notes(1)).await?;
     assert_eq!(live.position(), appended.last_position);
+    // A rebuild as of an earlier position sets the projector's position there, lower too; the
+    // next append brings the views up to itself again.
+    let earlier = appended.last_position - 5;
+    assert_eq!(store.rebuild_views(Some(earlier), ltmc_engine::store::REBUILD_HELD_ROWS).await?, earlier);
+    assert_eq!(live.position(), earlier);
+    let again = store.append("notes-again", ExpectedVersion::NoStream, &notes(1)).await?;
+    assert_eq!(live.position(), again.last_position);
+    assert_eq!(store.views_checkpoint().await?, again.last_position);
     live.stop();
     // With the projector stopped, appends leave the views alone again.
     tokio::task::yield_now().await; // the aborted task is dropped

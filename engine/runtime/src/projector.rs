@@ -106,9 +106,16 @@ pub fn spawn(store: Store) -> ProjectorHandle {
     let last_error = Arc::new(Mutex::new(None));
     let errors = last_error.clone();
     let run = move |store: Store| async move {
+        use futures::FutureExt;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let followed = if with_appends { follow_appends(&store, &tx).await } else { follow(&store, &tx).await };
+            let following =
+                async { if with_appends { follow_appends(&store, &tx).await } else { follow(&store, &tx).await } };
+            // A panic in projection code is an error like another: reported, and retried.
+            let followed = std::panic::AssertUnwindSafe(following)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(store::Error::Backend("projecting the events panicked".into())));
             match followed {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(e) => {
@@ -244,9 +251,9 @@ async fn follow_appends(store: &Store, tx: &watch::Sender<i64>) -> Result<(), st
     let mut wake = store.wake().await?;
     loop {
         let from = store.views_checkpoint().await?;
-        // Read from the store: also lower, after a rebuild `--until`. (If the appends moved it
-        // meanwhile, they publish again with their next group, or the next round does.)
-        tx.send_replace(from);
+        // Only raised: the appends may have published a later position since this read. (A
+        // rebuild, which may lower it, sets it itself.)
+        publish(tx, from);
         let events = store.read_all(from, BATCH).await?;
         if let Some(last) = events.last() {
             let to = last.global_position;
@@ -266,9 +273,8 @@ async fn follow_appends(store: &Store, tx: &watch::Sender<i64>) -> Result<(), st
     }
 }
 
-/// Publishes `position` as applied, unless a later one already is: the appends and the task
-/// both publish, each right after its own commit (a position read from the store replaces the
-/// published one instead).
+/// Publishes `position` as applied, unless a later one already is: on SQLite the appends and
+/// the task both publish, each right after its own commit.
 pub(crate) fn publish(tx: &watch::Sender<i64>, position: i64) {
     tx.send_if_modified(|p| {
         let later = position > *p;

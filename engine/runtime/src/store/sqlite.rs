@@ -394,31 +394,35 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// cold allocator heaps and wake-ups (measured in docs/benchmarks.md).
 fn schedule_drain(inner: &Arc<Inner>) {
     if !inner.drain_scheduled.swap(true, Ordering::SeqCst) {
-        // Clears the mark however the drain ends, also if it never runs (a runtime shutting
-        // down drops it; no thread for it panics): the next work queued schedules another.
-        struct Scheduled(Arc<Inner>);
-        impl Drop for Scheduled {
-            fn drop(&mut self) {
-                self.0.drain_scheduled.store(false, Ordering::SeqCst);
-            }
-        }
         let scheduled = Scheduled(inner.clone());
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = drain(&scheduled.0) {
+            let inner = scheduled.0.clone();
+            if let Err(e) = drain(&inner, scheduled) {
                 tracing::error!(error = %e, "the SQLite writer cannot run what was queued for it");
             }
         });
     }
 }
 
+/// A scheduled drain's mark: dropping it clears `drain_scheduled`, so that the next work queued
+/// schedules another drain. The drain drops it once it holds the writer; if the drain never
+/// runs (a runtime shutting down drops it, or no thread could be had), it is dropped then.
+struct Scheduled(Arc<Inner>);
+
+impl Drop for Scheduled {
+    fn drop(&mut self) {
+        self.0.drain_scheduled.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Takes the writer and does what is queued for it: the appends as one group commit, then the
 /// other jobs, each on its own. Work queued after it took the queues schedules the next drain.
 /// When the writer cannot be had, what was queued is dropped, so those waiting are told.
-fn drain(inner: &Inner) -> Result<()> {
+fn drain(inner: &Inner, scheduled: Scheduled) -> Result<()> {
     let writer = inner.writer.lock();
     // From here, newly queued work needs a drain of its own: this one may already have taken
     // the queues.
-    inner.drain_scheduled.store(false, Ordering::SeqCst);
+    drop(scheduled);
     let mut conn = match writer {
         Ok(conn) => conn,
         Err(_) => {

@@ -145,6 +145,7 @@ impl SqliteStore {
     /// keep seeing the old rows until it commits. Returns the checkpoint.
     pub async fn rebuild_views(&self, tables: Vec<&'static str>, until: Option<i64>, held_rows: usize) -> Result<i64> {
         let source = self.path().to_path_buf();
+        let inner = self.inner.clone();
         self.with_writer(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
             let until = match until {
@@ -156,6 +157,14 @@ impl SqliteStore {
             let position = super::rebuild::rebuild(&tx, &source, &tables, until, held_rows)?;
             set_checkpoint(&tx, position)?;
             tx.commit().map_err(sql_err)?;
+            // This process's projectors now stand where the rebuild left the views, lower too
+            // (`--until`); under the writer's lock, so no append publishes in between.
+            if let Ok(followers) = inner.followers.lock() {
+                for f in followers.iter().filter_map(std::sync::Weak::upgrade) {
+                    f.send_replace(position);
+                }
+            }
+            inner.views_paused.store(false, std::sync::atomic::Ordering::SeqCst); // fresh views
             Ok(position)
         })
         .await
