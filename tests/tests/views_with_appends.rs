@@ -111,6 +111,7 @@ async fn a_view_the_appends_cannot_write_fails_no_append_and_is_reported() -> an
     // Put back, the projector applies what was left (on its next retry) and the appends follow.
     sqlite(&store)?.execute_batch(&(ddl.join(";\n") + ";"))?;
     assert!(live.wait_for(head, Duration::from_secs(20)).await, "{:?}", live.last_error());
+    assert_eq!(live.last_error(), None, "advancing again, it has nothing to report");
     assert_eq!(run_status(&store, &state.run_id)?.as_deref(), Some("completed"));
     engine.run(sequential(), None, PathBuf::from("."), None).await?;
     assert_eq!(store.views_checkpoint().await?, store.head_position().await?);

@@ -71,7 +71,8 @@ impl ProjectorHandle {
         self.position.clone()
     }
 
-    /// Why the projector is not advancing, if it is failing.
+    /// Why the projector is not advancing, if it is failing: the last error, until it has
+    /// applied a batch again.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
@@ -109,8 +110,13 @@ pub fn spawn(store: Store) -> ProjectorHandle {
         use futures::FutureExt;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let following =
-                async { if with_appends { follow_appends(&store, &tx).await } else { follow(&store, &tx).await } };
+            let following = async {
+                if with_appends {
+                    follow_appends(&store, &tx, &errors).await
+                } else {
+                    follow(&store, &tx, &errors).await
+                }
+            };
             // A panic in projection code is an error like another: reported, and retried.
             let followed = std::panic::AssertUnwindSafe(following)
                 .catch_unwind()
@@ -195,6 +201,13 @@ where
     Running::Thread(stop)
 }
 
+/// Forgets the last error once a batch has been applied: the projector is advancing again.
+fn recovered(errors: &Mutex<Option<String>>) {
+    if let Ok(mut slot) = errors.lock() {
+        *slot = None;
+    }
+}
+
 /// Records why the projector is not running.
 fn note(slot: &Mutex<Option<String>>, why: String) {
     tracing::error!(error = %why, "the projector cannot run");
@@ -206,7 +219,7 @@ fn note(slot: &Mutex<Option<String>>, why: String) {
 /// Follows the log from the checkpoint, a batch per transaction; while a batch is applied, the
 /// events after it are read. Returns (to start again from the stored checkpoint) when another
 /// projector moved it.
-async fn follow(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Error> {
+async fn follow(store: &Store, tx: &watch::Sender<i64>, errors: &Mutex<Option<String>>) -> Result<(), store::Error> {
     let mut from = store.views_checkpoint().await?;
     tx.send_replace(from); // read from the store: also lower, after a rebuild `--until`
     let mut sub = store.subscribe(from);
@@ -240,6 +253,7 @@ async fn follow(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Err
         tracing::debug!(events = events.len(), apply_us = started.elapsed().as_micros() as u64, "applied a batch");
         from = to;
         publish(tx, to);
+        recovered(errors);
         events = next;
     }
 }
@@ -247,7 +261,11 @@ async fn follow(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Err
 /// [`follow`] on a store whose appends apply their own events to the views: catches up with
 /// what they left, a batch per transaction, then waits for an append they did not cover (its
 /// position beyond the views') or polls, for other processes' appends.
-async fn follow_appends(store: &Store, tx: &watch::Sender<i64>) -> Result<(), store::Error> {
+async fn follow_appends(
+    store: &Store,
+    tx: &watch::Sender<i64>,
+    errors: &Mutex<Option<String>>,
+) -> Result<(), store::Error> {
     let mut wake = store.wake().await?;
     loop {
         let from = store.views_checkpoint().await?;
@@ -260,6 +278,7 @@ async fn follow_appends(store: &Store, tx: &watch::Sender<i64>) -> Result<(), st
             // `false`: the appends moved the checkpoint meanwhile; read from where it is now.
             if store.apply_views(from, to, ltmc_projections::changes(&events)).await? {
                 publish(tx, to);
+                recovered(errors);
             }
             continue;
         }
