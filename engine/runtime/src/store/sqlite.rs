@@ -34,8 +34,8 @@ struct Inner {
     reader: Mutex<Connection>,
     /// Appends waiting for the writer (see `commit_group`).
     pending: Mutex<Vec<Pending>>,
-    /// Short work waiting for the writer (projector batches, `with_writer_queued`): whoever
-    /// holds the writer runs it after its group commit.
+    /// Short work waiting for the writer (projector batches, `with_writer_queued`): the next
+    /// drain runs it after its group commit.
     jobs: Mutex<Vec<Job>>,
     /// A drain is scheduled that has not taken the queues yet (see `schedule_drain`).
     drain_scheduled: AtomicBool,
@@ -47,6 +47,14 @@ struct Inner {
     /// while one lives, each group commit brings the views up to its own last event in its
     /// transaction and publishes the new checkpoint to them.
     followers: Mutex<Vec<Weak<watch::Sender<i64>>>>,
+}
+
+impl Inner {
+    /// This process's running projectors (see [`SqliteStore::follow_views`]); none if the list
+    /// cannot be read (they then catch up on their own).
+    fn followers(&self) -> Vec<Arc<watch::Sender<i64>>> {
+        self.followers.lock().map_or_else(|_| Vec::new(), |f| f.iter().filter_map(Weak::upgrade).collect())
+    }
 }
 
 fn sql_err(e: rusqlite::Error) -> Error {
@@ -176,8 +184,8 @@ impl SqliteStore {
     }
 
     /// Like [`SqliteStore::with_writer`] for short work that must not wait behind a stream of
-    /// appends: it is queued beside them and whoever holds the writer runs it right after its
-    /// group commit (see [`drain`]). A projector batch waits for one commit at most instead of
+    /// appends: it is queued beside them and the next drain runs it right after its group
+    /// commit (see [`drain`]). A projector batch waits for one commit at most instead of
     /// racing every new appender for the lock.
     async fn with_writer_queued<T: Send + 'static>(
         &self,
@@ -438,10 +446,7 @@ fn drain(inner: &Inner, scheduled: Scheduled) -> Result<()> {
         // After the views failed in an append's transaction, the appends leave them to the
         // projector until it has applied a batch, rather than fail again in every group.
         let paused = inner.views_paused.load(Ordering::SeqCst);
-        let followers: Vec<Arc<watch::Sender<i64>>> = match inner.followers.lock() {
-            Ok(f) if !paused => f.iter().filter_map(Weak::upgrade).collect(),
-            _ => Vec::new(), // the projectors catch up on their own
-        };
+        let followers = if paused { Vec::new() } else { inner.followers() };
         if commit_group(&mut conn, group, &followers) == Views::Failed {
             inner.views_paused.store(true, Ordering::SeqCst);
         }

@@ -159,10 +159,8 @@ impl SqliteStore {
             tx.commit().map_err(sql_err)?;
             // This process's projectors now stand where the rebuild left the views, lower too
             // (`--until`); under the writer's lock, so no append publishes in between.
-            if let Ok(followers) = inner.followers.lock() {
-                for f in followers.iter().filter_map(std::sync::Weak::upgrade) {
-                    f.send_replace(position);
-                }
+            for f in inner.followers() {
+                f.send_replace(position);
             }
             inner.views_paused.store(false, std::sync::atomic::Ordering::SeqCst); // fresh views
             Ok(position)
