@@ -4,7 +4,6 @@
 //! turns them into parameterised SQL for Postgres or SQLite and applies a batch of them in the
 //! same transaction as the checkpoint. No IO here: a projection is tested by feeding it events.
 
-mod audit;
 mod change;
 mod compact;
 mod handoffs;
@@ -16,7 +15,7 @@ mod steps;
 
 pub use change::{Change, Set, Val};
 pub use compact::{Fold, compact};
-pub use replay::{Replay, Rows, project, project_owned};
+pub use replay::{Replay, Rows, project};
 
 use ltmc_core::RecordedEvent;
 
@@ -28,11 +27,6 @@ pub trait Projection: Sync {
     fn tables(&self) -> &'static [&'static str];
     /// The row changes `event` makes, appended to `out` (none for events it ignores).
     fn apply(&self, event: &RecordedEvent, out: &mut Vec<Change>);
-    /// [`Projection::apply`] for the last projection to see an event, which may take its
-    /// strings instead of copying them.
-    fn apply_owned(&self, event: RecordedEvent, out: &mut Vec<Change>) {
-        self.apply(&event, out)
-    }
     /// Those of its tables that are append-only: each row is written once, by an upsert keyed by
     /// the position of the event it records, and never changed. A rebuild streams their rows
     /// out instead of holding them ([`Replay`]).
@@ -42,8 +36,8 @@ pub trait Projection: Sync {
 }
 
 /// Every projection, in the order their changes are applied.
-pub fn all() -> [&'static dyn Projection; 6] {
-    [&runs::Runs, &steps::Steps, &handoffs::Handoffs, &sessions::Sessions, &memory::Memory, &audit::AuditLog]
+pub fn all() -> [&'static dyn Projection; 5] {
+    [&runs::Runs, &steps::Steps, &handoffs::Handoffs, &sessions::Sessions, &memory::Memory]
 }
 
 /// Every table the projections write (what a rebuild empties).

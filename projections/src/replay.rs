@@ -61,19 +61,6 @@ pub fn project(events: &[RecordedEvent]) -> Vec<Change> {
     out
 }
 
-/// [`project`], consuming the events: the last projection takes their strings.
-pub fn project_owned(events: Vec<RecordedEvent>) -> Vec<Change> {
-    let mut out = Vec::with_capacity(events.len() * 3);
-    let [first @ .., last] = all();
-    for e in events {
-        for p in first {
-            p.apply(&e, &mut out);
-        }
-        last.apply_owned(e, &mut out);
-    }
-    out
-}
-
 /// Row changes to write, in this order: `inserts` are rows no write has made before (plain
 /// inserts, no conflict possible), `changes` apply after them with upsert and update semantics.
 #[derive(Debug, Default)]
@@ -243,19 +230,19 @@ mod tests {
     }
 
     #[test]
-    fn a_run_becomes_one_row_per_table_row_and_audit_rows_come_at_once() {
+    fn a_run_becomes_one_row_per_table_row() {
         let mut replay = Replay::default();
         let first = replay.push(&[
             event(1, "RunStarted", json!({"workflow": "w", "definition": {"pattern": "sequential", "steps": [{}]}})),
             event(2, "StepReady", json!({"step": "a"})),
         ]);
-        assert_eq!(first.len(), 2, "one audit row per event, at once: {first:?}");
+        assert!(first.is_empty(), "both rows are still changing: {first:?}");
         let second = replay.push(&[
             event(3, "StepDispatched", json!({"step": "a", "agent": "x", "attempt": 1})),
             event(4, "StepCompleted", json!({"step": "a", "attempt": 1, "duration_ms": 5})),
             event(5, "RunCompleted", json!({"output": 1})),
         ]);
-        assert_eq!(second.len(), 3);
+        assert!(second.is_empty(), "{second:?}");
         assert_eq!(replay.held(), 2, "the run's row and its step's row");
         let rows = replay.take();
         assert!(rows.changes.is_empty(), "every row starts with an upsert: {:?}", rows.changes);
@@ -312,11 +299,11 @@ mod tests {
             event(2, "StepReady", json!({"step": "a"})),
             event(3, "StepReady", json!({"step": "b"})),
         ]);
-        // Three audit rows, then the run and its two steps: more than two young rows.
-        assert_eq!(first.len(), 6, "{first:?}");
+        // The run and its two steps: more than two young rows.
+        assert_eq!(first.len(), 3, "{first:?}");
         assert_eq!(replay.held(), 0);
         let second = replay.push(&[event(4, "RunCompleted", json!({}))]);
-        assert_eq!(second.len(), 1, "only the audit row: {second:?}");
+        assert!(second.is_empty(), "the run's row was handed out: {second:?}");
         assert_eq!(replay.held(), 1, "the run's late update");
         let rows = replay.take();
         assert!(rows.inserts.is_empty(), "{:?}", rows.inserts);
@@ -373,19 +360,6 @@ mod tests {
             nulls_as_absent(&mut replayed);
             assert_eq!(plain, replayed, "{batches:?}");
         }
-    }
-
-    #[test]
-    fn projecting_owned_events_makes_the_same_changes() {
-        let mut events = vec![
-            event(1, "RunStarted", json!({"workflow": "w", "definition": {"steps": [{}]}})),
-            event(2, "StepReady", json!({"step": "a"})),
-        ];
-        events[0].metadata.actor = Some("cli".into());
-        events[1].metadata.run_id = Some("r1".into());
-        events[1].metadata.session_id = Some("s".into());
-        events[1].metadata.correlation_id = Some("c".into());
-        assert_eq!(project_owned(events.clone()), project(&events));
     }
 
     #[test]

@@ -81,20 +81,20 @@ async fn a_view_the_appends_cannot_write_fails_no_append_and_is_reported() -> an
     engine.run(sequential(), None, PathBuf::from("."), None).await?;
     let before = store.head_position().await?;
     assert_eq!(store.views_checkpoint().await?, before);
-    // The audit log disappears behind the engine's back.
+    // The steps table disappears behind the engine's back.
     let ddl: Vec<String> = {
         let c = sqlite(&store)?;
-        let mut stmt = c.prepare("SELECT sql FROM sqlite_master WHERE tbl_name = 'audit_log' AND sql IS NOT NULL")?;
+        let mut stmt = c.prepare("SELECT sql FROM sqlite_master WHERE tbl_name = 'steps' AND sql IS NOT NULL")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
-    sqlite(&store)?.execute_batch("DROP TABLE audit_log")?;
+    sqlite(&store)?.execute_batch("DROP TABLE steps")?;
 
     let state = engine.run(sequential(), None, PathBuf::from("."), None).await?;
     assert_eq!(state.status, ltmc_core::run::RunStatus::Completed, "the appends committed: {:?}", state.failure);
     let head = store.head_position().await?;
     assert!(head > before);
-    assert_eq!(store.views_checkpoint().await?, before, "no view moved without the audit log");
+    assert_eq!(store.views_checkpoint().await?, before, "no view moved without the steps table");
     assert_eq!(run_status(&store, &state.run_id)?, None, "nor any row of another view");
     let mut why = None;
     for _ in 0..100 {
@@ -105,7 +105,7 @@ async fn a_view_the_appends_cannot_write_fails_no_append_and_is_reported() -> an
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let why = why.expect("the projector reports why the views stand still");
-    assert!(why.contains("audit_log"), "{why}");
+    assert!(why.contains("steps"), "{why}");
     assert_eq!(projector::status(&store).await?.lag, head - before);
 
     // Put back, the projector applies what was left (on its next retry) and the appends follow.

@@ -1,4 +1,4 @@
-//! The projector: keeps the SQL views (`runs`, `steps`, `handoffs`, `audit_log`) up to date.
+//! The projector: keeps the SQL views (`runs`, `steps`, `handoffs`, sessions and memory) up to date.
 //!
 //! It follows the log from its checkpoint (woken by LISTEN/NOTIFY or this process's appends,
 //! polling as a fallback), maps each batch of events to row changes with the pure projections
@@ -340,8 +340,9 @@ pub async fn status(store: &Store) -> Result<Status, store::Error> {
 
 /// Projects from the JetStream stream the relay publishes (`LTMC_EVENTS` by default) into the
 /// views of `target`, another database: a reporting copy that never reads the source log. Each
-/// batch is applied with the target's checkpoint as on the source, so it is crash-consistent
-/// and ends up identical to views fed from the log. Returns once the target's checkpoint reaches
+/// batch is applied with the target's checkpoint as on the source, together with its events,
+/// copied into the target's own log (whose view `audit_log` is), so it is crash-consistent and
+/// ends up identical to views fed from the log. Returns once the target's checkpoint reaches
 /// `until` (or never, with `None`).
 pub async fn from_nats(
     target: &Store,
@@ -383,7 +384,8 @@ pub async fn from_nats(
             .collect();
         let Some(last) = events.last() else { continue };
         let to = last.global_position;
-        if !target.apply_views(from, to, ltmc_projections::changes(&events)).await? {
+        let changes = ltmc_projections::changes(&events);
+        if !target.apply_views_with_log(from, to, events, changes).await? {
             return Err(nats(&"another projector moved the target's checkpoint; start again"));
         }
         from = to;

@@ -322,6 +322,22 @@ impl Store {
         }
     }
 
+    /// [`Store::apply_views`], also writing `log` (the batch's events, from another database's
+    /// log) into this database's log, at their own positions, in the same transaction: what a
+    /// reporting copy fed from NATS does, so that it holds the log its views come from.
+    pub async fn apply_views_with_log(
+        &self,
+        from: i64,
+        to: i64,
+        log: Vec<ltmc_core::RecordedEvent>,
+        changes: Vec<ltmc_projections::Change>,
+    ) -> Result<bool> {
+        match self {
+            Store::Postgres(s) => s.apply_views_with_log(from, to, &log, &changes).await,
+            Store::Sqlite(s) => s.apply_views_with_log(from, to, log, changes).await,
+        }
+    }
+
     /// Rebuilds every view from the log (up to `until`) in one transaction, holding at most
     /// `held_rows` changing rows in memory ([`REBUILD_HELD_ROWS`] is the default).
     pub async fn rebuild_views(&self, until: Option<i64>, held_rows: usize) -> Result<i64> {

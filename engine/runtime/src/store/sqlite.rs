@@ -395,6 +395,43 @@ fn append_in(tx: &Connection, stream: &str, expected: ExpectedVersion, events: &
 /// Short work for the writer connection other than appends (a projector batch: a few ms).
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// Writes `log` (events of another database's log, a NATS-fed reporting copy's) into `tx`'s
+/// log at their own positions. An event whose position or id is taken fails the batch: the
+/// target holds a log of its own.
+fn write_log(tx: &Connection, log: &[RecordedEvent]) -> Result<()> {
+    if log.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx
+        .prepare_cached(&format!(
+            "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ))
+        .map_err(sql_err)?;
+    for e in log {
+        let metadata = serde_json::to_string(&e.metadata)
+            .map_err(|err| Error::Backend(format!("cannot encode the metadata of event {}: {err}", e.event_id)))?;
+        stmt.execute(params![
+            e.global_position,
+            e.stream_id,
+            e.stream_version,
+            e.event_id.to_string(),
+            e.event_type,
+            e.schema_version,
+            e.data.to_string(),
+            metadata,
+            to_micros(e.recorded_at).to_rfc3339_opts(SecondsFormat::Micros, true),
+            e.hash,
+        ])
+        .map_err(|err| {
+            Error::Backend(format!(
+                "cannot copy event {} (position {}) into this database's log; does it hold a log of its own? {err}",
+                e.event_id, e.global_position
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Makes sure a [`drain`] runs after work just queued: starts one on a blocking thread unless
 /// one is already scheduled and has not yet taken the queues. Whoever queues work calls this,
 /// and then waits for its answer without holding a thread: at most a running drain and the

@@ -237,6 +237,10 @@ pub(crate) fn groups(changes: &[Change]) -> Vec<(Shape, &[Change])> {
     out
 }
 
+/// The columns of `audit_log`, the view of the log (migration V4) that a snapshot copies into a
+/// table of its own.
+pub(crate) const AUDIT_COLUMNS: &str = "position, at, actor, action, target, run_id, session_id, event_id";
+
 /// The SQL text of a time value on SQLite (the same form as `events.recorded_at`).
 pub(crate) fn sqlite_time(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)

@@ -291,7 +291,7 @@ fn decode(mut rows: mpsc::Receiver<Vec<Row>>, changes: mpsc::Sender<(i64, Vec<Ch
         let events = batch.iter().map(row_to_event).collect::<Result<Vec<RecordedEvent>>>()?;
         drop(batch);
         let last = events.last().map_or(0, |e| e.global_position);
-        if changes.blocking_send((last, ltmc_projections::project_owned(events))).is_err() {
+        if changes.blocking_send((last, ltmc_projections::project(&events))).is_err() {
             return Ok(()); // the folding thread stopped: its error says why
         }
     }

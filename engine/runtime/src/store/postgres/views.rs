@@ -212,6 +212,20 @@ impl PgStore {
     /// `to`, in one transaction. `false`, writing nothing, when the checkpoint is not at `from`
     /// (another projector got there first).
     pub async fn apply_views(&self, from: i64, to: i64, changes: &[Change]) -> Result<bool> {
+        self.apply_views_with_log(from, to, &[], changes).await
+    }
+
+    /// [`PgStore::apply_views`], writing `log` (the events of the batch, from another
+    /// database) into this database's log in the same transaction, at their own positions: a
+    /// reporting copy fed from NATS holds the log its views come from, and its `audit_log`
+    /// shows it.
+    pub async fn apply_views_with_log(
+        &self,
+        from: i64,
+        to: i64,
+        log: &[ltmc_core::RecordedEvent],
+        changes: &[Change],
+    ) -> Result<bool> {
         let client = self.client().await?;
         let plain: &tokio_postgres::Client = &client;
         let types = self.view_types(plain).await?;
@@ -233,11 +247,17 @@ impl PgStore {
         // meanwhile (the COMMIT included).
         let expect = client.prepare_cached(EXPECT_CHECKPOINT).await.map_err(db_err)?;
         let set = client.prepare_cached(SET_CHECKPOINT).await.map_err(db_err)?;
+        let copy_log = if log.is_empty() { None } else { Some(client.prepare_cached(COPY_LOG).await.map_err(db_err)?) };
         let c: &tokio_postgres::Client = &client;
         let applied = futures::future::try_join5(
             async { c.batch_execute(BEGIN_ASYNC_COMMIT).await.map_err(db_err) },
             async { c.query_one(&expect, &[&CHECKPOINT, &from]).await.map_err(db_err) },
-            execute_plan(c, &statements, &plan),
+            async {
+                if let Some(copy_log) = &copy_log {
+                    write_log(c, copy_log, log).await?;
+                }
+                execute_plan(c, &statements, &plan).await
+            },
             async { c.execute(&set, &[&CHECKPOINT, &to]).await.map_err(db_err) },
             async { c.batch_execute("COMMIT").await.map_err(db_err) },
         )
@@ -297,6 +317,14 @@ impl PgStore {
         let until = until.min(head(&reader).await?);
         let position =
             super::rebuild::rebuild(&tx, &reader, into, tables, until, crate::store::REBUILD_HELD_ROWS, &types).await?;
+        // The audit log is a view of the log (decision 0012); the snapshot gets its rows as of
+        // the position in a table of the same columns.
+        let columns = crate::store::views_sql::AUDIT_COLUMNS;
+        let copy = format!(
+            "INSERT INTO audit_log ({columns}) SELECT {columns} FROM \"{}\".audit_log WHERE position <= $1",
+            self.schema().replace('"', "\"\"")
+        );
+        tx.execute(&copy, &[&position]).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         drop(client);
         let _ = driver.await;
@@ -313,6 +341,37 @@ impl PgStore {
             .map_err(db_err)?;
         Ok(row.get(0))
     }
+}
+
+/// Events of another database's log, at their own positions ([`PgStore::apply_views_with_log`]).
+const COPY_LOG: &str = "INSERT INTO events (global_position, stream_id, stream_version, event_id, event_type, \
+                        schema_version, data, metadata, recorded_at, hash) OVERRIDING SYSTEM VALUE \
+                        SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], \
+                        $6::integer[], $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::text[])";
+
+/// Writes `log` with [`COPY_LOG`].
+async fn write_log(c: &tokio_postgres::Client, copy_log: &Statement, log: &[ltmc_core::RecordedEvent]) -> Result<()> {
+    let positions: Vec<i64> = log.iter().map(|e| e.global_position).collect();
+    let streams: Vec<&str> = log.iter().map(|e| e.stream_id.as_str()).collect();
+    let versions: Vec<i64> = log.iter().map(|e| e.stream_version).collect();
+    let ids: Vec<uuid::Uuid> = log.iter().map(|e| e.event_id).collect();
+    let types: Vec<&str> = log.iter().map(|e| e.event_type.as_str()).collect();
+    let schema_versions: Vec<i32> = log.iter().map(|e| e.schema_version).collect();
+    let data: Vec<&serde_json::Value> = log.iter().map(|e| &e.data).collect();
+    let metadata = log
+        .iter()
+        .map(|e| serde_json::to_value(&e.metadata))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Backend(format!("cannot encode an event's metadata: {e}")))?;
+    let recorded: Vec<chrono::DateTime<chrono::Utc>> = log.iter().map(|e| e.recorded_at).collect();
+    let hashes: Vec<&str> = log.iter().map(|e| e.hash.as_str()).collect();
+    c.execute(
+        copy_log,
+        &[&positions, &streams, &versions, &ids, &types, &schema_versions, &data, &metadata, &recorded, &hashes],
+    )
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 /// The views are derived from the log, so their transactions need not wait for the WAL to reach

@@ -4,7 +4,7 @@
 //! A thread with a read connection of its own reads, decodes, projects and folds the log
 //! ([`Replay`]: each row once, as an insert) while the writer inserts what it handed over
 //! before. Changes of rows already written, and everything held beyond `held_rows`, are
-//! applied as ordinary upserts and updates. The append-only tables (`audit_log`, `handoffs`,
+//! applied as ordinary upserts and updates. The append-only tables (`handoffs`,
 //! `memory_history`: a row per event, only ever inserted) load without their non-unique
 //! indexes, which are built again, sorted, once the rows are in; the other tables keep theirs,
 //! as their changes look rows up (measured in docs/benchmarks.md).
@@ -112,7 +112,7 @@ fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Rows>
         let events = collect(stmt.query_map(params![position, until, batch], row_to_event).map_err(sql_err)?)?;
         let Some(last) = events.last() else { break };
         position = last.global_position;
-        let rows = replay.push_within(ltmc_projections::project_owned(events), held_rows);
+        let rows = replay.push_within(ltmc_projections::project(&events), held_rows);
         if out.send(rows).is_err() {
             return Ok(position); // the writer stopped: its error says why
         }
@@ -156,26 +156,26 @@ mod tests {
     fn only_the_append_only_tables_non_unique_indexes_are_deferred() -> Result<()> {
         let conn = Connection::open_in_memory().map_err(sql_err)?;
         conn.execute_batch(
-            "CREATE TABLE audit_log (position INTEGER PRIMARY KEY, at TEXT, run_id TEXT, event_id TEXT UNIQUE);
-             CREATE INDEX audit_log_run ON audit_log (run_id);
-             CREATE UNIQUE INDEX \"odd \"\"name\" ON audit_log (at, run_id);
+            "CREATE TABLE handoffs (position INTEGER PRIMARY KEY, at TEXT, run_id TEXT, event_id TEXT UNIQUE);
+             CREATE INDEX handoffs_run ON handoffs (run_id);
+             CREATE UNIQUE INDEX \"odd \"\"name\" ON handoffs (at, run_id);
              CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT);
              CREATE INDEX runs_status ON runs (status);",
         )
         .map_err(sql_err)?;
-        let deferred = defer_indexes(&conn, &["audit_log", "runs"])?;
+        let deferred = defer_indexes(&conn, &["handoffs", "runs"])?;
         let names: Vec<&str> = deferred.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["audit_log_run"]);
+        assert_eq!(names, ["handoffs_run"]);
         let left = |table: &str| -> Result<i64> {
             conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1", [table], |r| {
                 r.get(0)
             })
             .map_err(sql_err)
         };
-        assert_eq!(left("audit_log")?, 2, "the unique indexes stay");
+        assert_eq!(left("handoffs")?, 2, "the unique indexes stay");
         assert_eq!(left("runs")?, 2, "a changing table keeps its indexes");
         build_indexes(&conn, &deferred)?;
-        assert_eq!(left("audit_log")?, 3, "built again");
+        assert_eq!(left("handoffs")?, 3, "built again");
         Ok(())
     }
 

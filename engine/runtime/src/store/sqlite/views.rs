@@ -6,7 +6,7 @@ use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
 
 use super::{EVENT_COLUMNS, SqliteStore, Views, collect, row_to_event, sql_err, write_checkpoint};
-use crate::store::views_sql::{CHECKPOINT, Param, groups, params as change_params, sqlite_time};
+use crate::store::views_sql::{AUDIT_COLUMNS, CHECKPOINT, Param, groups, params as change_params, sqlite_time};
 use crate::store::{Error, Result};
 use std::path::PathBuf;
 
@@ -123,6 +123,20 @@ impl SqliteStore {
     /// Applies `changes` and moves the checkpoint from `from` to `to` in one transaction;
     /// `false`, writing nothing, when the checkpoint is not at `from`.
     pub async fn apply_views(&self, from: i64, to: i64, changes: Vec<Change>) -> Result<bool> {
+        self.apply_views_with_log(from, to, Vec::new(), changes).await
+    }
+
+    /// [`SqliteStore::apply_views`], writing `log` (the events of the batch, from another
+    /// database) into this database's log in the same transaction, at their own positions: a
+    /// reporting copy fed from NATS holds the log its views come from, and its `audit_log`
+    /// shows it.
+    pub async fn apply_views_with_log(
+        &self,
+        from: i64,
+        to: i64,
+        log: Vec<ltmc_core::RecordedEvent>,
+        changes: Vec<Change>,
+    ) -> Result<bool> {
         let inner = self.inner.clone();
         self.with_writer_queued(move |conn| {
             without_fsync(conn, |conn| {
@@ -130,6 +144,7 @@ impl SqliteStore {
                 if checkpoint(&tx)? != from {
                     return Ok(false);
                 }
+                super::write_log(&tx, &log)?;
                 execute_all(&tx, &changes)?;
                 set_checkpoint(&tx, to)?;
                 tx.commit().map_err(sql_err)?;
@@ -189,8 +204,16 @@ impl SqliteStore {
                 .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", into.display())))?;
             conn.execute_batch(CHECKPOINTS_DDL).map_err(sql_err)?;
             conn.execute_batch(ddl).map_err(sql_err)?;
+            // The audit log is a view of the log (decision 0012); the snapshot, which holds no
+            // log, gets its rows as of the position in a table of the same columns.
+            let source_name = source.to_str().ok_or_else(|| {
+                Error::Invalid(format!("the database path {} is not UTF-8", source.display()))
+            })?;
+            conn.execute("ATTACH DATABASE ?1 AS source", [source_name]).map_err(sql_err)?;
             let tx = conn.transaction().map_err(sql_err)?;
             let position = super::rebuild::rebuild(&tx, &source, &tables, until, crate::store::REBUILD_HELD_ROWS)?;
+            tx.execute(&format!("INSERT INTO main.audit_log ({AUDIT_COLUMNS}) SELECT {AUDIT_COLUMNS} FROM source.audit_log WHERE position <= ?1"), [position])
+                .map_err(sql_err)?;
             set_checkpoint(&tx, position)?;
             tx.commit().map_err(sql_err)?;
             Ok(position)
