@@ -1,5 +1,5 @@
 //! `ltmc projections status|rebuild|follow`: the SQL views (`runs`, `steps`, `handoffs`,
-//! `audit_log`) kept from the log.
+//! sessions and memory) kept from the log. (`audit_log` is a view of the log itself.)
 
 use anyhow::Context;
 use ltmc_engine::config::Config;

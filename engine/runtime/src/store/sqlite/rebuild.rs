@@ -1,9 +1,9 @@
 //! Rebuilding the views on SQLite, inside one write transaction (readers keep seeing the old
 //! views until it commits): the tables are emptied and the log is replayed into them.
 //!
-//! A thread with a read connection of its own reads, decodes, projects and folds the log
-//! ([`Replay`]: each row once, as an insert) while the writer inserts what it handed over
-//! before. Changes of rows already written, and everything held beyond `held_rows`, are
+//! A thread with a read connection of its own reads, decodes and projects the log, a second
+//! folds the changes ([`Replay`]: each row once, as an insert), while the writer inserts what
+//! they handed over before. Changes of rows already written, and everything held beyond `held_rows`, are
 //! applied as ordinary upserts and updates. The append-only tables (`handoffs`,
 //! `memory_history`: a row per event, only ever inserted) load without their non-unique
 //! indexes, which are built again, sorted, once the rows are in; the other tables keep theirs,
@@ -34,16 +34,21 @@ pub(super) fn rebuild(tx: &Connection, source: &Path, tables: &[&str], until: i6
         tx.execute(&format!("DELETE FROM \"{t}\""), []).map_err(sql_err)?;
     }
     let deferred = defer_indexes(tx, tables)?;
+    let (changes_tx, changes_rx) = mpsc::sync_channel::<Projected>(2);
     let (rows_tx, rows_rx) = mpsc::sync_channel::<Rows>(2);
     let position = std::thread::scope(|scope| {
-        let reading = scope.spawn(move || read(source, until, held_rows, rows_tx));
+        let reading = scope.spawn(move || read(source, until, held_rows, changes_tx));
+        let folding = scope.spawn(move || fold(changes_rx, held_rows, rows_tx));
         let written = rows_rx.iter().try_for_each(|rows| {
             insert(tx, &rows.inserts)?;
             execute_all(tx, &rows.changes)
         });
-        // On a write error the channel closes (its receiver is dropped) and the reader stops.
+        // On a write error the channels close (their receivers are dropped) and the folding and
+        // reading threads stop.
         drop(rows_rx);
+        let folded = folding.join();
         let read = reading.join().map_err(|_| Error::Backend("the rebuild's reader panicked".into()))?;
+        folded.map_err(|_| Error::Backend("the rebuild's fold panicked".into()))?;
         written?;
         read
     })?;
@@ -92,10 +97,19 @@ fn build_indexes(tx: &Connection, deferred: &[(String, String)]) -> Result<()> {
     built.and(reset)
 }
 
-/// The reading thread: reads, decodes, projects and folds the log ([`Replay`]: each row once,
-/// as an insert) and hands the writer the rows to write; returns the last position read. The
-/// writer's thread, which holds SQLite's one write, only writes.
-fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Rows>) -> Result<i64> {
+/// What the reading thread hands the folding thread.
+enum Projected {
+    /// The changes of the next events.
+    Changes(Vec<Change>),
+    /// The whole log was read: what the fold holds may be written.
+    End,
+}
+
+/// The reading thread: reads, decodes and projects the log, and hands the changes to the
+/// folding thread; returns the last position read. Three threads (this one, the fold and the
+/// writer, which holds SQLite's one write and only writes) keep both cores busy: reading and
+/// decoding is most of a rebuild's work (measured in docs/benchmarks.md).
+fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Projected>) -> Result<i64> {
     let conn = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", source.display())))?;
     super::plan_once(&conn)?;
@@ -106,20 +120,33 @@ fn read(source: &Path, until: i64, held_rows: usize, out: mpsc::SyncSender<Rows>
         ))
         .map_err(sql_err)?;
     let batch = READ_BATCH.min(held_rows.max(1) as i64); // small windows read small batches
-    let mut replay = Replay::default();
     let mut position = 0i64;
     loop {
         let events = collect(stmt.query_map(params![position, until, batch], row_to_event).map_err(sql_err)?)?;
         let Some(last) = events.last() else { break };
         position = last.global_position;
-        let rows = replay.push_within(ltmc_projections::project(&events), held_rows);
-        if out.send(rows).is_err() {
+        if out.send(Projected::Changes(ltmc_projections::project(&events))).is_err() {
             return Ok(position); // the writer stopped: its error says why
         }
     }
     // Sent only once the whole log was read: a failed read leaves the rest unwritten.
-    let _ = out.send(replay.take());
+    let _ = out.send(Projected::End);
     Ok(position)
+}
+
+/// The folding thread: folds the changes ([`Replay`]: each row once, as an insert) and hands
+/// the writer the rows to write. What it still holds is handed over only at [`Projected::End`].
+fn fold(changes: mpsc::Receiver<Projected>, held_rows: usize, out: mpsc::SyncSender<Rows>) {
+    let mut replay = Replay::default();
+    for projected in changes {
+        let rows = match projected {
+            Projected::Changes(changes) => replay.push_within(changes, held_rows),
+            Projected::End => replay.take(),
+        };
+        if out.send(rows).is_err() {
+            return; // the writer stopped: its error says why
+        }
+    }
 }
 
 /// Plain inserts, through one cached statement per table and column list.
