@@ -408,6 +408,32 @@ async fn views_fed_from_nats_equal_views_fed_from_the_log() -> anyhow::Result<()
     target.drop().await
 }
 
+/// A batch from NATS that the reporting database refuses writes nothing there: neither its
+/// events nor its checkpoint move without its view rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_nats_batch_writes_nothing() -> anyhow::Result<()> {
+    let (source, target) = (ltmc_tests::PgSchema::new().await?, ltmc_tests::PgSchema::new().await?);
+    let (src, dst) = (source.store().await?, target.store().await?);
+    let opts = ltmc_tests::relay_options(&ltmc_tests::nats_url());
+    let mut relay = ltmc_engine::relay::spawn(src.clone(), opts.clone());
+    let engine = Engine::new(src.clone(), EngineOptions::default());
+    engine.run(wf("pattern: sequential\nagents:\n  a: {builtin: noop}\n"), None, PathBuf::from("."), None).await?;
+    let head = src.head_position().await?;
+    assert!(relay.wait_for(head, Duration::from_secs(30)).await, "relayed: {:?}", relay.last_error());
+    relay.stop();
+    // Every insert into the target's `runs` fails when executed.
+    target.client().await?.batch_execute("ALTER TABLE runs ADD CONSTRAINT refuse_all CHECK (false) NOT VALID").await?;
+    let fed = tokio::time::timeout(Duration::from_secs(60), projector::from_nats(&dst, &opts, Some(head))).await?;
+    let err = fed.expect_err("the target refuses the runs row");
+    assert!(err.to_string().contains("refuse_all"), "{err}");
+    assert_eq!((dst.views_checkpoint().await?, dst.head_position().await?), (0, 0), "the batch wrote nothing");
+    if let Ok(js) = ltmc_engine::relay::jetstream(&ltmc_tests::nats_url()).await {
+        let _ = js.delete_stream(&opts.stream_name).await;
+    }
+    source.drop().await?;
+    target.drop().await
+}
+
 /// A step left `running` by a run that ended (here `aggregation: first` abandons the slow one)
 /// is not an active agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

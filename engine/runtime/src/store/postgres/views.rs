@@ -252,12 +252,17 @@ impl PgStore {
         let applied = futures::future::try_join5(
             async { c.batch_execute(BEGIN_ASYNC_COMMIT).await.map_err(db_err) },
             async { c.query_one(&expect, &[&CHECKPOINT, &from]).await.map_err(db_err) },
-            async {
-                if let Some(copy_log) = &copy_log {
-                    write_log(c, copy_log, log).await?;
-                }
-                execute_plan(c, &statements, &plan).await
-            },
+            // Joined, not awaited one after the other: the log's insert and the writes must all
+            // be sent before the checkpoint and the COMMIT (a request goes out when first polled).
+            futures::future::try_join(
+                async {
+                    match &copy_log {
+                        Some(copy_log) => write_log(c, copy_log, log).await,
+                        None => Ok(()),
+                    }
+                },
+                execute_plan(c, &statements, &plan),
+            ),
             async { c.execute(&set, &[&CHECKPOINT, &to]).await.map_err(db_err) },
             async { c.batch_execute("COMMIT").await.map_err(db_err) },
         )
