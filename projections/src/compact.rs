@@ -534,9 +534,9 @@ pub(crate) mod tests {
 
     #[test]
     fn tables_are_grouped_and_keep_their_own_order() {
-        let audit =
-            |p: i64| Change::Upsert { table: "audit_log", key: &["position"], cols: vec![("position", Val::Int(p))] };
-        let out = compact(vec![audit(1), up("a", 0), audit(2), upd("a", vec![("n", Set::Add(1))]), audit(3)]);
-        assert_eq!(out, vec![audit(1), audit(2), audit(3), up("a", 1)]);
+        let handoff =
+            |p: i64| Change::Upsert { table: "handoffs", key: &["position"], cols: vec![("position", Val::Int(p))] };
+        let out = compact(vec![handoff(1), up("a", 0), handoff(2), upd("a", vec![("n", Set::Add(1))]), handoff(3)]);
+        assert_eq!(out, vec![handoff(1), handoff(2), handoff(3), up("a", 1)]);
     }
 }

@@ -250,19 +250,19 @@ pub(crate) fn sqlite_time(t: &chrono::DateTime<chrono::Utc>) -> String {
 mod tests {
     use super::*;
 
-    fn audit(p: i64) -> Change {
-        Change::Upsert { table: "audit_log", key: &["position"], cols: vec![("position", Val::Int(p))] }
+    fn handoff(p: i64) -> Change {
+        Change::Upsert { table: "handoffs", key: &["position"], cols: vec![("position", Val::Int(p))] }
     }
 
     #[test]
     fn consecutive_changes_of_one_shape_group_without_repeating_a_row() {
-        let changes = [audit(1), audit(2), audit(2), audit(3)];
+        let changes = [handoff(1), handoff(2), handoff(2), handoff(3)];
         let out = groups(&changes);
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[0].1.len(), 2);
-        assert_eq!(out[1].1, &[audit(2), audit(3)]);
-        let del = Change::Delete { table: "audit_log", key: vec![("position", Val::Int(9))] };
-        let changes = [audit(1), del.clone(), audit(2)];
+        assert_eq!(out[1].1, &[handoff(2), handoff(3)]);
+        let del = Change::Delete { table: "handoffs", key: vec![("position", Val::Int(9))] };
+        let changes = [handoff(1), del.clone(), handoff(2)];
         assert_eq!(groups(&changes).len(), 3, "another shape ends a group");
     }
 
