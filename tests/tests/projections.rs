@@ -421,12 +421,18 @@ async fn a_refused_nats_batch_writes_nothing() -> anyhow::Result<()> {
     let head = src.head_position().await?;
     assert!(relay.wait_for(head, Duration::from_secs(30)).await, "relayed: {:?}", relay.last_error());
     relay.stop();
-    // Every insert into the target's `runs` fails when executed.
-    target.client().await?.batch_execute("ALTER TABLE runs ADD CONSTRAINT refuse_all CHECK (false) NOT VALID").await?;
+    // Every insert into the target's `steps` fails when executed: the batch's last group of
+    // writes (after `runs`), so every write before it was sent too.
+    let client = target.client().await?;
+    client.batch_execute("ALTER TABLE steps ADD CONSTRAINT refuse_all CHECK (false) NOT VALID").await?;
     let fed = tokio::time::timeout(Duration::from_secs(60), projector::from_nats(&dst, &opts, Some(head))).await?;
     let err = fed.expect_err("the target refuses the runs row");
     assert!(err.to_string().contains("refuse_all"), "{err}");
     assert_eq!((dst.views_checkpoint().await?, dst.head_position().await?), (0, 0), "the batch wrote nothing");
+    for table in ["runs", "steps"] {
+        let n: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0);
+        assert_eq!(n, 0, "no {table} row was written");
+    }
     if let Ok(js) = ltmc_engine::relay::jetstream(&ltmc_tests::nats_url()).await {
         let _ = js.delete_stream(&opts.stream_name).await;
     }
