@@ -379,6 +379,27 @@ async fn postgres_time_travel_builds_views_elsewhere() -> anyhow::Result<()> {
     schema.drop().await
 }
 
+/// Waits until `relay` has published the whole log of `src`, then stops it; returns the head.
+async fn relayed(mut relay: ltmc_engine::relay::RelayHandle, src: &Store) -> anyhow::Result<i64> {
+    let head = src.head_position().await?;
+    assert!(relay.wait_for(head, Duration::from_secs(30)).await, "relayed: {:?}", relay.last_error());
+    relay.stop();
+    Ok(head)
+}
+
+/// Deletes the test's JetStream stream and drops both schemas.
+async fn drop_all(
+    opts: &ltmc_engine::relay::RelayOptions,
+    source: ltmc_tests::PgSchema,
+    target: ltmc_tests::PgSchema,
+) -> anyhow::Result<()> {
+    if let Ok(js) = ltmc_engine::relay::jetstream(&ltmc_tests::nats_url()).await {
+        let _ = js.delete_stream(&opts.stream_name).await;
+    }
+    source.drop().await?;
+    target.drop().await
+}
+
 /// A reporting database fed from JetStream ends up with the same views as the database whose
 /// log the relay published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,12 +407,10 @@ async fn views_fed_from_nats_equal_views_fed_from_the_log() -> anyhow::Result<()
     let (source, target) = (ltmc_tests::PgSchema::new().await?, ltmc_tests::PgSchema::new().await?);
     let (src, dst) = (source.store().await?, target.store().await?);
     let opts = ltmc_tests::relay_options(&ltmc_tests::nats_url());
-    let mut relay = ltmc_engine::relay::spawn(src.clone(), opts.clone());
+    let relay = ltmc_engine::relay::spawn(src.clone(), opts.clone());
     let engine = Engine::new(src.clone(), EngineOptions::default());
     run_mix(&engine, 2).await?;
-    let head = src.head_position().await?;
-    assert!(relay.wait_for(head, Duration::from_secs(30)).await, "relayed: {:?}", relay.last_error());
-    relay.stop();
+    let head = relayed(relay, &src).await?;
     projector::catch_up(&src).await?;
     let fed = tokio::time::timeout(Duration::from_secs(60), projector::from_nats(&dst, &opts, Some(head))).await??;
     assert_eq!(fed, head);
@@ -401,11 +420,7 @@ async fn views_fed_from_nats_equal_views_fed_from_the_log() -> anyhow::Result<()
     assert_eq!(dump(&src).await?, dump(&dst).await?, "the NATS-fed views differ");
     // Started again, it skips what it has.
     assert_eq!(projector::from_nats(&dst, &opts, Some(head)).await?, head);
-    if let Ok(js) = ltmc_engine::relay::jetstream(&ltmc_tests::nats_url()).await {
-        let _ = js.delete_stream(&opts.stream_name).await;
-    }
-    source.drop().await?;
-    target.drop().await
+    drop_all(&opts, source, target).await
 }
 
 /// A batch from NATS that the reporting database refuses writes nothing there: neither its
@@ -415,29 +430,23 @@ async fn a_refused_nats_batch_writes_nothing() -> anyhow::Result<()> {
     let (source, target) = (ltmc_tests::PgSchema::new().await?, ltmc_tests::PgSchema::new().await?);
     let (src, dst) = (source.store().await?, target.store().await?);
     let opts = ltmc_tests::relay_options(&ltmc_tests::nats_url());
-    let mut relay = ltmc_engine::relay::spawn(src.clone(), opts.clone());
+    let relay = ltmc_engine::relay::spawn(src.clone(), opts.clone());
     let engine = Engine::new(src.clone(), EngineOptions::default());
     engine.run(wf("pattern: sequential\nagents:\n  a: {builtin: noop}\n"), None, PathBuf::from("."), None).await?;
-    let head = src.head_position().await?;
-    assert!(relay.wait_for(head, Duration::from_secs(30)).await, "relayed: {:?}", relay.last_error());
-    relay.stop();
+    let head = relayed(relay, &src).await?;
     // Every insert into the target's `steps` fails when executed: the batch's last group of
     // writes (after `runs`), so every write before it was sent too.
     let client = target.client().await?;
     client.batch_execute("ALTER TABLE steps ADD CONSTRAINT refuse_all CHECK (false) NOT VALID").await?;
     let fed = tokio::time::timeout(Duration::from_secs(60), projector::from_nats(&dst, &opts, Some(head))).await?;
-    let err = fed.expect_err("the target refuses the runs row");
+    let err = fed.expect_err("the target refuses the steps rows");
     assert!(err.to_string().contains("refuse_all"), "{err}");
     assert_eq!((dst.views_checkpoint().await?, dst.head_position().await?), (0, 0), "the batch wrote nothing");
     for table in ["runs", "steps"] {
         let n: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0);
         assert_eq!(n, 0, "no {table} row was written");
     }
-    if let Ok(js) = ltmc_engine::relay::jetstream(&ltmc_tests::nats_url()).await {
-        let _ = js.delete_stream(&opts.stream_name).await;
-    }
-    source.drop().await?;
-    target.drop().await
+    drop_all(&opts, source, target).await
 }
 
 /// A step left `running` by a run that ended (here `aggregation: first` abandons the slow one)

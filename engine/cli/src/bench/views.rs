@@ -156,8 +156,7 @@ type Commits = Vec<(i64, chrono::DateTime<chrono::Utc>)>;
 
 /// Notes, on a thread of its own, when each position the projector publishes became visible
 /// (a position is published right after the transaction that applied it commits: the
-/// projector's, or on SQLite the appends' own). Ends when the projector
-/// stops.
+/// projector's, or on SQLite the appends' own). Ends when the projector stops.
 fn observe(mut positions: tokio::sync::watch::Receiver<i64>) -> std::io::Result<std::thread::JoinHandle<Commits>> {
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     std::thread::Builder::new().name("v-lag-observer".into()).spawn(move || {

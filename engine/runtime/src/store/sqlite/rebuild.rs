@@ -3,8 +3,8 @@
 //!
 //! A thread with a read connection of its own reads, decodes and projects the log, a second
 //! folds the changes ([`Replay`]: each row once, as an insert), while the writer inserts what
-//! they handed over before. Changes of rows already written, and everything held beyond `held_rows`, are
-//! applied as ordinary upserts and updates. The append-only tables (`handoffs`,
+//! they handed over before. Changes of rows already written, and everything held beyond
+//! `held_rows`, are applied as ordinary upserts and updates. The append-only tables (`handoffs`,
 //! `memory_history`: a row per event, only ever inserted) load without their non-unique
 //! indexes, which are built again, sorted, once the rows are in; the other tables keep theirs,
 //! as their changes look rows up (measured in docs/benchmarks.md).
