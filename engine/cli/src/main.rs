@@ -323,10 +323,22 @@ enum ViewsCmd {
 /// mimalloc instead of the system allocator: the projector, the rebuild and JSON decoding
 /// allocate many small short-lived values, and glibc's malloc spent a fifth of a rebuild's
 /// time in a profile (docs/benchmarks.md).
+use ltmc_engine::agents::supervisor;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `ltmc` is also the supervisor of the command agents it starts (before anything else: it
+    // must not parse arguments, log or start a runtime).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == supervisor::ARG) {
+        let code = supervisor::main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    if let Ok(me) = std::env::current_exe() {
+        supervisor::install(me);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LTMC_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

@@ -77,6 +77,9 @@ pub enum Error {
     /// NATS failed while opening the run's worker mailbox.
     #[error(transparent)]
     Workers(#[from] crate::workers::Error),
+    /// Appends to this stream kept losing races to others; try again.
+    #[error("stream {0} is too busy: other appends kept winning; try again")]
+    Busy(String),
 }
 
 /// Runs workflows. Cheap to clone; clones share the concurrency limit.
@@ -168,16 +171,11 @@ impl Engine {
         let probe = Command::Trigger { trigger: trigger.into(), data: Value::Null, source: source.into(), seq: None };
         run::decide(&state, probe)?;
         let event = triggers::TriggerEmitted { trigger: trigger.into(), data, source: source.into() };
-        let metadata = Metadata {
-            correlation_id: Some(run_id.to_owned()),
-            actor: Some(source.to_owned()),
-            run_id: Some(run_id.to_owned()),
-            ..Default::default()
-        };
-        let data = serde_json::to_value(&event).unwrap_or(Value::Null);
-        let batch = [new_event(triggers::EVENT_TYPE, 1, data, metadata)];
-        let appended = self.store.append(&triggers::stream_id(run_id), ExpectedVersion::Any, &batch).await?;
-        Ok(appended.next_version)
+        // Refused when the run's driver has closed the stream to end the run (see triggers.rs).
+        match triggers::append_emitted(&self.store, run_id, state.triggers_seq, &event).await? {
+            Some(seq) => Ok(seq),
+            None => Err(run::Rejection::Finished("ending").into()),
+        }
     }
 
     /// Folds a run from the log.
@@ -233,7 +231,9 @@ impl Engine {
         let mut in_flight: HashSet<(usize, u32)> = HashSet::new();
         let mut agents_running = JoinSet::new();
         let mut idle_armed: Option<i64> = None;
-        if state.is_event_driven() {
+        if state.is_event_driven() && !state.status.is_terminal() {
+            // A crash between closing the stream and ending the run left it closed.
+            triggers::reopen(&self.store, run_id, state.triggers_seq).await?;
             // Events from outside: taken from `triggers-<run>` in order, after the last one taken.
             let tx = tx.clone();
             let take = move |seq, t: triggers::TriggerEmitted| tx.send(Due::Trigger(seq, t)).is_ok();
@@ -314,53 +314,41 @@ impl Engine {
                     commands.push(Command::Abort { reason: format!("run timed out after {secs}s") });
                 }
             }
-            let mut next = state.clone();
-            let mut events = Vec::new();
-            for cmd in commands {
-                // The agent (or the retry's timer) is done with this attempt.
-                if let Command::RecordOutcome { step, attempt, .. } | Command::Retry { step, attempt } = &cmd
-                    && let Some((i, _)) = next.step(step)
-                {
-                    in_flight.remove(&(i, *attempt));
+            let mut aborting = false;
+            loop {
+                let (next, events) = decide_all(&state, &commands, &mut in_flight)?;
+                if events.is_empty() {
+                    break;
                 }
-                match run::decide(&next, cmd) {
-                    Ok(evs) => {
-                        for e in evs {
-                            next = evolve(next, &e)?;
-                            events.push(e);
-                        }
+                if state.is_event_driven() && next.status.is_terminal() {
+                    // Emits acknowledged and not yet taken are taken before the run ends.
+                    let pending = triggers::close(&self.store, run_id, next.triggers_seq).await?;
+                    if !pending.is_empty() {
+                        let taken = pending.into_iter().map(|(seq, t)| Due::Trigger(seq, t).into_command());
+                        commands = taken.chain(commands).collect();
+                        continue;
                     }
-                    // A late outcome (after the run ended) or a duplicate: nothing to record.
-                    Err(rejection) => tracing::debug!(%rejection, "outcome not recorded"),
                 }
-            }
-            if events.is_empty() {
-                continue;
-            }
-            let batch = to_new(run_id, &events);
-            match self.append_retrying(&stream, ExpectedVersion::Exact(state.version), &batch).await {
-                Ok(()) => {}
-                // The outcome cannot be recorded as it is (too large, not storable): fail the
-                // run with the reason rather than leave it running forever.
-                Err(Error::Store(e @ (store::Error::PayloadTooLarge { .. } | store::Error::Invalid(_)))) => {
-                    let abort =
-                        run::decide(&state, Command::Abort { reason: format!("could not record an outcome: {e}") })?;
-                    self.append_retrying(&stream, ExpectedVersion::Exact(state.version), &to_new(run_id, &abort))
-                        .await?;
-                    for ev in &abort {
-                        state = evolve(state, ev)?;
+                let batch = to_new(run_id, &events);
+                match self.append_retrying(&stream, ExpectedVersion::Exact(state.version), &batch).await {
+                    Ok(()) => {}
+                    // The outcome cannot be recorded as it is (too large, not storable): fail the
+                    // run with the reason rather than leave it running forever.
+                    Err(Error::Store(e @ (store::Error::PayloadTooLarge { .. } | store::Error::Invalid(_))))
+                        if !aborting =>
+                    {
+                        aborting = true;
+                        commands = vec![Command::Abort { reason: format!("could not record an outcome: {e}") }];
+                        continue;
                     }
-                    if let Some(p) = &progress {
-                        abort.iter().for_each(|e| p(e));
-                    }
-                    continue;
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
+                if let Some(p) = &progress {
+                    events.iter().for_each(|e| p(e));
+                }
+                state = next;
+                break;
             }
-            if let Some(p) = &progress {
-                events.iter().for_each(|e| p(e));
-            }
-            state = next;
         }
     }
 
@@ -439,6 +427,35 @@ impl Due {
             Due::Idle(version) => Command::Idle { version },
         }
     }
+}
+
+/// Decides `commands` in order from `state`: the state after them and the events to append.
+/// A command refused (a late outcome after the run ended, a duplicate) records nothing.
+fn decide_all(
+    state: &RunState,
+    commands: &[Command],
+    in_flight: &mut HashSet<(usize, u32)>,
+) -> Result<(RunState, Vec<RunEvent>), Error> {
+    let mut next = state.clone();
+    let mut events = Vec::new();
+    for cmd in commands {
+        // The agent (or the retry's timer) is done with this attempt.
+        if let Command::RecordOutcome { step, attempt, .. } | Command::Retry { step, attempt } = cmd
+            && let Some((i, _)) = next.step(step)
+        {
+            in_flight.remove(&(i, *attempt));
+        }
+        match run::decide(&next, cmd.clone()) {
+            Ok(evs) => {
+                for e in evs {
+                    next = evolve(next, &e)?;
+                    events.push(e);
+                }
+            }
+            Err(rejection) => tracing::debug!(%rejection, "outcome not recorded"),
+        }
+    }
+    Ok((next, events))
 }
 
 fn to_new(run_id: &str, events: &[RunEvent]) -> Vec<NewEvent> {

@@ -3,9 +3,15 @@
 //! The task goes to stdin as one JSON object; `LTMC_*` variables carry the ids. The last line of
 //! stdout that is a JSON object is the result (its `output` field, or the object itself);
 //! otherwise all of stdout is the plain-text output. A non-zero exit is a failure. Output is
-//! capped. The agent runs in its own process group: on timeout the group gets SIGTERM, then
-//! SIGKILL after a grace period, and after any exit the group is killed so no grandchild is
-//! left behind.
+//! capped.
+//!
+//! Where the `ltmc` binary installed the [supervisor](super::supervisor), the agent runs under
+//! it and its whole process tree belongs to the attempt: daemons that leave the process group
+//! are killed when the agent exits, and the tree is terminated when the attempt times out or the
+//! engine dies. Without it (the library used on its own), the agent runs in its own process
+//! group: on timeout the group gets SIGTERM, then SIGKILL after a grace period, and after any
+//! exit the group is killed. Either way the engine stops waiting for the agent's pipes a grace
+//! period after it has ended, whoever still holds them.
 
 use ltmc_core::protocol::EmittedEvent;
 use ltmc_core::run::Outcome;
@@ -91,9 +97,20 @@ pub(super) async fn perform(
         Some(dir) => base_dir.join(dir),
         None => base_dir.to_path_buf(),
     };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(&cwd)
+    let supervisor = super::supervisor::program();
+    let mut cmd = match supervisor {
+        Some(sup) => {
+            let mut c = Command::new(sup);
+            c.arg(super::supervisor::ARG).arg("--").arg(program).args(args);
+            c
+        }
+        None => {
+            let mut c = Command::new(program);
+            c.args(args);
+            c
+        }
+    };
+    cmd.current_dir(&cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -105,7 +122,9 @@ pub(super) async fn perform(
         .env("LTMC_IDEMPOTENCY_KEY", &task.idempotency_key)
         .envs(&def.env)
         .process_group(0)
-        .kill_on_drop(true);
+        // The supervisor must not be killed outright: the tree it holds would escape. Closing
+        // its stdin (dropping this attempt) makes it terminate the tree itself.
+        .kill_on_drop(supervisor.is_none());
     if let Some(s) = &task.session_id {
         cmd.env("LTMC_SESSION_ID", s);
     }
@@ -120,16 +139,20 @@ pub(super) async fn perform(
     };
     let pid = child.id();
     // If this attempt is abandoned (the run failed or timed out elsewhere, the driver stopped),
-    // dropping the future kills the whole group, not only the direct child.
-    let _group = GroupGuard(pid);
+    // dropping the future kills the whole group, not only the direct child; a supervised tree
+    // is ended by its supervisor when its stdin closes.
+    let _group = GroupGuard(if supervisor.is_some() { None } else { pid });
     let stdin = child.stdin.take();
     let task_json = serde_json::to_vec(task).unwrap_or_default();
-    let writer = tokio::spawn(async move {
-        if let Some(mut stdin) = stdin {
-            // An agent that ignores stdin closes the pipe; that is not an error.
-            let _ = stdin.write_all(&task_json).await;
-            let _ = stdin.write_all(b"\n").await;
-        }
+    let supervised = supervisor.is_some();
+    let mut writer = tokio::spawn(async move {
+        let mut stdin = stdin?;
+        // An agent that ignores stdin closes the pipe; that is not an error.
+        let _ = stdin.write_all(&task_json).await;
+        let _ = stdin.write_all(b"\n").await;
+        // A supervisor watches its stdin for the end of the attempt: keep it open till then.
+        // An agent itself gets the end of its input (it may read to the end).
+        supervised.then_some(stdin)
     });
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -149,10 +172,18 @@ pub(super) async fn perform(
     let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => Some(status),
         Err(_) => {
-            kill_group(pid, Signal::SIGTERM);
-            match tokio::time::timeout(TERM_GRACE, child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
+            if supervisor.is_some() {
+                // The end of stdin tells the supervisor to terminate the tree (SIGTERM, grace,
+                // SIGKILL); it is killed itself only if it does not manage in twice that time.
+                writer.abort();
+                let _ = (&mut writer).await;
+                if tokio::time::timeout(TERM_GRACE * 2, child.wait()).await.is_err() {
+                    kill_group(pid, Signal::SIGKILL);
+                    let _ = child.wait().await;
+                }
+            } else {
+                kill_group(pid, Signal::SIGTERM);
+                if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_err() {
                     kill_group(pid, Signal::SIGKILL);
                     let _ = child.wait().await;
                 }
@@ -163,15 +194,30 @@ pub(super) async fn perform(
     // Whatever the agent left running in its group goes too; that also closes the pipes.
     kill_group(pid, Signal::SIGKILL);
     writer.abort();
-    let (stdout, out_truncated) = out_reader.await.unwrap_or_default();
-    let stderr = err_reader.await.unwrap_or_default();
+    // A process that left the group (no supervisor) may still hold the pipes: wait for their
+    // end only so long, so the attempt's time limit holds whatever holds them.
+    let (out_abort, err_abort) = (out_reader.abort_handle(), err_reader.abort_handle());
+    let pipes = async { (out_reader.await.unwrap_or_default(), err_reader.await.unwrap_or_default()) };
+    let Ok(((stdout, out_truncated), stderr)) = tokio::time::timeout(TERM_GRACE, pipes).await else {
+        out_abort.abort();
+        err_abort.abort();
+        return Outcome::Failed {
+            error: format!(
+                "the agent ended, but a process it started still holds its output open after {:.1}s; \
+                 it was left running (run agents through the `ltmc` binary to have it killed)",
+                TERM_GRACE.as_secs_f64()
+            ),
+            duration_ms: elapsed(),
+        };
+    };
     let stderr_tail = tail(&String::from_utf8_lossy(&stderr), 2000);
 
     let Some(status) = status else {
         return Outcome::Failed {
             error: format!(
-                "timed out after {:.1}s; the process group was killed{}",
+                "timed out after {:.1}s; {} killed{}",
                 timeout.as_secs_f64(),
+                if supervisor.is_some() { "the agent's processes were" } else { "the process group was" },
                 suffix(&stderr_tail)
             ),
             duration_ms: elapsed(),

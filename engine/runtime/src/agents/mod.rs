@@ -3,6 +3,7 @@
 
 mod builtin;
 mod command;
+pub mod supervisor;
 
 pub use command::{MAX_OUTPUT_BYTES, MAX_STDERR_BYTES, TERM_GRACE};
 
