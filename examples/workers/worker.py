@@ -4,7 +4,8 @@
 It serves one agent: takes the agent's tasks from JetStream work queue LTMC_TASKS
 (subject ltmc.tasks.<agent>, durable consumer ltmc-worker-<agent>), sends a heartbeat while it
 works, stores its result on the task's reply subject (ltmc.results.<run>) with
-Nats-Msg-Id = <idempotency_key>/result, and only then acknowledges the task. The protocol is
+Nats-Msg-Id = <idempotency_key>/result, and only then acknowledges the task. A message that is
+not a task the engine could have sent is terminated, and nothing is sent where it says. The protocol is
 docs/workers.md; the messages' JSON Schemas are schemas/worker-task.json and
 schemas/worker-report.json.
 
@@ -17,12 +18,54 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import time
 
 import nats
 from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
+
+
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A step is a name, or <agent>-<n> for an activation in an event-driven run.
+STEP = re.compile(r"[A-Za-z0-9_-]{1,128}")
+FIELDS = ("run_id", "workflow", "step", "agent", "attempt", "idempotency_key", "input", "context",
+          "timeout_secs", "heartbeat_secs", "reply_subject")
+
+
+def decode(data, agent):
+    """The task in a message, or ValueError saying why it is not one the engine could have sent.
+
+    The reply subject must be ltmc.results.<run_id> with a run id that is a subject token: a
+    task naming any other subject is refused, so a forged task cannot make the worker publish
+    where it likes (a JetStream API subject, another deployment's results)."""
+    try:
+        task = json.loads(data)
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep
+        raise ValueError(f"not JSON: {type(e).__name__}") from None
+    if not isinstance(task, dict):
+        raise ValueError("not a JSON object")
+    missing = [f for f in FIELDS if f not in task]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    run, step, attempt = task.get("run_id"), task.get("step"), task.get("attempt")
+    if not (isinstance(run, str) and NAME.fullmatch(run)):
+        raise ValueError("run_id is not 1-64 characters from [A-Za-z0-9_-]")
+    if not (isinstance(step, str) and STEP.fullmatch(step)):
+        raise ValueError("step is not 1-128 characters from [A-Za-z0-9_-]")
+    if type(attempt) is not int or attempt < 0:
+        raise ValueError("attempt is not a number")
+    if task.get("agent") != agent:
+        raise ValueError(f"the task is for another agent than {agent}")
+    if task.get("idempotency_key") != f"{run}/{step}/{attempt}":
+        raise ValueError("idempotency_key is not <run_id>/<step>/<attempt>")
+    if task.get("reply_subject") != f"ltmc.results.{run}":
+        raise ValueError("reply_subject is not ltmc.results.<run_id>")
+    for field in ("timeout_secs", "heartbeat_secs"):
+        if type(task[field]) not in (int, float) or not task[field] > 0:
+            raise ValueError(f"{field} is not a positive number")
+    return task
 
 
 def review(task):
@@ -73,7 +116,13 @@ async def serve(url, agent, max_tasks):
         except nats.errors.TimeoutError:
             continue
         for msg in msgs:
-            task = json.loads(msg.data)
+            try:
+                task = decode(msg.data, agent)
+            except ValueError as e:
+                # Nobody can be told, and left alone it would come back after every ack wait.
+                print(f"terminated a malformed task: {e}", flush=True)
+                await msg.term()
+                continue
             subject = task["reply_subject"]
             base = {"run_id": task["run_id"], "step": task["step"], "attempt": task["attempt"]}
             beating = asyncio.create_task(heartbeats(nc, msg, subject, base, task["heartbeat_secs"]))

@@ -351,3 +351,60 @@ async fn the_python_example_worker_serves_an_agent() -> anyhow::Result<()> {
     cleanup(&js, &agent).await;
     Ok(())
 }
+
+/// nats-server (Debian's, on PATH or /usr/sbin, or `LTMC_TEST_NATS_SERVER`) on `port`, storing
+/// in `dir`, so a test can stop and start it.
+fn start_nats(port: u16, dir: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
+    let binary = std::env::var("LTMC_TEST_NATS_SERVER").unwrap_or_else(|_| {
+        let debian = "/usr/sbin/nats-server";
+        if std::path::Path::new(debian).exists() { debian.into() } else { "nats-server".into() }
+    });
+    Ok(tokio::process::Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// The run's mailbox reads through a consumer of its own; a NATS restart loses it (it is kept
+/// in memory), and the mailbox reads on from where it was with a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_stored_after_a_nats_restart_reaches_the_run() -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let dir = tempfile::tempdir()?;
+    let mut nats = start_nats(port, dir.path())?;
+    let (store, _dir) = ltmc_tests::sqlite_store().await?;
+    let agent = agent_name();
+    let connected =
+        ltmc_tests::eventually(Duration::from_secs(10), || async { Workers::connect(&url).await.is_ok() }).await;
+    assert!(connected, "the private nats-server did not start");
+    let engine = Engine::new(store.clone(), EngineOptions::default()).with_workers(Workers::connect(&url).await?);
+    let run_id = engine.start(workflow(&agent, 20.0, 0), None, None, None).await?;
+    let driving = ltmc_tests::drive_in_background(&engine, &run_id);
+    // The task is queued (kept on file), then NATS restarts before a worker takes it.
+    let queued = ltmc_tests::eventually(Duration::from_secs(10), || async {
+        let Ok(js) = async_nats::connect(&url).await.map(jetstream::new) else { return false };
+        let Ok(stream) = js.get_stream(workers::TASKS_STREAM).await else { return false };
+        stream.get_last_raw_message_by_subject(&task_subject(&agent)).await.is_ok()
+    })
+    .await;
+    assert!(queued, "the task was not queued");
+    nats.start_kill()?;
+    nats.wait().await?;
+    let _nats = start_nats(port, dir.path())?;
+    let mut opts = WorkerOptions::new(&url, &agent, AgentDef { builtin: Some(Builtin::Echo), ..Default::default() });
+    opts.max_tasks = Some(1);
+    let served = ltmc_tests::eventually(Duration::from_secs(10), || {
+        let opts = opts.clone();
+        async move { serve(opts).await.is_ok() }
+    })
+    .await;
+    assert!(served, "no worker served the task after the restart");
+    let state = tokio::time::timeout(Duration::from_secs(15), driving).await???;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.failure);
+    assert_eq!(state.steps[1].attempts, 1, "the first attempt's result was read");
+    Ok(())
+}

@@ -66,7 +66,9 @@ pub struct WorkerTask {
     pub timeout_secs: f64,
     /// How often to send a heartbeat while working, in seconds.
     pub heartbeat_secs: f64,
-    /// Subject to send reports to: `ltmc.results.<run_id>`.
+    /// Subject to send reports to: exactly `ltmc.results.<run_id>`. A worker terminates a task
+    /// naming any other subject (or a `run_id` that is not a subject token) rather than send
+    /// anything there.
     pub reply_subject: String,
 }
 

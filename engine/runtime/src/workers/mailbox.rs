@@ -1,8 +1,7 @@
 //! A run's mailbox: sends its worker tasks and routes the reports that come back.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, stream::LastRawMessageErrorKind};
-use futures::StreamExt;
+use async_nats::jetstream::{self, consumer, consumer::DeliverPolicy};
 use ltmc_core::protocol::{AgentTask, ReportBody, WorkerReport, WorkerTask};
 use ltmc_core::run::Outcome;
 use serde_json::Value;
@@ -12,9 +11,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::read::Puller;
 use super::{Error, RESULTS_STREAM, nats, results_subject, task_subject};
 
 type Key = (String, u32);
+
+/// Most reports one pull request of the mailbox asks for.
+const REPORTS_PER_PULL: usize = 256;
 
 #[derive(Default)]
 struct Inbox {
@@ -42,42 +45,11 @@ impl Drop for RunMailbox {
 
 impl RunMailbox {
     pub(super) async fn open(js: jetstream::Context, run_id: &str) -> Result<RunMailbox, Error> {
-        let subject = results_subject(run_id);
-        let stream = js.get_stream(RESULTS_STREAM).await.map_err(nats)?;
-        // The last report already stored: once the router has read it, a missing result means
-        // the task must be sent.
-        let last = match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => Some(m.sequence),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
-            Err(e) => return Err(nats(e)),
-        };
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig { filter_subject: subject, ..Default::default() })
-            .await
-            .map_err(nats)?;
-        let mut messages = consumer.messages().await.map_err(nats)?;
-        let (caught_tx, caught_up) = watch::channel(last.is_none());
+        js.get_stream(RESULTS_STREAM).await.map_err(nats)?;
+        let (caught_tx, caught_up) = watch::channel(false);
         let inbox = Arc::new(Mutex::new(Inbox::default()));
-        let (routed, owner) = (inbox.clone(), run_id.to_owned());
-        let router = tokio::spawn(async move {
-            while let Some(msg) = messages.next().await {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, run = %owner, "reading worker reports");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                if let Some((key, body)) = parse_report(&owner, &msg.payload) {
-                    route(&routed, key, body);
-                }
-                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-                if last.is_some_and(|l| seq >= l) {
-                    caught_tx.send_replace(true);
-                }
-            }
-        });
+        let (routed, subject) = (inbox.clone(), results_subject(run_id));
+        let router = tokio::spawn(read_reports(js.clone(), subject, run_id.to_owned(), routed, caught_tx));
         Ok(RunMailbox { js, run_id: run_id.to_owned(), inbox, caught_up, router })
     }
 
@@ -160,6 +132,82 @@ impl RunMailbox {
             }
         }
     }
+}
+
+/// Reads the run's reports in the order stored, from the first, and routes them; `caught_up`
+/// turns true once every report stored when reading began is read. Reads through an ephemeral
+/// consumer of its own, pulled with [`Puller`] (see `read.rs` for why not async-nats's ordered
+/// consumer: one hostile message would stall it), and makes a new one from the next unread
+/// sequence whenever a delivery is missing or the consumer is gone (a NATS restart).
+async fn read_reports(
+    js: jetstream::Context,
+    subject: String,
+    run_id: String,
+    inbox: Arc<Mutex<Inbox>>,
+    caught_up: watch::Sender<bool>,
+) {
+    let mut next = 1;
+    loop {
+        let (mut reports, pending) = match reader(&js, &subject, next).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, run = %run_id, "reading worker reports");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if pending == 0 {
+            caught_up.send_replace(true);
+        }
+        let mut delivered = 0;
+        loop {
+            let msg = match reports.next().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => {
+                    caught_up.send_replace(true); // the pull ended with nothing more to read
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, run = %run_id, "reading worker reports; reading again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            };
+            let Ok(info) = msg.info() else { break };
+            if info.consumer_sequence != delivered + 1 {
+                break; // a delivery went missing: read again from the first report not read
+            }
+            delivered += 1;
+            next = info.stream_sequence + 1;
+            let pending = info.pending;
+            if let Some((key, body)) = parse_report(&run_id, &msg.payload) {
+                route(&inbox, key, body);
+            }
+            if pending == 0 {
+                caught_up.send_replace(true);
+            }
+        }
+    }
+}
+
+/// An ephemeral consumer of the run's reports from stream sequence `from`, and how many it
+/// has to deliver now. It needs no acknowledgements and goes away when no longer pulled.
+async fn reader(js: &jetstream::Context, subject: &str, from: u64) -> Result<(Puller, u64), Error> {
+    let stream = js.get_stream_no_info(RESULTS_STREAM).await.map_err(nats)?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: subject.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(60),
+            memory_storage: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)?;
+    let info = consumer.cached_info();
+    let (name, pending) = (info.name.clone(), info.num_pending);
+    Ok((Puller::new(js, RESULTS_STREAM, &name, REPORTS_PER_PULL).await?, pending))
 }
 
 struct Unregister(Arc<Mutex<Inbox>>, Key);

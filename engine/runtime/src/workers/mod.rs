@@ -13,6 +13,7 @@
 //! [`ltmc_core::protocol::WorkerReport`] (`schemas/worker-*.json`, `docs/workers.md`).
 
 mod mailbox;
+mod read;
 pub mod serve;
 
 pub use mailbox::RunMailbox;

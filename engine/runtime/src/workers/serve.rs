@@ -4,18 +4,24 @@
 //! A task is acknowledged only after its result is stored in `LTMC_RESULTS`: a worker that
 //! dies mid-task leaves it to be delivered again after the ack wait (heartbeats extend that
 //! wait), and the engine records whichever result comes first.
+//!
+//! A message that is not a task the engine could have sent (not a `WorkerTask`, names that are
+//! not subject tokens, a reply subject other than `ltmc.results.<run_id>`) is terminated at
+//! once with the reason logged, before it takes a slot: nobody can be told about it, and
+//! left unacknowledged it would come back after every ack wait.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
+use ltmc_core::names::MAX_STREAM_ID_LEN;
 use ltmc_core::protocol::{ReportBody, WorkerReport, WorkerTask};
-use ltmc_core::run::Outcome;
+use ltmc_core::run::{Outcome, idempotency_key};
 use ltmc_core::spec::{AgentDef, AgentKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+use super::read::Puller;
 use super::{Error, TASKS_STREAM, consumer_name, nats, results_subject, task_subject};
 
 /// How a worker serves an agent.
@@ -35,6 +41,7 @@ pub struct WorkerOptions {
     /// task to another worker.
     pub ack_wait: Duration,
     /// Stop after this many tasks (for tests and batch jobs); `None` serves until stopped.
+    /// Terminated malformed messages do not count.
     pub max_tasks: Option<u64>,
 }
 
@@ -64,7 +71,7 @@ pub async fn serve(opts: WorkerOptions) -> Result<u64, Error> {
     }
     let js = super::connect(&opts.nats_url).await?;
     let stream = js.get_stream(TASKS_STREAM).await.map_err(nats)?;
-    let consumer: consumer::PullConsumer = stream
+    let _: consumer::PullConsumer = stream
         .get_or_create_consumer(
             &consumer_name(&opts.agent),
             consumer::pull::Config {
@@ -77,6 +84,7 @@ pub async fn serve(opts: WorkerOptions) -> Result<u64, Error> {
         )
         .await
         .map_err(nats)?;
+    let mut tasks = Puller::new(&js, TASKS_STREAM, &consumer_name(&opts.agent), 1).await?;
     let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let opts = Arc::new(opts);
     let mut done = 0u64;
@@ -87,19 +95,19 @@ pub async fn serve(opts: WorkerOptions) -> Result<u64, Error> {
         }
         // Take a task only when a slot is free, so an idle worker elsewhere can take the next.
         let permit = slots.clone().acquire_owned().await.map_err(nats)?;
-        let mut batch = match consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages().await {
-            Ok(b) => b,
+        let msg = match tasks.next().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "fetching a task; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        let Some(msg) = batch.next().await else { continue };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(error = %e, "no task");
+        let wire = match decode(&msg.payload, &opts.agent) {
+            Ok(wire) => wire,
+            Err(why) => {
+                terminate(&msg, &why).await;
                 continue;
             }
         };
@@ -107,7 +115,7 @@ pub async fn serve(opts: WorkerOptions) -> Result<u64, Error> {
         let (js, opts) = (js.clone(), opts.clone());
         running.spawn(async move {
             let _permit = permit;
-            if let Err(e) = handle(&js, &opts, msg).await {
+            if let Err(e) = handle(&js, &opts, msg, wire).await {
                 tracing::warn!(error = %e, "a task was not completed; it will be delivered again");
             }
         });
@@ -117,15 +125,71 @@ pub async fn serve(opts: WorkerOptions) -> Result<u64, Error> {
     Ok(done)
 }
 
-async fn handle(js: &jetstream::Context, opts: &WorkerOptions, msg: jetstream::Message) -> Result<(), Error> {
-    let wire: WorkerTask = match serde_json::from_slice(&msg.payload) {
-        Ok(t) => t,
-        Err(e) => {
-            // Nobody can be told (the run is unknown); drop it for good rather than loop on it.
-            tracing::warn!(error = %e, "dropped a task that is not a WorkerTask");
-            return msg.ack_with(AckKind::Term).await.map_err(nats);
+/// Longest reason logged for a terminated message.
+const MAX_REASON_CHARS: usize = 300;
+
+/// The task in a message, if it is one the engine could have sent to this agent: a
+/// `WorkerTask` whose run id and step are subject tokens, whose agent is this one, and whose
+/// idempotency key and reply subject are the ones the engine derives from them. Reports then
+/// go only to `ltmc.results.<run id>`, whatever the message says.
+fn decode(payload: &[u8], agent: &str) -> Result<WorkerTask, String> {
+    if payload.is_empty() {
+        return Err("the message is empty".into());
+    }
+    let wire: WorkerTask = serde_json::from_slice(payload).map_err(|e| format!("not a WorkerTask: {e}"))?;
+    let task = &wire.task;
+    ltmc_core::names::validate("run", &task.run_id).map_err(|e| format!("run_id: {e}"))?;
+    // A step is a name, or `<agent>-<n>` for an activation of an event-driven run (so it can be
+    // longer than a name); it is no subject token, but it is in the result's `Nats-Msg-Id`.
+    let step_ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if task.step.is_empty() || task.step.len() > MAX_STREAM_ID_LEN || !task.step.chars().all(step_ok) {
+        return Err(format!("step {:?} is not 1-{MAX_STREAM_ID_LEN} characters from [A-Za-z0-9_-]", short(&task.step)));
+    }
+    if task.agent != agent {
+        return Err(format!("the task is for agent {:?}, not {agent}", short(&task.agent)));
+    }
+    let key = idempotency_key(&task.run_id, &task.step, task.attempt);
+    if task.idempotency_key != key {
+        return Err(format!("idempotency_key {:?} is not {key:?}", short(&task.idempotency_key)));
+    }
+    if wire.reply_subject != results_subject(&task.run_id) {
+        return Err(format!(
+            "reply_subject {:?} is not {:?}",
+            short(&wire.reply_subject),
+            results_subject(&task.run_id)
+        ));
+    }
+    Ok(wire)
+}
+
+fn short(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+/// Terminates a malformed message for good: not performed, not delivered again.
+async fn terminate(msg: &jetstream::Message, why: &str) {
+    // Shortened (a parser's message can quote a whole field) and without control characters.
+    let mut reason = String::new();
+    for c in why.chars().take(MAX_REASON_CHARS) {
+        if c.is_control() {
+            reason.extend(c.escape_default());
+        } else {
+            reason.push(c);
         }
-    };
+    }
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    tracing::warn!(stream_seq = seq, %reason, "terminated a malformed task");
+    if let Err(e) = msg.double_ack_with(AckKind::Term).await {
+        tracing::warn!(stream_seq = seq, error = %e, "terminating a malformed task; it will be delivered again");
+    }
+}
+
+async fn handle(
+    js: &jetstream::Context,
+    opts: &WorkerOptions,
+    msg: jetstream::Message,
+    wire: WorkerTask,
+) -> Result<(), Error> {
     let task = wire.task;
     let subject = results_subject(&task.run_id);
     let report =
