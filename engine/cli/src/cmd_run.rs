@@ -151,8 +151,21 @@ pub(crate) async fn run(
     for (trigger, data) in emits {
         engine.emit(&run_id, &trigger, data, "emit").await?;
     }
-    let state = engine.drive(&run_id, Some(base_dir), Some(progress)).await?;
+    let state = engine.drive(&run_id, Some(base_dir), Some(progress)).await.map_err(|e| interrupted(e, &run_id))?;
     finish(&store, relay, state, json).await
+}
+
+/// An error that stopped driving a run. When the store or NATS failed under it, the run is still
+/// running in the log, so say how to go on.
+fn interrupted(e: ltmc_engine::driver::Error, run_id: &str) -> anyhow::Error {
+    use ltmc_engine::driver::Error as E;
+    let resumable = matches!(e, E::Store(_) | E::Busy(_) | E::Workers(_));
+    let e = anyhow::Error::new(e);
+    if resumable {
+        e.context(format!("run {run_id} was interrupted and is still running; `ltmc resume {run_id}` continues it"))
+    } else {
+        e
+    }
 }
 
 /// `ltmc emit RUN TRIGGER [--data JSON]`: an event into a running event-driven run.
@@ -178,7 +191,7 @@ pub(crate) async fn resume(run_id: &str, dir: Option<PathBuf>, json: bool) -> an
         Some(workflow) => engine(&store, &config, &workflow).await?,
         None => Engine::new(store.clone(), config.engine.clone()),
     };
-    let state = engine.drive(run_id, dir, Some(progress())).await?;
+    let state = engine.drive(run_id, dir, Some(progress())).await.map_err(|e| interrupted(e, run_id))?;
     finish(&store, relay, state, json).await
 }
 

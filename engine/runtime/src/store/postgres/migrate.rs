@@ -32,9 +32,14 @@ pub(super) async fn migrate(config: &tokio_postgres::Config) -> Result<usize> {
         .map_err(db_err)?;
     let result = embedded::migrations::runner().run_async(&mut client).await;
     let _ = client.batch_execute("SELECT pg_advisory_unlock(hashtext('ltmc.migrate.' || current_schema()))").await;
+    // A connection lost halfway (terminated, server restarting) is not a bad migration.
+    let lost = client.is_closed();
     drop(client);
     let _ = task.await;
-    result.map(|report| report.applied_migrations().len()).map_err(|e| Error::Migration(e.to_string()))
+    result.map(|report| report.applied_migrations().len()).map_err(|e| match lost {
+        true => Error::Unavailable(format!("the connection was lost while migrating: {e}")),
+        false => Error::Migration(e.to_string()),
+    })
 }
 
 /// Applies pending migrations to the database at `url`; returns how many were applied.

@@ -57,10 +57,24 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> Error {
         Error::Unavailable(e.to_string())
     } else {
         match e.as_db_error() {
+            Some(db) if connection_lost(db.code()) => {
+                Error::Unavailable(format!("{}: {}", db.code().code(), db.message()))
+            }
             Some(db) => Error::Backend(format!("{}: {}", db.code().code(), db.message())),
             None => Error::Unavailable(e.to_string()),
         }
     }
+}
+
+/// Errors that say the connection or the server went away, not that the statement was wrong:
+/// a terminated backend (`pg_terminate_backend`, 57P01), a server shutting down or starting up
+/// (57P02, 57P03), a connection exception (class 08), too many clients (53300). Whatever was
+/// being done can be retried on a new connection; appends retried with the same events are
+/// idempotent.
+fn connection_lost(code: &tokio_postgres::error::SqlState) -> bool {
+    use tokio_postgres::error::SqlState as S;
+    [S::ADMIN_SHUTDOWN, S::CRASH_SHUTDOWN, S::CANNOT_CONNECT_NOW, S::TOO_MANY_CONNECTIONS].contains(code)
+        || code.code().starts_with("08")
 }
 
 /// A pool of at most `size` connections made with `config`.
@@ -83,7 +97,21 @@ impl PgStore {
     pub async fn open(url: &str) -> Result<PgStore> {
         let config = tokio_postgres::Config::from_str(url)
             .map_err(|e| Error::Invalid(format!("database URL is not a valid postgres URL: {e}")))?;
-        migrate(&config).await?;
+        // A connection terminated while opening is replaced: a few quick tries, as for reads.
+        let mut delay = std::time::Duration::from_millis(50);
+        for _ in 0..5 {
+            match migrate(&config).await {
+                Err(Error::Unavailable(e)) => {
+                    tracing::debug!(error = %e, "opening the store failed; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
         let pool = pool(&config, 16)?;
         let client = pool.get().await.map_err(pool_err)?;
         let schema: Option<String> = client.query_one("SELECT current_schema()", &[]).await.map_err(db_err)?.get(0);
