@@ -22,7 +22,7 @@
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
@@ -87,6 +87,18 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
             let _ = pipe.write_all(&task);
         });
     }
+    // A pipe that ends when the agent exits, so the wait below wakes at once rather than at the
+    // next tick. WNOWAIT leaves the agent to be reaped (with its status) by `reap`.
+    let exited = match std::io::pipe() {
+        Ok((reader, writer)) => {
+            std::thread::spawn(move || {
+                while waitid(Id::Pid(main_pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) == Err(Errno::EINTR) {}
+                drop(writer);
+            });
+            Some(reader)
+        }
+        Err(_) => None,
+    };
     let me = Pid::this();
     loop {
         if let Some(status) = reap(main_pid) {
@@ -94,19 +106,22 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
             kill_tree(me, Signal::SIGKILL);
             return exit_as(status);
         }
-        if engine_gone(&mut stdin) {
+        if engine_gone(&mut stdin, exited.as_ref()) {
             terminate_tree(me, main_pid);
             return 143;
         }
     }
 }
 
-/// Waits up to a [`TICK`] for stdin; true once it has ended (the engine closed it or died).
-fn engine_gone(stdin: &mut std::io::StdinLock<'_>) -> bool {
+/// Waits up to a [`TICK`] for stdin or the agent's exit; true once stdin has ended (the engine
+/// closed it or died).
+fn engine_gone(stdin: &mut std::io::StdinLock<'_>, exited: Option<&std::io::PipeReader>) -> bool {
     let fd = stdin.as_fd();
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let mut fds = vec![PollFd::new(fd, PollFlags::POLLIN)];
+    fds.extend(exited.map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN)));
     match poll(&mut fds, PollTimeout::try_from(TICK.as_millis() as i32).unwrap_or(PollTimeout::ZERO)) {
         Ok(0) | Err(Errno::EINTR) => false,
+        Ok(_) if fds[0].revents().is_none_or(|r| r.is_empty()) => false, // the agent exited
         Ok(_) => {
             let mut buf = [0u8; 4096];
             // Readable: either more bytes (ignored) or the end of the pipe.
@@ -165,8 +180,46 @@ fn kill_tree(me: Pid, signal: Signal) {
     }
 }
 
-/// Every process whose chain of parents leads to `root`, read from `/proc`.
+/// Every process whose chain of parents leads to `root` (the supervisor), read from `/proc`.
 fn descendants(root: Pid) -> Vec<Pid> {
+    // As a subreaper, every living descendant has an ancestor among our children: none left
+    // (the usual end of an attempt) means no tree to look for.
+    if waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) == Err(Errno::ECHILD) {
+        return Vec::new();
+    }
+    children_files(root).unwrap_or_else(|| scan_proc(root))
+}
+
+/// The tree from `/proc/PID/task/TID/children` (kernels with CONFIG_PROC_CHILDREN): reads only
+/// the tree's own processes; `None` when the kernel does not have those files.
+fn children_files(root: Pid) -> Option<Vec<Pid>> {
+    let mut found = Vec::new();
+    let mut queue = vec![root.as_raw()];
+    while let Some(p) = queue.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"));
+        let Ok(tasks) = tasks else {
+            if p == root.as_raw() {
+                return None;
+            }
+            continue; // gone meanwhile
+        };
+        for task in tasks.flatten() {
+            let children = match std::fs::read_to_string(task.path().join("children")) {
+                Ok(c) => c,
+                Err(e) if p == root.as_raw() && e.kind() == std::io::ErrorKind::NotFound => return None,
+                Err(_) => continue,
+            };
+            for c in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                found.push(Pid::from_raw(c));
+                queue.push(c);
+            }
+        }
+    }
+    Some(found)
+}
+
+/// The tree from every process's `/proc/PID/stat`.
+fn scan_proc(root: Pid) -> Vec<Pid> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for entry in dir.flatten() {
