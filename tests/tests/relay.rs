@@ -102,10 +102,21 @@ async fn relay_child() -> anyhow::Result<()> {
         return Ok(());
     };
     let store = Store::open(&db).await?;
-    let _relay =
-        relay::spawn(store, RelayOptions { stream_name: stream, subject_prefix: prefix, ..RelayOptions::new(&nats) });
-    std::future::pending::<()>().await;
-    Ok(())
+    let mut opts = RelayOptions { stream_name: stream, subject_prefix: prefix, ..RelayOptions::new(&nats) };
+    if let Some(ms) = std::env::var("LTMCT_RELAY_LEASE_TTL_MS").ok().and_then(|v| v.parse().ok()) {
+        opts.lease_ttl = Duration::from_millis(ms);
+    }
+    let relay = relay::spawn(store, opts);
+    // Tells the parent test when this relay takes or loses the lease.
+    println!("relay started");
+    let mut held = false;
+    loop {
+        if relay.holds_lease() != held {
+            held = !held;
+            println!("holds lease: {held}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,4 +328,321 @@ async fn nats_outage_never_fails_appends_and_the_relay_catches_up() -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// A private nats-server whose messages may not exceed `max_payload` bytes.
+fn start_nats_with_max_payload(
+    port: u16,
+    dir: &std::path::Path,
+    max_payload: usize,
+) -> anyhow::Result<tokio::process::Child> {
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\nmax_payload: {max_payload}\njetstream {{ store_dir: {:?} }}\n",
+            dir.join("js").display().to_string()
+        ),
+    )?;
+    Ok(tokio::process::Command::new(nats_server_binary())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Reads the stream back as the documented wire format says (one message per event, or
+/// consecutive `Ltmc-Part: <offset>/<total>` messages whose payloads make the event's JSON) and
+/// checks it holds exactly the log; returns, for each event, how many messages carried it.
+async fn messages_per_event(store: &Store, opts: &RelayOptions) -> anyhow::Result<Vec<usize>> {
+    let js = relay::jetstream(&opts.nats_url).await?;
+    let mut stream = js.get_stream(&opts.stream_name).await?;
+    let last = stream.info().await?.state.last_sequence;
+    let (mut seq, mut counts) = (0u64, Vec::new());
+    for e in all_events(store).await? {
+        let (mut body, mut n) = (Vec::new(), 0);
+        let whole = loop {
+            seq += 1;
+            anyhow::ensure!(seq <= last, "the stream ends before the log's event {}", e.global_position);
+            let msg = stream.get_raw_message(seq).await?;
+            let h = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
+            assert_eq!(h("Ltmc-Position"), Some(e.global_position.to_string()), "message {seq}");
+            assert_eq!(msg.subject.as_str(), opts.subject(&e), "message {seq}");
+            n += 1;
+            let Some(part) = h("Ltmc-Part") else {
+                assert_eq!(n, 1, "message {seq}: a whole message in the middle of the parts of an event");
+                assert_eq!(h("Nats-Msg-Id"), Some(e.event_id.to_string()), "message {seq}");
+                break msg.payload.to_vec();
+            };
+            let (offset, total) = part.split_once('/').expect("offset/total");
+            assert_eq!(offset.parse::<usize>()?, body.len(), "message {seq}: parts continue each other");
+            assert_eq!(h("Nats-Msg-Id"), Some(format!("{}/{offset}", e.event_id)), "message {seq}");
+            body.extend_from_slice(&msg.payload);
+            if body.len() >= total.parse::<usize>()? {
+                assert_eq!(body.len(), total.parse::<usize>()?, "message {seq}: the parts add up to the total");
+                break std::mem::take(&mut body);
+            }
+        };
+        let got: RecordedEvent = serde_json::from_slice(&whole)?;
+        assert_eq!(got, e, "the event at position {} differs in JetStream", e.global_position);
+        counts.push(n);
+    }
+    assert_eq!(seq, last, "JetStream holds {} messages after the log's last event", last - seq);
+    Ok(counts)
+}
+
+fn blob(n: usize) -> ltmc_core::NewEvent {
+    new_event("BlobStored", 1, serde_json::json!({"blob": "x".repeat(n)}), Default::default())
+}
+
+/// An event under the log's 1 MiB limit but over the server's `max_payload` once wrapped (a
+/// memory value of about 1 MiB) neither stops the feed nor is skipped: it goes out in parts,
+/// the events after it follow, a relay stopped in the middle of one finishes it, and a copy fed
+/// from the stream (`ltmc project --from-nats`) puts it back together.
+async fn large_events_never_stop_the_feed(store: Store) -> anyhow::Result<()> {
+    const MAX_PAYLOAD: usize = 65536;
+    let port = free_port()?;
+    let nats_dir = tempfile::tempdir()?;
+    let mut nats = start_nats_with_max_payload(port, nats_dir.path(), MAX_PAYLOAD)?;
+    let opts = relay_options(&format!("nats://127.0.0.1:{port}"));
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    engine.run(sequential(), None, PathBuf::from("."), None).await?;
+    // Sizes on both sides of the largest event one message carries: the event's JSON beside
+    // its headers (about 200 bytes here) must fit in max_payload.
+    let stream_id = format!("blob-{}", unique());
+    let probe = store.append(&stream_id, ExpectedVersion::NoStream, &[blob(0)]).await?;
+    let envelope = serde_json::to_vec(&store.read_all(probe.first_position - 1, 1).await?[0])?.len();
+    let headers =
+        12 + [11 + 36, 27 + 20, 13 + 4, 11 + stream_id.len(), 19 + 3, 15 + 10].iter().map(|n| n + 4).sum::<usize>();
+    let edge = MAX_PAYLOAD - envelope - headers;
+    for n in edge - 48..edge + 48 {
+        store.append(&stream_id, ExpectedVersion::Any, &[blob(n)]).await?;
+    }
+    let sessions = ltmc_engine::sessions::Sessions::new(store.clone());
+    let session = format!("big{}", unique());
+    sessions.create(&session, None, "cli").await?;
+    let mut r = relay::spawn(store.clone(), opts.clone());
+    let head = store.head_position().await?;
+    assert!(
+        r.wait_for(head, Duration::from_secs(60)).await,
+        "the relay stopped at position {} of {head}: {:?}",
+        r.published(),
+        r.last_error()
+    );
+    r.stop();
+
+    // A memory value of about 1 MiB, then more events; and a relay that published only the
+    // first 10,000 bytes of it (as if it crashed there, under another max_payload).
+    let value = serde_json::Value::String("v".repeat(ltmc_core::event::MAX_EVENT_BYTES - 4096));
+    let mut context = serde_json::Map::new();
+    context.insert("notes".into(), value);
+    sessions.store_shared_context(&session, context, "cli").await?;
+    engine.run(parallel(), None, PathBuf::from("."), None).await?;
+    let big = all_events(&store).await?.into_iter().find(|e| e.event_type == "MemoryWritten").expect("written");
+    let body = serde_json::to_vec(&big)?;
+    let js = relay::jetstream(&opts.nats_url).await?;
+    let last = js.get_stream(&opts.stream_name).await?.info().await?.state.last_sequence;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", format!("{}/0", big.event_id).as_str());
+    h.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+    h.insert("Ltmc-Position", big.global_position.to_string().as_str());
+    h.insert("Ltmc-Stream", big.stream_id.as_str());
+    h.insert("Ltmc-Stream-Version", big.stream_version.to_string().as_str());
+    h.insert("Ltmc-Event-Type", big.event_type.as_str());
+    h.insert("Ltmc-Part", format!("0/{}", body.len()).as_str());
+    let first =
+        async_nats::jetstream::message::PublishMessage::build().payload(body[..10_000].to_vec().into()).headers(h);
+    js.send_publish(opts.subject(&big), first).await?.await?;
+
+    let mut r = relay::spawn(store.clone(), opts.clone());
+    let head = store.head_position().await?;
+    assert!(
+        r.wait_for(head, Duration::from_secs(60)).await,
+        "the relay stopped at position {} of {head}: {:?}",
+        r.published(),
+        r.last_error()
+    );
+    r.stop();
+    let counts = messages_per_event(&store, &opts).await?;
+    let log = all_events(&store).await?;
+    let sweep: Vec<usize> =
+        log.iter().zip(&counts).filter(|(e, _)| e.event_type == "BlobStored").map(|(_, n)| *n).collect();
+    assert!(sweep.contains(&1) && sweep.contains(&2), "the sizes straddle the limit (messages per event: {sweep:?})");
+    let big_parts = log.iter().zip(&counts).find(|(e, _)| e.event_id == big.event_id).map(|(_, n)| *n);
+    assert!(big_parts.is_some_and(|n| n > 16), "the 1 MiB event went out in {big_parts:?} parts");
+    assert!(log.last().is_some_and(|e| e.event_type == "RunCompleted"), "the feed went on after it");
+
+    // A copy fed from the stream puts every event back together.
+    let (copy, _copy_dir) = sqlite_store().await?;
+    let fed =
+        tokio::time::timeout(Duration::from_secs(60), ltmc_engine::projector::from_nats(&copy, &opts, Some(head)))
+            .await??;
+    assert_eq!(fed, head);
+    assert_eq!(all_events(&copy).await?, log, "the copy fed from NATS differs from the log");
+    eprintln!("{} events in {} messages of at most {MAX_PAYLOAD} bytes", log.len(), counts.iter().sum::<usize>());
+    nats.start_kill()?;
+    nats.wait().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_never_stop_the_feed_sqlite() -> anyhow::Result<()> {
+    let (store, _dir) = sqlite_store().await?;
+    large_events_never_stop_the_feed(store).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_never_stop_the_feed_postgres() -> anyhow::Result<()> {
+    let schema = PgSchema::new().await?;
+    large_events_never_stop_the_feed(schema.store().await?).await?;
+    schema.drop().await
+}
+
+/// A relay process (`relay_child`) whose stdout lines the test reads.
+struct RelayProcess {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl RelayProcess {
+    fn start(db: &str, opts: &RelayOptions, ttl: Duration) -> anyhow::Result<RelayProcess> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["relay_child", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env("LTMCT_RELAY_DB", db)
+            .env("LTMCT_RELAY_NATS", &opts.nats_url)
+            .env("LTMCT_RELAY_STREAM", &opts.stream_name)
+            .env("LTMCT_RELAY_PREFIX", &opts.subject_prefix)
+            .env("LTMCT_RELAY_LEASE_TTL_MS", ttl.as_millis().to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        Ok(RelayProcess { child, lines: tokio::io::BufReader::new(stdout).lines() })
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0))
+    }
+
+    /// Waits up to `timeout` for the line `line`.
+    async fn said(&mut self, line: &str, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, async {
+            while let Ok(Some(l)) = self.lines.next_line().await {
+                if l.ends_with(line) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// The lease row (holder, epoch), read with plain SQL.
+async fn lease_row(db: &str) -> anyhow::Result<(String, i64)> {
+    let sql = "SELECT holder, epoch FROM leases WHERE name = 'relay'";
+    if let Some(path) = db.strip_prefix("sqlite://") {
+        let c = rusqlite::Connection::open(path)?;
+        return Ok(c.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?)))?);
+    }
+    let (client, conn) = tokio_postgres::connect(db, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let row = client.query_one(sql, &[]).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// A lease holder stopped with SIGSTOP (alive, connections open, making no progress) loses the
+/// lease within its time to live; the standby takes over and JetStream keeps growing; continued
+/// with SIGCONT, the old holder stands down, and no event is published twice.
+async fn a_stopped_relay_loses_its_lease(store: Store, db: &str) -> anyhow::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    const TTL: Duration = Duration::from_secs(2);
+    let opts = relay_options(&nats_url());
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    engine.run(sequential(), None, PathBuf::from("."), None).await?;
+    let mut a = RelayProcess::start(db, &opts, TTL)?;
+    assert!(a.said("holds lease: true", Duration::from_secs(20)).await, "the first relay never took the lease");
+    let mut b = RelayProcess::start(db, &opts, TTL)?;
+    assert!(b.said("relay started", Duration::from_secs(20)).await, "the second relay did not start");
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = spawn_appender(store.clone(), stop.clone());
+    let js = relay::jetstream(&opts.nats_url).await?;
+    let published = || async {
+        let mut s = js.get_stream(&opts.stream_name).await.ok()?;
+        relay::stream_tail(&mut s).await.ok().map(|t| t.position)
+    };
+    let busy = eventually(Duration::from_secs(20), || async { published().await.unwrap_or(0) > 20 }).await;
+    assert!(busy, "the first relay does not publish");
+
+    // A process stopped in the middle of a write to a SQLite file keeps its write lock, which
+    // stops every writer of the file (appends too), whatever the relay does; stop it again then.
+    let mut tries = 0;
+    let stopped_at = loop {
+        kill(a.pid(), Signal::SIGSTOP)?;
+        let stopped_at = std::time::Instant::now();
+        let (stream, note) =
+            (format!("note-{}", unique()), [new_event("NoteTaken", 1, serde_json::json!({}), Default::default())]);
+        let probe = store.append(&stream, ExpectedVersion::NoStream, &note);
+        if tokio::time::timeout(Duration::from_secs(1), probe).await.is_ok() || tries == 10 {
+            break stopped_at;
+        }
+        tries += 1;
+        kill(a.pid(), Signal::SIGCONT)?;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(50..150))).await;
+    };
+    // Only another relay can publish what is appended from now on.
+    let head_at_stop = store.head_position().await?;
+    let grew =
+        eventually(TTL + Duration::from_secs(5), || async { published().await.unwrap_or(0) > head_at_stop }).await;
+    let took_over = stopped_at.elapsed();
+    assert!(
+        grew,
+        "JetStream stopped at position {:?} (log at {head_at_stop}) while the holder was stopped",
+        published().await
+    );
+    assert!(b.said("holds lease: true", Duration::from_secs(1)).await, "the second relay does not hold the lease");
+    assert!(took_over < TTL + Duration::from_secs(3), "took {took_over:?} to take over (lease TTL {TTL:?})");
+    let (holder, epoch) = lease_row(db).await?;
+    assert!(holder.starts_with(&format!("pid {} ", b.pid())), "lease held by {holder}");
+    assert!(epoch >= 2, "a takeover is a new epoch ({epoch})");
+    // While the old holder is still stopped, the feed keeps up with the appends.
+    let head = store.head_position().await?;
+    let kept_up = eventually(Duration::from_secs(20), || async { published().await.unwrap_or(0) >= head }).await;
+    assert!(kept_up, "the new holder did not keep up");
+
+    // The old holder wakes up in the middle of whatever it was doing: it stands down.
+    kill(a.pid(), Signal::SIGCONT)?;
+    assert!(a.said("holds lease: false", Duration::from_secs(10)).await, "the old holder did not stand down");
+    tokio::time::sleep(Duration::from_millis(500)).await; // appends go on meanwhile
+    stop.store(true, Ordering::Relaxed);
+    appender.await??;
+    let head = store.head_position().await?;
+    let caught_up = eventually(Duration::from_secs(20), || async { published().await.unwrap_or(0) >= head }).await;
+    assert!(caught_up, "the relays did not publish the whole log");
+    assert_eq!(lease_row(db).await?.0, holder, "the old holder did not take the lease back");
+    a.child.kill().await?;
+    b.child.kill().await?;
+    let n = assert_stream_equals_log(&store, &opts).await?;
+    eprintln!("took over after {took_over:?} (TTL {TTL:?}); {n} events, each once");
+    cleanup(&opts).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_relay_loses_its_lease_sqlite() -> anyhow::Result<()> {
+    let (store, dir) = sqlite_store().await?;
+    let db = format!("sqlite://{}", dir.path().join("ltmc.db").display());
+    a_stopped_relay_loses_its_lease(store, &db).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_relay_loses_its_lease_postgres() -> anyhow::Result<()> {
+    let schema = PgSchema::new().await?;
+    a_stopped_relay_loses_its_lease(schema.store().await?, &schema.url).await?;
+    schema.drop().await
 }

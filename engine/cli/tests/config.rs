@@ -86,6 +86,7 @@ fn a_bad_configuration_is_bad_input_with_file_and_line() {
         ("default_timeout = -1\n", "ltmc.toml:1: default_timeout = -1 is invalid"),
         ("max_concurrent_agents = \"lots\"\n", "ltmc.toml:1: max_concurrent_agents = lots is invalid"),
         ("retry_attempts = \n", "ltmc.toml:1"),
+        ("relay_lease_ttl = 0.1\n", "ltmc.toml:1: relay_lease_ttl = 0.1 is invalid: seconds from 1 to 3600"),
     ] {
         std::fs::write(dir.path().join("ltmc.toml"), text).expect("write");
         let out = ltmc(dir.path(), &["run", "wf.yaml"], &[]);

@@ -20,6 +20,9 @@ pub struct Config {
     /// `nats_subject_prefix` / `LTMC_NATS_SUBJECT_PREFIX` (default `ltmc.events`). One database
     /// per stream: two logs relayed into one stream would interleave, and the relay refuses that.
     pub nats_subject_prefix: String,
+    /// `relay_lease_ttl` / `LTMC_RELAY_LEASE_TTL` (seconds, default 15): how long a relay that
+    /// stops making progress keeps the lease before another relay takes over.
+    pub relay_lease_ttl: Duration,
     /// Engine options: `default_timeout`, `retry_attempts`, `retry_backoff`, `max_concurrent_agents`.
     pub engine: EngineOptions,
     /// The configuration file that was read, if any.
@@ -54,11 +57,12 @@ pub enum Error {
 }
 
 /// Every setting: its key in `ltmc.toml` and its environment variable.
-const SETTINGS: [(&str, &str); 9] = [
+const SETTINGS: [(&str, &str); 10] = [
     ("database_url", "LTMC_DATABASE_URL"),
     ("nats_url", "LTMC_NATS_URL"),
     ("nats_stream", "LTMC_NATS_STREAM"),
     ("nats_subject_prefix", "LTMC_NATS_SUBJECT_PREFIX"),
+    ("relay_lease_ttl", "LTMC_RELAY_LEASE_TTL"),
     ("max_concurrent_agents", "LTMC_MAX_CONCURRENT_AGENTS"),
     ("default_timeout", "LTMC_DEFAULT_TIMEOUT"),
     ("retry_attempts", "LTMC_RETRY_ATTEMPTS"),
@@ -212,11 +216,15 @@ impl Config {
                 |v| v.split('.').all(valid_stream_name),
             )?
             .unwrap_or_else(|| "ltmc.events".to_owned());
+        let relay_lease_ttl = src
+            .parse::<f64>("relay_lease_ttl", "seconds from 1 to 3600", |s| s.is_finite() && (1.0..=3600.0).contains(s))?
+            .map_or(crate::relay::DEFAULT_LEASE_TTL, Duration::from_secs_f64);
         Ok(Config {
             database_url: src.get("database_url").map_or_else(|| DEFAULT_DATABASE_URL.to_owned(), |(v, _)| v),
             nats_url: src.get("nats_url").map(|(v, _)| v),
             nats_stream,
             nats_subject_prefix,
+            relay_lease_ttl,
             engine,
             file: src.file.map(|f| f.path),
         })
@@ -227,6 +235,7 @@ impl Config {
         self.nats_url.as_deref().map(|url| crate::relay::RelayOptions {
             stream_name: self.nats_stream.clone(),
             subject_prefix: self.nats_subject_prefix.clone(),
+            lease_ttl: self.relay_lease_ttl,
             ..crate::relay::RelayOptions::new(url)
         })
     }

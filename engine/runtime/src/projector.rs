@@ -359,29 +359,30 @@ pub async fn from_nats(
         return Ok(from);
     }
     // The stream is an exact prefix of the log in position order; events the target already has
-    // are skipped.
+    // are skipped. An event too large for one message comes as consecutive parts: put together
+    // before it is applied, and an incomplete one is carried to the next batch.
     let consumer = stream.create_consumer(consumer::pull::OrderedConfig::default()).await.map_err(|e| nats(&e))?;
     let mut messages = consumer.messages().await.map_err(|e| nats(&e))?;
+    let mut parts = crate::relay::parts::Assembler::default();
     loop {
-        let mut events = Vec::new();
+        let mut batch = Vec::new();
         let first = messages.next().await.ok_or_else(|| nats(&"the stream ended"))?.map_err(|e| nats(&e))?;
-        events.push(first);
-        while events.len() < BATCH {
+        batch.push(first);
+        while batch.len() < BATCH {
             match tokio::time::timeout(Duration::from_millis(2), messages.next()).await {
-                Ok(Some(Ok(m))) => events.push(m),
+                Ok(Some(Ok(m))) => batch.push(m),
                 _ => break,
             }
         }
-        let events: Vec<ltmc_core::RecordedEvent> = events
-            .iter()
-            .map(|m| {
-                serde_json::from_slice::<ltmc_core::RecordedEvent>(&m.payload)
-                    .map_err(|e| nats(&format!("a message is not an event: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .filter(|e| e.global_position > from)
-            .collect();
+        let mut events = Vec::with_capacity(batch.len());
+        for m in &batch {
+            let sequence = m.info().map(|i| i.stream_sequence).unwrap_or_default();
+            match parts.push(m.headers.as_ref(), &m.payload) {
+                Ok(Some(e)) if e.global_position > from => events.push(e),
+                Ok(_) => {}
+                Err(e) => return Err(nats(&format!("stream {} message {sequence}: {e}", opts.stream_name))),
+            }
+        }
         let Some(last) = events.last() else { continue };
         let to = last.global_position;
         let changes = ltmc_projections::changes(&events);

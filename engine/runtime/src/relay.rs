@@ -1,12 +1,14 @@
 //! The relay: publishes the committed log to JetStream stream `LTMC_EVENTS`, in position order.
 //!
 //! Postgres (or SQLite) is the truth; JetStream is a derived feed. The relay:
-//! - holds a lease so one relay publishes per database (an advisory lock on Postgres, a file
-//!   lock on SQLite; both end with the holder's process);
+//! - holds a lease so one relay publishes per database: a row with an expiry that it renews as
+//!   it goes, so a holder that stops making progress loses it within the lease's time to live,
+//!   and sooner when its process ends (see [`lease`], decision 0014);
 //! - publishes each event to `ltmc.events.<category>.<stream>.<EventType>` with
 //!   `Nats-Msg-Id` = event id, `Nats-Expected-Last-Sequence` = the stream sequence its
 //!   predecessor got, and the position, stream and version in headers, then awaits every ack
-//!   before it checkpoints;
+//!   before it checkpoints; an event too large for the server's `max_payload` goes out as
+//!   consecutive parts (see [`parts`], decision 0014);
 //! - keeps the JetStream stream an exact prefix of the log: the expected-last-sequence header
 //!   makes the server refuse an event whose predecessor is missing, so the stream never has
 //!   holes (the stream's sequence is persistent server state, unlike its last message id, which
@@ -17,8 +19,13 @@
 //!
 //! Appends never wait for the relay: NATS being down only delays the feed.
 
+pub mod lease;
+pub mod parts;
+
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, stream};
 use ltmc_core::RecordedEvent;
 use ltmc_core::names::category;
 use std::sync::{Arc, Mutex};
@@ -27,9 +34,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::store::{self, EventStore, Store};
+use lease::Lease;
 
 /// Longest time the relay's checkpoint trails what it has published while busy.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// How long a relay that stops renewing keeps its lease (`relay_lease_ttl`).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
 
 /// Relay settings.
 #[derive(Debug, Clone)]
@@ -51,6 +62,10 @@ pub struct RelayOptions {
     /// JetStream's `Nats-Msg-Id` de-duplication window. The relay does not rely on it (it
     /// resumes past the stream's tail), it is a second line of defence.
     pub duplicate_window: Duration,
+    /// How long the lease outlives its holder's last renewal: a relay that stops making
+    /// progress (stopped, hung) is replaced after at most this long. It renews every third of
+    /// it.
+    pub lease_ttl: Duration,
 }
 
 impl RelayOptions {
@@ -64,6 +79,7 @@ impl RelayOptions {
             name: "relay".into(),
             coalesce: Duration::from_millis(5),
             duplicate_window: Duration::from_secs(120),
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
 
@@ -90,6 +106,14 @@ pub enum Error {
         /// What differs.
         reason: String,
     },
+    /// Another relay took the lease over (this one had stopped renewing it): stand down.
+    #[error("another relay ({holder}) took the lease over from this one (epoch {epoch}); standing by")]
+    LeaseLost {
+        /// The epoch this relay held.
+        epoch: i64,
+        /// The holder now.
+        holder: String,
+    },
 }
 
 fn nats<E: std::fmt::Display>(e: E) -> Error {
@@ -99,6 +123,7 @@ fn nats<E: std::fmt::Display>(e: E) -> Error {
 /// A running relay.
 pub struct RelayHandle {
     published: watch::Receiver<i64>,
+    leader: watch::Receiver<bool>,
     last_error: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
@@ -112,6 +137,11 @@ impl RelayHandle {
     /// Waits until `position` is in JetStream, or `timeout` passes; returns whether it is.
     pub async fn wait_for(&mut self, position: i64, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, self.published.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether this relay holds the lease (and publishes) now.
+    pub fn holds_lease(&self) -> bool {
+        *self.leader.borrow()
     }
 
     /// Why the relay is not publishing, if it is currently failing.
@@ -128,14 +158,23 @@ impl RelayHandle {
 /// Starts the relay on its own task. It keeps trying (lease, NATS, stream) until stopped.
 pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
     let (tx, rx) = watch::channel(0);
+    let (leader_tx, leader) = watch::channel(false);
+    // Names this relay in the lease row, for operators: which process holds it.
+    let holder = format!("pid {} relay {}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let last_error = Arc::new(Mutex::new(None));
     let error_slot = last_error.clone();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0u32;
         loop {
-            match run_once(&store, &opts, &tx).await {
+            match run_once(&store, &opts, &holder, &tx, &leader_tx).await {
                 Ok(()) => (backoff, failures) = (Duration::from_millis(100), 0),
+                Err(e @ Error::LeaseLost { .. }) => {
+                    tracing::warn!(error = %e, "relay lost its lease");
+                    if let Ok(mut slot) = error_slot.lock() {
+                        *slot = Some(e.to_string());
+                    }
+                }
                 Err(e) => {
                     // Say it once; a long outage is not a stream of warnings.
                     failures += 1;
@@ -153,36 +192,7 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
             }
         }
     });
-    RelayHandle { published: rx, last_error, task }
-}
-
-enum Lease {
-    Pg(store::postgres::PgLease),
-    Sqlite { _guard: store::sqlite::SqliteLease, store: store::sqlite::SqliteStore },
-}
-
-impl Lease {
-    async fn save(&self, name: &str, position: i64) -> Result<(), Error> {
-        match self {
-            Lease::Pg(l) => l.save_checkpoint(name, position).await?,
-            Lease::Sqlite { store, .. } => store.save_checkpoint(name, position).await?,
-        }
-        Ok(())
-    }
-}
-
-async fn take_lease(store: &Store, name: &str) -> Result<Lease, Error> {
-    loop {
-        let lease = match store {
-            Store::Postgres(s) => s.try_lease(name).await?.map(Lease::Pg),
-            Store::Sqlite(s) => s.try_lease(name).await?.map(|l| Lease::Sqlite { _guard: l, store: s.clone() }),
-        };
-        if let Some(l) = lease {
-            return Ok(l);
-        }
-        // Another relay publishes for this database; stand by.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    RelayHandle { published: rx, leader, last_error, task }
 }
 
 /// Creates or updates the event stream.
@@ -206,10 +216,20 @@ pub async fn ensure_stream(js: &jetstream::Context, opts: &RelayOptions) -> Resu
 pub struct Tail {
     /// Global position of the event in the last message (0 when the stream is empty).
     pub position: i64,
-    /// Its event id (`Nats-Msg-Id`).
+    /// Its event id (from `Nats-Msg-Id`).
     pub event_id: Option<String>,
     /// Its JetStream sequence (0 when the stream is empty).
     pub sequence: u64,
+    /// When the last message is a part of an event that has more (a relay stopped in the
+    /// middle of it): where the next part starts, and the event's length.
+    pub unfinished: Option<(usize, usize)>,
+}
+
+impl Tail {
+    /// The position up to which every event is in the stream whole.
+    pub fn done(&self) -> i64 {
+        if self.unfinished.is_some() { self.position - 1 } else { self.position }
+    }
 }
 
 /// Reads the stream's tail.
@@ -222,85 +242,123 @@ pub async fn stream_tail(stream: &mut stream::Stream) -> Result<Tail, Error> {
     let msg = stream.get_raw_message(last).await.map_err(nats)?;
     let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
     let position = header("Ltmc-Position").and_then(|p| p.parse::<i64>().ok()).ok_or_else(|| Error::Mismatch {
-        stream: name,
+        stream: name.clone(),
         reason: format!("message {last} has no Ltmc-Position header; another program writes to this stream"),
     })?;
-    Ok(Tail { position, event_id: header("Nats-Msg-Id"), sequence: last })
+    let mut event_id = header("Nats-Msg-Id");
+    let mut unfinished = None;
+    if let Some(part) = header(parts::PART) {
+        let (offset, total) = parts::parse_part(&part).ok_or_else(|| Error::Mismatch {
+            stream: name,
+            reason: format!("message {last} has a malformed {} header {part:?}", parts::PART),
+        })?;
+        // A part's message id is `<event id>/<offset>`.
+        event_id = event_id.map(|id| id.split('/').next().unwrap_or_default().to_owned());
+        let end = offset + msg.payload.len();
+        unfinished = (end < total).then_some((end, total));
+    }
+    Ok(Tail { position, event_id, sequence: last, unfinished })
 }
 
-async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<i64>) -> Result<(), Error> {
-    let lease = take_lease(store, &opts.name).await?;
+/// Where the relay is in the stream: the sequence of its last message, and the event it must
+/// finish first, if the stream ends in the middle of one (position, next offset).
+struct Cursor {
+    sequence: u64,
+    resume: Option<(i64, usize)>,
+}
+
+async fn run_once(
+    store: &Store,
+    opts: &RelayOptions,
+    holder: &str,
+    published: &watch::Sender<i64>,
+    leader: &watch::Sender<bool>,
+) -> Result<(), Error> {
+    let mut lease = Lease::take(store, &opts.name, holder, opts.lease_ttl).await?;
+    leader.send_replace(true);
+    let result = publish(store, opts, &mut lease, published).await;
+    leader.send_replace(false);
+    if !matches!(result, Err(Error::LeaseLost { .. })) {
+        // Failing (NATS unreachable from here, say): let a relay that can publish take over now.
+        lease.release().await;
+    }
+    result
+}
+
+async fn publish(
+    store: &Store,
+    opts: &RelayOptions,
+    lease: &mut Lease,
+    published: &watch::Sender<i64>,
+) -> Result<(), Error> {
     let js = jetstream(&opts.nats_url).await?;
     let mut stream = ensure_stream(&js, opts).await?;
-    let Tail { position: tail, event_id: tail_id, sequence: mut last_sequence } = stream_tail(&mut stream).await?;
+    let tail = stream_tail(&mut stream).await?;
     let checkpoint = store.checkpoint(&opts.name).await?;
-    let start = checkpoint.min(tail);
-    if tail > 0 {
-        // The tail must be our event: the log's event at that position, same id.
-        let at = store.read_all(tail - 1, 1).await?;
-        let matches = at.first().is_some_and(|e| e.global_position == tail && Some(e.event_id.to_string()) == tail_id);
+    if tail.position > 0 {
+        // The tail must be our event: the log's event at that position, same id (and, for an
+        // unfinished one, the same length, so its remaining bytes continue its first ones).
+        let at = store.read_all(tail.position - 1, 1).await?;
+        let matches = at.first().is_some_and(|e| {
+            e.global_position == tail.position
+                && Some(e.event_id.to_string()) == tail.event_id
+                && tail.unfinished.is_none_or(|(_, total)| serde_json::to_vec(e).is_ok_and(|b| b.len() == total))
+        });
         if !matches {
             return Err(Error::Mismatch {
                 stream: opts.stream_name.clone(),
                 reason: format!(
-                    "its last message (position {tail}) is not this log's event at that position; another database \
-                     relays into it: give each database its own stream (LTMC_NATS_STREAM, LTMC_NATS_SUBJECT_PREFIX)"
+                    "its last message (position {}) is not this log's event at that position; another database \
+                     relays into it: give each database its own stream (LTMC_NATS_STREAM, LTMC_NATS_SUBJECT_PREFIX)",
+                    tail.position
                 ),
             });
         }
     }
-    tracing::info!(checkpoint, tail, "relay resuming");
-    if tail > checkpoint {
-        lease.save(&opts.name, tail).await?;
+    let done = tail.done();
+    let start = checkpoint.min(done);
+    tracing::info!(checkpoint, tail = tail.position, unfinished = tail.unfinished.is_some(), "relay resuming");
+    if done > checkpoint {
+        lease.save(&opts.name, done).await?;
     }
-    published.send_replace(tail);
+    published.send_replace(done);
+    let mut cursor =
+        Cursor { sequence: tail.sequence, resume: tail.unfinished.map(|(offset, _)| (tail.position, offset)) };
     let mut sub = store.subscribe(start);
     // The checkpoint is a hint (the stream's tail is authoritative), so it is written at most
     // every CHECKPOINT_EVERY, and when the relay goes idle, rather than once per batch.
     let mut unsaved: Option<i64> = None;
     let mut saved_at = Instant::now();
     loop {
-        let batch = match unsaved {
-            Some(position) => match tokio::time::timeout(CHECKPOINT_EVERY, sub.next_batch(opts.batch)).await {
-                Ok(batch) => batch?,
-                Err(_) => {
+        // Renewing here, between batches and while idle, ties the lease to progress: a relay
+        // stuck anywhere in this loop stops renewing and loses it.
+        lease.keep(false).await?;
+        let idle_save = unsaved.map(|_| Instant::now() + CHECKPOINT_EVERY);
+        let until = idle_save.map_or(lease.renew_at(), |t| t.min(lease.renew_at()));
+        let batch = match tokio::time::timeout_at(until.into(), sub.next_batch(opts.batch)).await {
+            Ok(batch) => batch?,
+            Err(_) => {
+                if let Some(position) = unsaved.take() {
                     lease.save(&opts.name, position).await?;
-                    (unsaved, saved_at) = (None, Instant::now());
-                    continue;
+                    saved_at = Instant::now();
                 }
-            },
-            None => sub.next_batch(opts.batch).await?,
+                continue;
+            }
         };
         let mut acks = Vec::with_capacity(batch.len());
         let mut last = None;
-        for e in batch.iter().filter(|e| e.global_position > tail) {
-            let mut headers = HeaderMap::new();
-            headers.insert("Ltmc-Position", e.global_position.to_string().as_str());
-            headers.insert("Ltmc-Stream", e.stream_id.as_str());
-            headers.insert("Ltmc-Stream-Version", e.stream_version.to_string().as_str());
-            headers.insert("Ltmc-Event-Type", e.event_type.as_str());
-            let msg = jetstream::message::PublishMessage::build()
-                .payload(serde_json::to_vec(e).unwrap_or_default().into())
-                .headers(headers)
-                .message_id(e.event_id.to_string())
-                .expected_last_sequence(last_sequence);
-            acks.push(js.send_publish(opts.subject(e), msg).await.map_err(nats)?);
-            // Messages of one connection are stored in order, so each one's predecessor is known.
-            last_sequence += 1;
+        for e in batch.iter().filter(|e| e.global_position > done) {
+            let from = match cursor.resume.take() {
+                Some((position, offset)) if position == e.global_position => offset,
+                _ => 0,
+            };
+            // A relay that was stopped or hung past its lease's deadline finds out here, before
+            // it publishes, that another relay took over.
+            lease.check().await?;
+            publish_event(&js, opts, e, from, &mut cursor, &mut acks, lease).await?;
             last = Some(e.global_position);
         }
-        for ack in acks {
-            match ack.await {
-                Ok(a) if a.duplicate => {
-                    return Err(Error::Nats(format!("JetStream already had message {}; resynchronising", a.sequence)));
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    return Err(Error::Nats(format!("the stream's tail moved ({e}); resynchronising")));
-                }
-                Err(e) => return Err(nats(e)),
-            }
-        }
+        await_acks(acks, lease).await?;
         if let Some(last) = last {
             published.send_replace(last);
             unsaved = Some(last);
@@ -313,6 +371,94 @@ async fn run_once(store: &Store, opts: &RelayOptions, published: &watch::Sender<
             tokio::time::sleep(opts.coalesce).await;
         }
     }
+}
+
+/// The headers of one message of event `e`; `part` is `<offset>/<total>` for a part.
+fn headers(e: &RecordedEvent, msg_id: &str, expected_last_sequence: u64, part: Option<&str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", msg_id);
+    h.insert("Nats-Expected-Last-Sequence", expected_last_sequence.to_string().as_str());
+    h.insert("Ltmc-Position", e.global_position.to_string().as_str());
+    h.insert("Ltmc-Stream", e.stream_id.as_str());
+    h.insert("Ltmc-Stream-Version", e.stream_version.to_string().as_str());
+    h.insert("Ltmc-Event-Type", e.event_type.as_str());
+    if let Some(part) = part {
+        h.insert(parts::PART, part);
+    }
+    h
+}
+
+/// Publishes event `e` from byte `from` of its JSON: as one message when it fits the server's
+/// `max_payload` (its ack joins `acks`), otherwise as parts, one at a time.
+async fn publish_event(
+    js: &JetStream,
+    opts: &RelayOptions,
+    e: &RecordedEvent,
+    from: usize,
+    cursor: &mut Cursor,
+    acks: &mut Vec<PublishAckFuture>,
+    lease: &mut Lease,
+) -> Result<(), Error> {
+    let body =
+        serde_json::to_vec(e).map_err(|err| Error::Nats(format!("cannot encode event {}: {err}", e.event_id)))?;
+    let (id, total) = (e.event_id.to_string(), body.len());
+    // Sized with the longest sequence number, so the real header is never longer.
+    let max = js.client().max_payload();
+    if from == 0 && parts::header_len(&headers(e, &id, u64::MAX, None)) + total <= max {
+        let msg = PublishMessage::build().payload(body.into()).headers(headers(e, &id, cursor.sequence, None));
+        acks.push(js.send_publish(opts.subject(e), msg).await.map_err(nats)?);
+        // Messages of one connection are stored in order, so each one's predecessor is known.
+        cursor.sequence += 1;
+        return Ok(());
+    }
+    let widest = headers(e, &format!("{id}/{total}"), u64::MAX, Some(&format!("{total}/{total}")));
+    let room = max.saturating_sub(parts::header_len(&widest));
+    if room < parts::MIN_PART {
+        return Err(Error::Nats(format!(
+            "the NATS server's max_payload ({max} bytes) leaves {room} bytes beside the headers of event {id}; the \
+             relay needs at least {}: raise max_payload",
+            parts::MIN_PART
+        )));
+    }
+    // Parts go out one at a time, each acknowledged before the next: a message refused because
+    // another relay published first then stops this event here, and no later part of ours can
+    // land after a different relay's split of the same event.
+    await_acks(std::mem::take(acks), lease).await?;
+    for range in parts::ranges(total, from, room) {
+        lease.check().await?;
+        let part = format!("{}/{total}", range.start);
+        let h = headers(e, &format!("{id}/{}", range.start), cursor.sequence, Some(&part));
+        let msg = PublishMessage::build().payload(body[range].to_vec().into()).headers(h);
+        let ack = js.send_publish(opts.subject(e), msg).await.map_err(nats)?;
+        cursor.sequence += 1;
+        await_acks(vec![ack], lease).await?;
+    }
+    Ok(())
+}
+
+/// Awaits each acknowledgement; past the lease's deadline, the lease must be renewed to go on
+/// waiting (a relay whose NATS hangs does not keep the lease).
+async fn await_acks(acks: Vec<PublishAckFuture>, lease: &mut Lease) -> Result<(), Error> {
+    for ack in acks {
+        let mut ack = ack.into_future();
+        let acked = loop {
+            match tokio::time::timeout_at(lease.deadline().into(), &mut ack).await {
+                Ok(acked) => break acked,
+                Err(_) => lease.keep(true).await?,
+            }
+        };
+        match acked {
+            Ok(a) if a.duplicate => {
+                return Err(Error::Nats(format!("JetStream already had message {}; resynchronising", a.sequence)));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                return Err(Error::Nats(format!("the stream's tail moved ({e}); resynchronising")));
+            }
+            Err(e) => return Err(nats(e)),
+        }
+    }
+    Ok(())
 }
 
 /// A JetStream context.

@@ -56,6 +56,19 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// A lease row (`leases`): who holds it, since which hand-over, and whether it has expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    /// The holder's name (the relay's `pid <pid> <id>`).
+    pub holder: String,
+    /// Grows by one with every new holder.
+    pub epoch: i64,
+    /// Its expiry has passed (by the database's clock on Postgres, this machine's on SQLite).
+    pub expired: bool,
+    /// The holder also holds the lease's lock, which ends with its process or connection.
+    pub locked: bool,
+}
+
 /// A stream and where it stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamInfo {

@@ -1,8 +1,11 @@
 //! Embedded SQLite backend: one file, WAL, `synchronous=FULL` (an acknowledged append survives
 //! power loss). SQLite allows one writer at a time, which also makes the global order gap-safe.
 
+mod lease;
 mod rebuild;
 mod views;
+
+pub use lease::SqliteLease;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ltmc_core::event::to_micros;
@@ -219,24 +222,6 @@ impl SqliteStore {
         let name = name.to_owned();
         self.with_writer(move |c| write_checkpoint(c, &name, position)).await
     }
-
-    /// Tries to take the lease `name`: an exclusive lock on `<db>.<name>.lock`, released by the
-    /// OS when the holder exits or crashes. `None` when another process holds it.
-    pub async fn try_lease(&self, name: &str) -> Result<Option<SqliteLease>> {
-        let (file, lock_path) = lock_file(&self.inner.path, name)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(SqliteLease { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(Error::Unavailable(format!("cannot lock {}: {e}", lock_path.display())))
-            }
-        }
-    }
-}
-
-/// A held SQLite lease (an OS file lock).
-pub struct SqliteLease {
-    _file: std::fs::File,
 }
 
 fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<std::result::Result<RecordedEvent, Error>> {

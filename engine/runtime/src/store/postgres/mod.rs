@@ -23,7 +23,7 @@ mod views;
 
 use group_commit::{Call, Failure, GroupCommitter};
 
-pub use lease::PgLease;
+pub use lease::PgLeaseConn;
 use migrate::migrate;
 pub use migrate::migrate_url;
 
