@@ -1,8 +1,11 @@
-//! `ltmc` against Postgres + NATS JetStream: a run lands in both, and `events --follow` streams
-//! it live. Uses its own schema and its own JetStream stream.
+//! `ltmc` against Postgres + NATS JetStream: a run lands in both, `events --follow` streams
+//! it live, and `kill -9` of its processes never leaves the views ahead of their checkpoint.
+//! Uses its own schema and its own JetStream stream.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn pg_url() -> String {
@@ -128,6 +131,95 @@ async fn events_follow_streams_a_run_live() -> anyhow::Result<()> {
     follower.wait()?;
     assert_eq!(types.first().map(String::as_str), Some("RunStarted"));
     assert_eq!(types.len(), 8);
+    teardown(env).await
+}
+
+/// Reads, in one repeatable-read snapshot after another, the highest position of the `runs` and
+/// `handoffs` rows and the views' checkpoint, until `stop`; returns how many snapshots it read
+/// and each sighting of a checkpoint that did not cover a row of its snapshot or one read
+/// before it.
+async fn read_views(url: String, stop: Arc<AtomicBool>) -> anyhow::Result<(usize, Vec<String>)> {
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let (mut reads, mut wrong, mut seen) = (0, Vec::new(), 0i64);
+    while !stop.load(Ordering::Relaxed) {
+        let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead);
+        let tx = tx.start().await?;
+        let rows: i64 = tx
+            .query_one(
+                "SELECT greatest((SELECT max(last_position) FROM runs), (SELECT max(position) FROM handoffs), 0)",
+                &[],
+            )
+            .await?
+            .get(0);
+        let checkpoint: i64 = tx
+            .query_opt("SELECT position FROM checkpoints WHERE name = 'projections'", &[])
+            .await?
+            .map_or(0, |r| r.get(0));
+        tx.commit().await?;
+        reads += 1;
+        if rows.max(seen) > checkpoint {
+            let what = format!("rows at {rows} (at {seen} before) with the checkpoint at {checkpoint}");
+            if wrong.last() != Some(&what) {
+                wrong.push(what); // once per sighting, not once per read of the same one
+            }
+        }
+        seen = seen.max(rows);
+    }
+    Ok((reads, wrong))
+}
+
+/// The attack of issue 16 (defect 8): `ltmc run`s, `ltmc projections follow` and `ltmc
+/// projections rebuild`, each killed with SIGKILL at random points, while a reader checks that
+/// the views never hold rows beyond their checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_processes_never_leave_views_ahead_of_their_checkpoint() -> anyhow::Result<()> {
+    let env = setup().await?;
+    assert!(env.ltmc(&["migrate"]).output()?.status.success());
+    let spawn = |args: &[&str]| -> anyhow::Result<tokio::process::Child> {
+        let mut c = env.ltmc(args);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        Ok(tokio::process::Command::from(c).kill_on_drop(true).spawn()?)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = ltmc_engine::store::postgres::url_with_schema(&pg_url(), &env.schema);
+    let reading = tokio::spawn(read_views(url, stop.clone()));
+    let mut rng = fastrand::Rng::with_seed(8);
+    let mut follower = spawn(&["projections", "follow"])?;
+    let (mut rebuilt, mut killed) = (0, 0);
+    for _ in 0..50 {
+        let runs = [spawn(&["run", "wf.yaml"])?, spawn(&["run", "wf.yaml"])?, spawn(&["run", "wf.yaml"])?];
+        let mut rebuild = spawn(&["projections", "rebuild"])?;
+        tokio::time::sleep(Duration::from_millis(rng.u64(5..150))).await;
+        if rng.u8(0..3) == 0 {
+            rebuild.start_kill()?;
+            killed += 1;
+        }
+        if rng.u8(0..3) == 0 {
+            follower.start_kill()?;
+            follower.wait().await?;
+            follower = spawn(&["projections", "follow"])?;
+        }
+        for mut run in runs {
+            if rng.u8(0..4) == 0 {
+                run.start_kill()?;
+            }
+            run.wait().await?;
+        }
+        rebuilt += usize::from(rebuild.wait().await?.success());
+    }
+    follower.start_kill()?;
+    follower.wait().await?;
+    stop.store(true, Ordering::Relaxed);
+    let (reads, wrong) = reading.await??;
+    eprintln!("{rebuilt} rebuilds finished, {killed} sent SIGKILL, {reads} snapshots read");
+    assert!(reads >= 50 && rebuilt >= 5, "too little happened: {reads} snapshots, {rebuilt} rebuilds");
+    assert!(
+        wrong.is_empty(),
+        "{} sightings of rows beyond the checkpoint: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(8)]
+    );
     teardown(env).await
 }
 

@@ -286,11 +286,17 @@ impl PgStore {
     /// checkpoint.
     pub async fn rebuild_views(&self, tables: &[&'static str], until: Option<i64>, held_rows: usize) -> Result<i64> {
         let reader = self.client().await?;
-        let until = until.unwrap_or(i64::MAX).min(head(&reader).await?);
         let mut client = self.connect().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         let types = self.view_types(&tx).await?;
         lock_checkpoint(&tx).await?;
+        // The head is read once the checkpoint row is held, so no projector moves the views
+        // past it meanwhile: every event the views hold has committed by now, and a rebuild
+        // without `until` ends at or beyond the checkpoint it found. Read before the lock, a
+        // projector could apply batches beyond it while the rebuild waited, which the rebuild
+        // then took back: a reader that had seen those rows read a checkpoint behind them
+        // (issue 16, defect 8).
+        let until = until.unwrap_or(i64::MAX).min(head(&reader).await?);
         let position = super::rebuild::rebuild(&tx, &reader, self.schema(), tables, until, held_rows, &types).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(position)
