@@ -77,11 +77,9 @@ pub(crate) async fn audit(verify: bool, json: bool) -> anyhow::Result<u8> {
                 println!("every hash chain verifies");
             }
             for b in &broken {
-                println!(
-                    "ALTERED: stream {} from version {}",
-                    b["stream"].as_str().unwrap_or(""),
-                    b["first_altered_version"]
-                );
+                // A tampered row's stream id is not ours to print raw.
+                let stream = crate::term::line(b["stream"].as_str().unwrap_or(""));
+                println!("ALTERED: stream {stream} from version {}", b["first_altered_version"]);
             }
         }
     }

@@ -7,6 +7,7 @@ use ltmc_engine::config::Config;
 use ltmc_engine::{EventStore, Store};
 
 use crate::exit::{self, BadInput};
+use crate::term;
 
 /// Writes one line to stdout; a closed pipe (`ltmc events | head`) ends the command quietly.
 fn emit(line: &str) -> anyhow::Result<()> {
@@ -20,11 +21,11 @@ fn emit(line: &str) -> anyhow::Result<()> {
 
 fn print(e: &RecordedEvent, json: bool) -> anyhow::Result<()> {
     if json {
-        emit(&serde_json::to_string(e)?)?;
+        emit(&term::json(serde_json::to_string(e)?))?;
     } else {
         let data = e.data.to_string();
         let data = if data.len() > 120 { format!("{}…", &data[..data.floor_char_boundary(120)]) } else { data };
-        emit(&format!(
+        let line = format!(
             "{:>8}  {}  {}@{}  {}  {}",
             e.global_position,
             e.recorded_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
@@ -32,7 +33,8 @@ fn print(e: &RecordedEvent, json: bool) -> anyhow::Result<()> {
             e.stream_version,
             e.event_type,
             data
-        ))?;
+        );
+        emit(&term::line(&line))?;
     }
     Ok(())
 }

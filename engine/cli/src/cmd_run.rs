@@ -8,12 +8,15 @@ use ltmc_engine::config::Config;
 use ltmc_engine::relay;
 use ltmc_engine::workers::Workers;
 use ltmc_engine::{Engine, EventStore, Store};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cmd_runs::summary;
 use crate::exit::{self, BadInput};
+use crate::{args, term};
+use ltmc_core::event::MAX_EVENT_BYTES;
 
 /// Reads a file for the spec parser, refusing huge or non-UTF-8 files before parsing.
 pub(crate) fn read_source(path: &Path) -> anyhow::Result<String> {
@@ -27,7 +30,14 @@ pub(crate) fn read_source(path: &Path) -> anyhow::Result<String> {
         ))
         .into());
     }
-    let bytes = std::fs::read(path).map_err(|e| BadInput(format!("{shown}: cannot read the file: {e}")))?;
+    // Read at most one byte past the limit: a FIFO or a device has no size to check beforehand.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(spec::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| BadInput(format!("{shown}: cannot read the file: {e}")))?;
+    if bytes.len() > spec::MAX_FILE_BYTES {
+        return Err(BadInput(format!("{shown}: the file is larger than {} bytes", spec::MAX_FILE_BYTES)).into());
+    }
     String::from_utf8(bytes).map_err(|e| BadInput(format!("{shown}: the file is not UTF-8 text: {e}")).into())
 }
 
@@ -50,39 +60,47 @@ pub(crate) fn load_workflow(file: &Path, agents: Option<&Path>) -> anyhow::Resul
 }
 
 fn progress() -> ltmc_engine::driver::Progress {
-    Arc::new(|e: &RunEvent| match e {
-        RunEvent::RunStarted(s) => eprintln!("run {} started (workflow {})", s.run_id, s.workflow),
-        RunEvent::StepDispatched(d) if d.attempt > 1 => {
-            eprintln!("  → {} ({}, attempt {})", d.step, d.agent, d.attempt)
+    Arc::new(|e: &RunEvent| {
+        if let Some(text) = progress_line(e) {
+            // Step errors carry agents' stderr, and names come from files: one escaped line each.
+            eprintln!("{}", term::line(&text));
         }
-        RunEvent::StepDispatched(d) => eprintln!("  → {} ({})", d.step, d.agent),
-        RunEvent::StepCompleted(c) => eprintln!("  ✓ {} ({} ms)", c.step, c.duration_ms),
+    })
+}
+
+/// The progress line for a recorded event (none for `StepReady` and `AgentActivated`).
+fn progress_line(e: &RunEvent) -> Option<String> {
+    Some(match e {
+        RunEvent::RunStarted(s) => format!("run {} started (workflow {})", s.run_id, s.workflow),
+        RunEvent::StepDispatched(d) if d.attempt > 1 => format!("  → {} ({}, attempt {})", d.step, d.agent, d.attempt),
+        RunEvent::StepDispatched(d) => format!("  → {} ({})", d.step, d.agent),
+        RunEvent::StepCompleted(c) => format!("  ✓ {} ({} ms)", c.step, c.duration_ms),
         RunEvent::StepFailed(f) => {
-            eprintln!("  ✗ {}: {}{}", f.step, f.error, if f.will_retry { " (retrying)" } else { "" })
+            format!("  ✗ {}: {}{}", f.step, f.error, if f.will_retry { " (retrying)" } else { "" })
         }
         RunEvent::RunCompleted(c) => match c.output.get("ended").and_then(|e| e.as_str()) {
-            Some("idle") => eprintln!("run completed: idle, no agent running and no new event"),
-            Some("max_activations") => eprintln!("run completed: the activation cap was reached"),
-            _ => eprintln!("run completed"),
+            Some("idle") => "run completed: idle, no agent running and no new event".to_owned(),
+            Some("max_activations") => "run completed: the activation cap was reached".to_owned(),
+            _ => "run completed".to_owned(),
         },
-        RunEvent::RunFailed(f) => eprintln!("run failed: {}", f.reason),
+        RunEvent::RunFailed(f) => format!("run failed: {}", f.reason),
         RunEvent::HandoffAccepted(h) => {
-            eprintln!("  ⇢ {} accepted: prerequisites met ({})", h.step, h.requires.join(", "))
+            format!("  ⇢ {} accepted: prerequisites met ({})", h.step, h.requires.join(", "))
         }
-        RunEvent::HandoffRefused(h) => eprintln!("  ⇥ {} refused: unmet {}", h.step, h.unmet.join(", ")),
+        RunEvent::HandoffRefused(h) => format!("  ⇥ {} refused: unmet {}", h.step, h.unmet.join(", ")),
         RunEvent::VotesAggregated(v) => {
             let votes: Vec<String> = v.votes.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let agreed = if v.agreed { "agreed" } else { "disagreed" };
-            eprintln!("  Σ {} votes ({agreed}): {}", v.mode, votes.join(", "));
+            format!("  Σ {} votes ({agreed}): {}", v.mode, votes.join(", "))
         }
-        RunEvent::CoordinationPointReached(c) => eprintln!("  ◆ {} reached (by {})", c.point, c.by),
+        RunEvent::CoordinationPointReached(c) => format!("  ◆ {} reached (by {})", c.point, c.by),
         RunEvent::TriggerReceived(t) if t.activated.is_empty() => {
-            eprintln!("  ⚡ {} (from {}): starts nothing", t.trigger, t.source)
+            format!("  ⚡ {} (from {}): starts nothing", t.trigger, t.source)
         }
         RunEvent::TriggerReceived(t) => {
-            eprintln!("  ⚡ {} (from {}) starts {}", t.trigger, t.source, t.activated.join(", "))
+            format!("  ⚡ {} (from {}) starts {}", t.trigger, t.source, t.activated.join(", "))
         }
-        RunEvent::StepReady(_) | RunEvent::AgentActivated(_) => {}
+        RunEvent::StepReady(_) | RunEvent::AgentActivated(_) => return None,
     })
 }
 
@@ -97,24 +115,19 @@ fn parse_emits(emits: &[String], workflow: &Workflow) -> anyhow::Result<Vec<(Str
             let (trigger, data) = match e.split_once('=') {
                 Some((t, json)) => (
                     t,
-                    serde_json::from_str(json)
-                        .map_err(|err| BadInput(format!("--emit {t}=…: the data is not valid JSON: {err}")))?,
+                    serde_json::from_str(json).map_err(|err| {
+                        BadInput(format!("--emit {}=…: the data is not valid JSON: {err}", term::short(t, 80)))
+                    })?,
                 ),
                 None => (e.as_str(), serde_json::Value::Null),
             };
             // Checked before the run starts, so a refused event never leaves a run without a driver.
-            let size = ltmc_engine::store::json_len(&data);
-            if size > ltmc_engine::triggers::MAX_DATA_BYTES {
-                return Err(BadInput(format!(
-                    "--emit {trigger}: the data is {size} bytes of JSON; the limit is {}",
-                    ltmc_engine::triggers::MAX_DATA_BYTES
-                ))
-                .into());
-            }
+            let shown = term::short(trigger, 80);
+            args::storable(&format!("--emit {shown}: the data"), &data, ltmc_engine::triggers::MAX_DATA_BYTES)?;
             if !workflow.triggers.contains_key(trigger) {
                 let known: Vec<&str> = workflow.triggers.keys().map(String::as_str).collect();
                 return Err(BadInput(format!(
-                    "--emit {trigger}: not a trigger of this workflow; its triggers are {}",
+                    "--emit {shown}: not a trigger of this workflow; its triggers are {}",
                     known.join(", ")
                 ))
                 .into());
@@ -133,9 +146,18 @@ pub(crate) async fn run(
 ) -> anyhow::Result<u8> {
     let config = Config::from_env()?;
     let workflow = load_workflow(file, agents)?;
-    let input = input
-        .map(|s| serde_json::from_str(s).map_err(|e| BadInput(format!("--input is not valid JSON: {e}"))))
-        .transpose()?;
+    let input = input.map(|s| args::json("--input", s, MAX_EVENT_BYTES)).transpose()?;
+    // The run's first event pins the definition and the input together: when they cannot fit,
+    // say so now rather than after the database is opened.
+    let run_input = input.as_ref().unwrap_or(&workflow.input);
+    let pinned = ltmc_engine::store::json_len(&workflow) + ltmc_engine::store::json_len(run_input);
+    if pinned > MAX_EVENT_BYTES {
+        return Err(BadInput(format!(
+            "the workflow and its input are {pinned} bytes as JSON; a run's first event holds both and \
+             the limit is {MAX_EVENT_BYTES} bytes"
+        ))
+        .into());
+    }
     let emits = parse_emits(emits, &workflow)?;
     let base_dir = file
         .parent()
@@ -171,8 +193,10 @@ fn interrupted(e: ltmc_engine::driver::Error, run_id: &str) -> anyhow::Error {
 /// `ltmc emit RUN TRIGGER [--data JSON]`: an event into a running event-driven run.
 pub(crate) async fn emit(run_id: &str, trigger: &str, data: Option<&str>) -> anyhow::Result<u8> {
     let config = Config::from_env()?;
+    let run_id = &args::run_id(run_id)?;
+    ltmc_core::names::validate("trigger", trigger).map_err(|e| BadInput(e.to_string()))?;
     let data = data
-        .map(|s| serde_json::from_str(s).map_err(|e| BadInput(format!("--data is not valid JSON: {e}"))))
+        .map(|s| args::json("--data", s, ltmc_engine::triggers::MAX_DATA_BYTES))
         .transpose()?
         .unwrap_or(serde_json::Value::Null);
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
@@ -184,6 +208,7 @@ pub(crate) async fn emit(run_id: &str, trigger: &str, data: Option<&str>) -> any
 
 pub(crate) async fn resume(run_id: &str, dir: Option<PathBuf>, json: bool) -> anyhow::Result<u8> {
     let config = Config::from_env()?;
+    let run_id = &args::run_id(run_id)?;
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
     let relay = config.relay_options().map(|o| relay::spawn(store.clone(), o));
     let pinned = Engine::new(store.clone(), config.engine.clone()).load(run_id).await?.workflow;
@@ -207,7 +232,7 @@ pub(crate) async fn engine(store: &Store, config: &Config, workflow: &Workflow) 
         Ok(w) => Ok(engine.with_workers(w)),
         Err(e) if workers => Err(anyhow::Error::new(e).context("connecting to NATS for the worker agents")),
         Err(e) => {
-            eprintln!("warning: {e}; events can still be emitted with `ltmc emit`");
+            eprintln!("warning: {}; events can still be emitted with `ltmc emit`", term::line(&e.to_string()));
             Ok(engine)
         }
     }
@@ -218,11 +243,12 @@ pub(crate) async fn engine(store: &Store, config: &Config, workflow: &Workflow) 
 async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunState, json: bool) -> anyhow::Result<u8> {
     sync(store, relay).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary(&state))?);
+        println!("{}", term::json(serde_json::to_string_pretty(&summary(&state))?));
     } else if let Some(output) = &state.output {
         match output {
-            serde_json::Value::String(s) => println!("{s}"),
-            other => println!("{}", serde_json::to_string_pretty(other)?),
+            // Agents' output: printed as text for people (`--json` gives it exactly).
+            serde_json::Value::String(s) => println!("{}", term::block(s)),
+            other => println!("{}", term::json(serde_json::to_string_pretty(other)?)),
         }
     }
     Ok(if state.status == RunStatus::Completed { exit::OK } else { exit::RUN_FAILED })
@@ -232,6 +258,7 @@ async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunStat
 /// command appended.
 pub(crate) async fn sync(store: &Store, relay: Option<relay::RelayHandle>) -> anyhow::Result<()> {
     if let Err(e) = ltmc_engine::projector::catch_up(store).await {
+        let e = term::line(&e.to_string()).into_owned();
         eprintln!("warning: the SQL views were not updated ({e}); `ltmc projections follow` catches up");
     }
     if let Some(relay) = relay {
@@ -247,7 +274,7 @@ pub(crate) async fn sync(store: &Store, relay: Option<relay::RelayHandle>) -> an
             if published > seen {
                 (seen, progressed_at) = (published, Instant::now());
             } else if progressed_at.elapsed() > Duration::from_secs(2) {
-                let why = relay.last_error().map(|e| format!(" ({e})")).unwrap_or_default();
+                let why = relay.last_error().map(|e| format!(" ({})", term::line(&e.to_string()))).unwrap_or_default();
                 eprintln!(
                     "warning: NATS has not acknowledged every event{why}; they are safe in the log \
                      and `ltmc relay` publishes them when NATS is reachable"

@@ -6,7 +6,7 @@ use ltmc_engine::config::Config;
 use ltmc_engine::{Engine, EventStore, Store};
 use serde_json::{Value, json};
 
-use crate::exit;
+use crate::{args, exit, term};
 
 /// A run as JSON: id, workflow, status, output or failure, and each step.
 pub(crate) fn summary(s: &RunState) -> Value {
@@ -81,11 +81,11 @@ pub(crate) async fn list(limit: usize, json: bool) -> anyhow::Result<u8> {
         }));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", term::json(serde_json::to_string_pretty(&rows)?));
     } else {
         println!("{:<38} {:<24} {:<10} {:>9} STARTED", "RUN", "WORKFLOW", "STATUS", "STEPS");
         for r in &rows {
-            println!(
+            let row = format!(
                 "{:<38} {:<24} {:<10} {:>9} {}",
                 r["run_id"].as_str().unwrap_or(""),
                 r["workflow"].as_str().unwrap_or(""),
@@ -93,46 +93,54 @@ pub(crate) async fn list(limit: usize, json: bool) -> anyhow::Result<u8> {
                 format!("{}/{}", r["steps_completed"], r["steps"]),
                 r["started_at"].as_str().unwrap_or(""),
             );
+            println!("{}", term::line(&row));
         }
     }
     Ok(exit::OK)
 }
 
 pub(crate) async fn status(run_id: &str, json: bool) -> anyhow::Result<u8> {
+    let run_id = args::run_id(run_id)?;
     let engine = open().await?;
-    let state = engine.load(run_id).await?;
+    let state = engine.load(&run_id).await?;
     let s = summary(&state);
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    } else {
-        println!("run      {}", state.run_id);
-        println!("workflow {}", s["workflow"].as_str().unwrap_or(""));
-        println!("status   {}", state.status.as_str());
-        if let Some(f) = &state.failure {
-            println!("failure  {f}");
-        }
-        if !state.unmet.is_empty() {
-            println!("unmet    {}", state.unmet.join(", "));
-        }
-        if !state.reached.is_empty() {
-            println!("points   {}", state.reached.iter().cloned().collect::<Vec<_>>().join(", "));
-        }
-        if !state.facts.is_empty() {
-            println!("facts    {}", state.facts.iter().cloned().collect::<Vec<_>>().join(", "));
-        }
-        println!("events   {}", state.version);
-        println!();
-        println!("{:<24} {:<20} {:<10} {:>8}  ERROR", "STEP", "AGENT", "STATUS", "ATTEMPTS");
-        for st in s["steps"].as_array().into_iter().flatten() {
-            println!(
-                "{:<24} {:<20} {:<10} {:>8}  {}",
-                st["step"].as_str().unwrap_or(""),
-                st["agent"].as_str().unwrap_or(""),
-                st["status"].as_str().unwrap_or(""),
-                st["attempts"],
-                st["error"].as_str().unwrap_or(""),
-            );
-        }
+        println!("{}", term::json(serde_json::to_string_pretty(&s)?));
+        return Ok(exit::OK);
+    }
+    // Failures quote agents' stderr and facts come from agents: every line is escaped.
+    let mut lines = vec![
+        format!("run      {}", state.run_id),
+        format!("workflow {}", s["workflow"].as_str().unwrap_or("")),
+        format!("status   {}", state.status.as_str()),
+    ];
+    if let Some(f) = &state.failure {
+        lines.push(format!("failure  {f}"));
+    }
+    if !state.unmet.is_empty() {
+        lines.push(format!("unmet    {}", state.unmet.join(", ")));
+    }
+    if !state.reached.is_empty() {
+        lines.push(format!("points   {}", state.reached.iter().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    if !state.facts.is_empty() {
+        lines.push(format!("facts    {}", state.facts.iter().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    lines.push(format!("events   {}", state.version));
+    lines.push(String::new());
+    lines.push(format!("{:<24} {:<20} {:<10} {:>8}  ERROR", "STEP", "AGENT", "STATUS", "ATTEMPTS"));
+    for st in s["steps"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "{:<24} {:<20} {:<10} {:>8}  {}",
+            st["step"].as_str().unwrap_or(""),
+            st["agent"].as_str().unwrap_or(""),
+            st["status"].as_str().unwrap_or(""),
+            st["attempts"],
+            st["error"].as_str().unwrap_or(""),
+        ));
+    }
+    for l in &lines {
+        println!("{}", term::line(l));
     }
     Ok(exit::OK)
 }

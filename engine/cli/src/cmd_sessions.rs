@@ -1,6 +1,7 @@
 //! `ltmc session …` and `ltmc memory …`: sessions of agents and their shared memory.
 
 use anyhow::Context;
+use ltmc_core::event::MAX_EVENT_BYTES;
 use ltmc_core::session::{Command, SessionEvent, SessionState, SessionStatus, Write};
 use ltmc_engine::config::Config;
 use ltmc_engine::relay;
@@ -10,6 +11,7 @@ use serde_json::{Value, json};
 use std::io::Read;
 
 use crate::exit::{self, BadInput};
+use crate::{args, term};
 
 /// Who the CLI writes as when `--writer` is not given.
 const CLI_ACTOR: &str = "cli";
@@ -58,12 +60,17 @@ pub(crate) enum SessionAction {
     Close { name: String, reason: Option<String> },
 }
 
+/// A session name, checked before the database is opened.
+fn session_name(name: &str) -> Result<(), BadInput> {
+    ltmc_core::names::validate("session", name).map_err(|e| BadInput(e.to_string()))
+}
+
 pub(crate) async fn session(action: SessionAction, json: bool) -> anyhow::Result<u8> {
-    let ctx = open().await?;
     let (name, command) = match action {
-        SessionAction::List { limit } => return list(&ctx, limit, json).await,
+        SessionAction::List { limit } => return list(&open().await?, limit, json).await,
         SessionAction::Show { name } => {
-            let state = ctx.existing(&name, None).await?;
+            session_name(&name)?;
+            let state = open().await?.existing(&name, None).await?;
             print_session(&state, json)?;
             return Ok(exit::OK);
         }
@@ -73,7 +80,8 @@ pub(crate) async fn session(action: SessionAction, json: bool) -> anyhow::Result
         SessionAction::Leave { name, agent } => (name, Command::Leave { agent }),
         SessionAction::Close { name, reason } => (name, Command::Close { reason }),
     };
-    let state = ctx.execute(&name, command, CLI_ACTOR).await?;
+    ltmc_core::session::validate(&name, &command).map_err(|e| BadInput(e.to_string()))?;
+    let state = open().await?.execute(&name, command, CLI_ACTOR).await?;
     if json {
         print_session(&state, true)?;
     } else {
@@ -106,20 +114,24 @@ fn session_json(s: &SessionState) -> Value {
 
 fn print_session(s: &SessionState, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&session_json(s))?);
+        println!("{}", term::json(serde_json::to_string_pretty(&session_json(s))?));
         return Ok(());
     }
-    println!("session  {} ({}, version {})", s.name, s.status.as_str(), s.version);
+    // Roles, descriptions and writers were checked when written, but the rows are not ours.
+    let mut lines = vec![format!("session  {} ({}, version {})", s.name, s.status.as_str(), s.version)];
     if let Some(d) = &s.description {
-        println!("about    {d}");
+        lines.push(format!("about    {d}"));
     }
     for (agent, m) in &s.members {
         let state = if m.active { "active" } else { "left" };
         let role = m.role.as_deref().map(|r| format!(" as {r}")).unwrap_or_default();
-        println!("agent    {agent}{role}: {state}, {} heartbeats", m.heartbeats);
+        lines.push(format!("agent    {agent}{role}: {state}, {} heartbeats", m.heartbeats));
     }
     for (key, e) in s.memory.iter().filter(|(_, e)| e.value.is_some()) {
-        println!("memory   {key} v{} by {} at position {}", e.version, e.writer, e.position);
+        lines.push(format!("memory   {key} v{} by {} at position {}", e.version, e.writer, e.position));
+    }
+    for l in &lines {
+        println!("{}", term::line(l));
     }
     Ok(())
 }
@@ -140,11 +152,11 @@ async fn list(ctx: &Ctx, limit: usize, json: bool) -> anyhow::Result<u8> {
         }));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", term::json(serde_json::to_string_pretty(&rows)?));
     } else {
         println!("{:<24} {:<8} {:>6} {:>6}  UPDATED", "SESSION", "STATUS", "AGENTS", "KEYS");
         for r in &rows {
-            println!(
+            let row = format!(
                 "{:<24} {:<8} {:>6} {:>6}  {}",
                 r["session"].as_str().unwrap_or(""),
                 r["status"].as_str().unwrap_or(""),
@@ -152,6 +164,7 @@ async fn list(ctx: &Ctx, limit: usize, json: bool) -> anyhow::Result<u8> {
                 r["keys"].to_string(),
                 r["updated_at"].as_str().unwrap_or("")
             );
+            println!("{}", term::line(&row));
         }
     }
     Ok(exit::OK)
@@ -166,21 +179,28 @@ pub(crate) enum MemoryAction {
     History { session: String, key: Option<String> },
 }
 
-/// A value given on the command line: JSON, or `-` for JSON on stdin.
+/// A value given on the command line: JSON, or `-` for JSON on stdin (at most 1 MiB, UTF-8).
 fn parse_value(text: &str) -> anyhow::Result<Value> {
     let text = if text == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the value from stdin")?;
-        s
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .take(MAX_EVENT_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .context("reading the value from stdin")?;
+        if bytes.len() > MAX_EVENT_BYTES {
+            return Err(BadInput(format!("the value on stdin is larger than {MAX_EVENT_BYTES} bytes")).into());
+        }
+        String::from_utf8(bytes).map_err(|e| BadInput(format!("the value on stdin is not UTF-8 text: {e}")))?
     } else {
         text.to_owned()
     };
-    serde_json::from_str(&text).map_err(|e| {
+    let value = serde_json::from_str(&text).map_err(|e| {
         BadInput(format!(
             "the value is not JSON ({e}); quote text as JSON, for example '\"pep8\"', or pass - to read it from stdin"
         ))
-        .into()
-    })
+    })?;
+    args::storable("the value", &value, MAX_EVENT_BYTES)?;
+    Ok(value)
 }
 
 pub(crate) async fn memory(action: MemoryAction, json: bool) -> anyhow::Result<u8> {
@@ -189,18 +209,30 @@ pub(crate) async fn memory(action: MemoryAction, json: bool) -> anyhow::Result<u
     {
         return Err(BadInput("--at must be a position (0 or more)".into()).into());
     }
-    let ctx = open().await?;
+    // Names, keys and the value are checked before the database is opened.
+    match &action {
+        MemoryAction::Put { session, key, .. }
+        | MemoryAction::Delete { session, key, .. }
+        | MemoryAction::Get { session, key, .. } => {
+            session_name(session)?;
+            ltmc_core::session::validate_key(key).map_err(|e| BadInput(e.to_string()))?;
+        }
+        MemoryAction::List { session, .. } | MemoryAction::History { session, key: None } => session_name(session)?,
+        MemoryAction::History { session, key: Some(key) } => {
+            session_name(session)?;
+            ltmc_core::session::validate_key(key).map_err(|e| BadInput(e.to_string()))?;
+        }
+    }
     match action {
         MemoryAction::Put { session, key, value, writer, if_version } => {
             let value = parse_value(&value)?;
-            write(&ctx, &session, key, Some(value), writer, if_version, json).await
+            write(&session, key, Some(value), writer, if_version, json).await
         }
         MemoryAction::Delete { session, key, writer, if_version } => {
-            write(&ctx, &session, key, None, writer, if_version, json).await
+            write(&session, key, None, writer, if_version, json).await
         }
         MemoryAction::Get { session, key, at } => {
-            ltmc_core::session::validate_key(&key).map_err(|e| BadInput(e.to_string()))?;
-            let state = ctx.existing(&session, at).await?;
+            let state = open().await?.existing(&session, at).await?;
             let Some(entry) = state.memory.get(&key).filter(|e| e.value.is_some()) else {
                 let when = at.map(|p| format!(" at position {p}")).unwrap_or_default();
                 return Err(BadInput(format!("memory key {key} has no value in session {session}{when}")).into());
@@ -208,41 +240,41 @@ pub(crate) async fn memory(action: MemoryAction, json: bool) -> anyhow::Result<u
             let value = entry.value.clone().unwrap_or(Value::Null);
             if json {
                 let out = json!({"key": key, "value": value, "version": entry.version, "writer": entry.writer, "position": entry.position});
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                println!("{}", term::json(serde_json::to_string_pretty(&out)?));
             } else {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                println!("{}", term::json(serde_json::to_string_pretty(&value)?));
             }
             Ok(exit::OK)
         }
         MemoryAction::List { session, at } => {
-            let state = ctx.existing(&session, at).await?;
+            let state = open().await?.existing(&session, at).await?;
             let rows: Vec<Value> = state
                 .memory
                 .iter()
                 .filter_map(|(k, e)| e.value.as_ref().map(|v| json!({"key": k, "version": e.version, "writer": e.writer, "position": e.position, "value": v})))
                 .collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                println!("{}", term::json(serde_json::to_string_pretty(&rows)?));
             } else {
                 println!("{:<32} {:>7} {:<16} VALUE", "KEY", "VERSION", "WRITER");
                 for r in &rows {
-                    println!(
+                    let row = format!(
                         "{:<32} {:>7} {:<16} {}",
                         r["key"].as_str().unwrap_or(""),
                         r["version"].to_string(),
                         r["writer"].as_str().unwrap_or(""),
                         shorten(&r["value"].to_string(), 60)
                     );
+                    println!("{}", term::line(&row));
                 }
             }
             Ok(exit::OK)
         }
-        MemoryAction::History { session, key } => history(&ctx, &session, key.as_deref(), json).await,
+        MemoryAction::History { session, key } => history(&open().await?, &session, key.as_deref(), json).await,
     }
 }
 
 async fn write(
-    ctx: &Ctx,
     session: &str,
     key: String,
     value: Option<Value>,
@@ -253,7 +285,8 @@ async fn write(
     let writer = writer.unwrap_or_else(|| CLI_ACTOR.to_owned());
     let command =
         Command::Write { writer: writer.clone(), writes: vec![Write { key: key.clone(), value, if_version }] };
-    let state = ctx.execute(session, command, &writer).await?;
+    ltmc_core::session::validate(session, &command).map_err(|e| BadInput(e.to_string()))?;
+    let state = open().await?.execute(session, command, &writer).await?;
     let version = state.key_version(&key);
     if json {
         println!(
@@ -267,10 +300,6 @@ async fn write(
 }
 
 async fn history(ctx: &Ctx, session: &str, key: Option<&str>, json: bool) -> anyhow::Result<u8> {
-    if let Some(k) = key {
-        ltmc_core::session::validate_key(k).map_err(|e| BadInput(e.to_string()))?;
-    }
-    ltmc_core::names::validate("session", session).map_err(|e| BadInput(e.to_string()))?;
     let events = ltmc_engine::store::read_stream_all(&ctx.store, &ltmc_core::session::stream_id(session)).await?;
     if events.is_empty() {
         return Err(BadInput(format!("no session {session}; `ltmc session list` lists them")).into());
@@ -291,11 +320,11 @@ async fn history(ctx: &Ctx, session: &str, key: Option<&str>, json: bool) -> any
         }));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", term::json(serde_json::to_string_pretty(&rows)?));
     } else {
         println!("{:>9} {:<27} {:<24} {:<6} {:>7} {:<16} VALUE", "POSITION", "AT", "KEY", "OP", "VERSION", "WRITER");
         for r in &rows {
-            println!(
+            let row = format!(
                 "{:>9} {:<27} {:<24} {:<6} {:>7} {:<16} {}",
                 r["position"].to_string(),
                 r["at"].as_str().unwrap_or(""),
@@ -309,6 +338,7 @@ async fn history(ctx: &Ctx, session: &str, key: Option<&str>, json: bool) -> any
                     shorten(&r["value"].to_string(), 60)
                 }
             );
+            println!("{}", term::line(&row));
         }
     }
     Ok(exit::OK)

@@ -3,6 +3,7 @@
 //! Data goes to stdout (`--json` for machines), progress and logs to stderr. Exit codes:
 //! 0 ok, 1 the run failed, 2 bad input, 3 a backend (database, NATS) is unavailable.
 
+mod args;
 mod bench;
 mod cmd_admin;
 mod cmd_events;
@@ -12,6 +13,7 @@ mod cmd_sessions;
 mod cmd_views;
 mod cmd_worker;
 mod exit;
+mod term;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -344,7 +346,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error quotes the argument: escaped, like every other message.
+        Err(e) if e.use_stderr() => {
+            eprint!("{}", term::block(&e.render().to_string()));
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+        Err(e) => e.exit(),
+    };
     // One thread: the engine's work is IO-bound, and on small VMs a wake-up that crosses
     // threads costs more than the work itself. Blocking SQLite calls still get their own threads.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -416,7 +426,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors quote files, agents' stderr and arguments: escaped like every other line.
+            eprintln!("error: {}", term::block(&format!("{e:#}")));
             ExitCode::from(exit::code_for(&e))
         }
     }

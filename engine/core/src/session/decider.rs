@@ -152,6 +152,26 @@ fn opt_text(what: &str, text: &Option<String>) -> Result<(), Rejection> {
     text.as_deref().map_or(Ok(()), |t| validate_text(what, t, false))
 }
 
+/// The checks of `command` on session `session` that do not depend on the session's state (its
+/// name, agent names, keys, free text), so a caller can refuse bad input before it opens the
+/// log. [`decide`] makes the same checks.
+pub fn validate(session: &str, command: &Command) -> Result<(), Rejection> {
+    names::validate("session", session)?;
+    match command {
+        Command::Create { description } => opt_text("description", description),
+        Command::Join { agent, role } => {
+            names::validate("agent", agent)?;
+            opt_text("role", role)
+        }
+        Command::Heartbeat { agent } | Command::Leave { agent } => Ok(names::validate("agent", agent)?),
+        Command::Close { reason } => opt_text("reason", reason),
+        Command::Write { writer, writes } => {
+            validate_text("writer", writer, true)?;
+            writes.iter().try_for_each(|w| validate_key(&w.key))
+        }
+    }
+}
+
 /// The events `command` produces on `state` (possibly none), or why it is refused.
 pub fn decide(state: &SessionState, command: Command) -> Result<Vec<SessionEvent>, Rejection> {
     let name = || state.name.clone();

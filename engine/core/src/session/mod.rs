@@ -17,7 +17,7 @@ mod decider;
 mod events;
 mod state;
 
-pub use decider::{Command, MAX_KEY_LEN, MAX_TEXT_LEN, MAX_WRITES, Rejection, Write, decide, validate_key};
+pub use decider::{Command, MAX_KEY_LEN, MAX_TEXT_LEN, MAX_WRITES, Rejection, Write, decide, validate, validate_key};
 pub use events::{
     AgentHeartbeat, AgentJoined, AgentLeft, MemoryDeleted, MemoryWritten, SessionClosed, SessionCreated, SessionEvent,
     UnknownSessionEvent,

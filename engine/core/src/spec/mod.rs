@@ -6,13 +6,17 @@
 //! lists `steps:` with `needs:`. Every form compiles to one [`Plan`]: a DAG of steps.
 
 mod agent;
+mod aliases;
 mod error;
+mod limits;
 mod parse;
 mod plan;
 mod source;
 
 pub use agent::{AgentDef, AgentKind, Builtin, Command};
+pub use aliases::MAX_EXPANDED_BYTES;
 pub use error::Error;
+pub use limits::MAX_DEPTH;
 pub use parse::{ParseOptions, parse_agents_str, parse_str};
 pub use plan::{Plan, PlanStep};
 

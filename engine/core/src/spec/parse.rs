@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::source::{Ctx, contains_word, declares, deserialize, refuse_non_map};
+use super::source::{Ctx, check_source, contains_word, declares, deserialize, refuse_non_map};
 use super::{
     AgentDef, CoordinationPoint, Error, HandoffPolicy, MAX_ACTIVATIONS, MAX_BACKOFF_SECS, MAX_RETRIES, MAX_STEPS,
     MAX_TIMEOUT_SECS, Pattern, StepDef, Workflow,
@@ -430,6 +430,7 @@ fn dedupe(names: &mut Vec<String>) {
 
 /// Parses an agents file: a map of agent name → definition, optionally under `agents:`.
 pub fn parse_agents_str(source: &str, file: &str) -> Result<BTreeMap<String, AgentDef>, Error> {
+    check_source(source, file, &|_| true)?;
     let parsed: AgentsFile = deserialize(source, file).map_err(|e| explain_agents_file(source, file, e))?;
     let (AgentsFile::Wrapped { agents: OrderedAgents(list) } | AgentsFile::Bare(OrderedAgents(list))) = parsed;
     let agents: BTreeMap<String, AgentDef> = list.into_iter().collect();
@@ -454,9 +455,22 @@ fn explain_agents_file(source: &str, file: &str, original: Error) -> Error {
     precise.unwrap_or(original)
 }
 
+/// Whether a workflow file takes `key` at its top level (the fields of [`WorkflowFile`], read
+/// once from its schema).
+fn is_workflow_key(key: &str) -> bool {
+    static KEYS: std::sync::OnceLock<BTreeSet<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let schema = super::file_schema();
+        let properties = schema.get("properties").and_then(Value::as_object);
+        properties.map(|p| p.keys().cloned().collect()).unwrap_or_default()
+    })
+    .contains(key)
+}
+
 /// Parses and validates a workflow file. `file` is only used in error messages and to decide
 /// between JSON (`.json`, or text starting with `{`) and YAML.
 pub fn parse_str(source: &str, file: &str, opts: &ParseOptions) -> Result<Workflow, Error> {
+    check_source(source, file, &is_workflow_key)?;
     refuse_non_map(source, file)?;
     let raw: WorkflowFile = deserialize(source, file)?;
     let cx = Ctx { file, source };

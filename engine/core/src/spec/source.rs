@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{Error, MAX_FILE_BYTES};
+use super::{Error, MAX_FILE_BYTES, aliases, limits};
 
 pub(super) struct Ctx<'a> {
     pub(super) file: &'a str,
@@ -67,13 +67,21 @@ pub(super) fn refuse_non_map(source: &str, file: &str) -> Result<(), Error> {
     if source.len() > MAX_FILE_BYTES {
         return Ok(()); // reported by `deserialize`
     }
-    let top: Option<Value> =
-        if is_json(source, file) { serde_json::from_str(source).ok() } else { yaml_serde::from_str(source).ok() };
-    let kind = match top {
-        Some(Value::Object(_)) | None => return Ok(()), // a parse error is reported with its line later
-        Some(Value::Array(_)) => "a list",
-        Some(Value::Null) => "empty",
-        Some(_) => "a single value",
+    let kind = if is_json(source, file) {
+        match serde_json::from_str(source).ok() {
+            Some(Value::Object(_)) | None => return Ok(()), // a parse error is reported with its line later
+            Some(Value::Array(_)) => "a list",
+            Some(Value::Null) => "empty",
+            Some(_) => "a single value",
+        }
+    } else {
+        // The kind alone: building the whole value would expand its aliases.
+        match yaml_serde::from_str(source) {
+            Ok(Kind::Map) | Err(_) => return Ok(()),
+            Ok(Kind::List) => "a list",
+            Ok(Kind::Empty) => "empty",
+            Ok(Kind::Scalar) => "a single value",
+        }
     };
     Err(Error {
         file: file.to_owned(),
@@ -83,14 +91,84 @@ pub(super) fn refuse_non_map(source: &str, file: &str) -> Result<(), Error> {
     })
 }
 
+/// What a YAML document's top-level node is, read without following any alias.
+enum Kind {
+    Map,
+    List,
+    Empty,
+    Scalar,
+}
+
+impl<'de> serde::Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+        use serde::de::{self, IgnoredAny, MapAccess, SeqAccess};
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Kind;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a YAML document")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Kind::Map)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Kind::List)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Kind, E> {
+                Ok(Kind::Empty)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Kind, E> {
+                Ok(Kind::Empty)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Kind, E> {
+                Ok(Kind::Scalar)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Kind, E> {
+                Ok(Kind::Scalar)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Kind, E> {
+                Ok(Kind::Scalar)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Kind, E> {
+                Ok(Kind::Scalar)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Kind, E> {
+                Ok(Kind::Scalar)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn too_large(source: &str, file: &str) -> Error {
+    Error {
+        file: file.to_owned(),
+        line: None,
+        field: String::new(),
+        message: format!("file is {} bytes; the limit is {MAX_FILE_BYTES} bytes", source.len()),
+    }
+}
+
+/// The checks made before any parse, each linear in the file's size: its size, its nesting, no
+/// U+0000, and what its aliases expand to. The parser's time grows with the square of the
+/// nesting, and aliases can expand a small file without bound (see `limits` and `aliases`).
+/// `known` says which top-level keys the file's type takes.
+pub(super) fn check_source(source: &str, file: &str, known: &dyn Fn(&str) -> bool) -> Result<(), Error> {
+    if source.len() > MAX_FILE_BYTES {
+        return Err(too_large(source, file));
+    }
+    let json = is_json(source, file);
+    match limits::check(source, file, json)? {
+        Some(alias_line) if !json => aliases::check(source, file, alias_line, known),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn deserialize<T: serde::de::DeserializeOwned>(source: &str, file: &str) -> Result<T, Error> {
     if source.len() > MAX_FILE_BYTES {
-        return Err(Error {
-            file: file.to_owned(),
-            line: None,
-            field: String::new(),
-            message: format!("file is {} bytes; the limit is {MAX_FILE_BYTES} bytes", source.len()),
-        });
+        return Err(too_large(source, file));
     }
     let mut err = if is_json(source, file) {
         match serde_json::from_str(source) {

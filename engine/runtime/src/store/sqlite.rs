@@ -70,6 +70,15 @@ fn sql_err(e: rusqlite::Error) -> Error {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
             Error::Unavailable(e.to_string())
         }
+        // A damaged file, or one that is not a database: the store cannot be used (exit 3).
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) =>
+        {
+            Error::Unavailable(format!(
+                "the SQLite file is damaged or not a database ({e}); restore it from a backup or point \
+                 LTMC_DATABASE_URL at another file"
+            ))
+        }
         _ => Error::Backend(e.to_string()),
     }
 }
@@ -80,7 +89,10 @@ fn open_connection(path: &Path) -> Result<Connection> {
     conn.execute_batch(
         "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )
-    .map_err(sql_err)?;
+    .map_err(|e| match sql_err(e) {
+        Error::Unavailable(m) => Error::Unavailable(format!("{}: {m}", path.display())),
+        other => other,
+    })?;
     // The projector's statements (one per shape of row change) stay prepared beside the log's.
     conn.set_prepared_statement_cache_capacity(64);
     plan_once(&conn)?;
