@@ -252,8 +252,9 @@ async fn follow(store: &Store, tx: &watch::Sender<i64>, errors: &Mutex<Option<St
         }
         tracing::debug!(events = events.len(), apply_us = started.elapsed().as_micros() as u64, "applied a batch");
         from = to;
-        publish(tx, to);
+        // Cleared first: whoever sees the new position must not read the old error with it.
         recovered(errors);
+        publish(tx, to);
         events = next;
     }
 }
@@ -277,8 +278,8 @@ async fn follow_appends(
             let to = last.global_position;
             // `false`: the appends moved the checkpoint meanwhile; read from where it is now.
             if store.apply_views(from, to, ltmc_projections::changes(&events)).await? {
-                publish(tx, to);
                 recovered(errors);
+                publish(tx, to);
             }
             continue;
         }
