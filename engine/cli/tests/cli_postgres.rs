@@ -235,3 +235,65 @@ fn an_invalid_stream_setting_is_bad_input() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("LTMC_NATS_STREAM"));
 }
+
+/// Text with control characters other than line breaks and tabs (what a terminal acts on).
+fn controls(bytes: &[u8]) -> Vec<char> {
+    String::from_utf8_lossy(bytes).chars().filter(|c| c.is_control() && !matches!(c, '\n' | '\t')).collect()
+}
+
+/// The attack of `tests/hostile.rs` on Postgres: an agent's terminal sequences reach the terminal
+/// escaped from `run`, `status`, `runs` and `events`, and `--json` keeps the exact text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_cannot_write_to_the_terminal_on_postgres() -> anyhow::Result<()> {
+    let env = setup().await?;
+    std::fs::write(
+        env.dir.path().join("loud.yaml"),
+        r#"pattern: sequential
+agents:
+  loud:
+    run: [sh, -c, 'printf "\033]0;pwned\007" >&2; printf "{\"output\": \"t \\u001b]0;x\\u0007 \\u009b1m\"}"']
+  broken:
+    run: [sh, -c, 'printf "\033]0;pwned\007 failing\n" >&2; exit 3']
+    retries: 0
+"#,
+    )?;
+    let out = env.ltmc(&["run", "loud.yaml", "--json"]).output()?;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(controls(&out.stderr).is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(controls(&out.stdout).is_empty());
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert!(summary["failure"].as_str().is_some_and(|f| f.contains("\u{1b}]0;pwned\u{7} failing")), "{summary}");
+    let run_id = summary["run_id"].as_str().unwrap_or("").to_owned();
+    for args in [vec!["status", run_id.as_str()], vec!["runs"], vec!["events"]] {
+        let out = env.ltmc(&args).output()?;
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(controls(&out.stdout).is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let status = env.ltmc(&["status", &run_id]).output()?;
+    assert!(String::from_utf8_lossy(&status.stdout).contains("\\u{1b}]0;pwned\\u{7} failing"));
+    teardown(env).await
+}
+
+/// Refused arguments leave the Postgres schema untouched: not even the migrations run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_arguments_do_not_touch_postgres() -> anyhow::Result<()> {
+    let env = setup().await?;
+    for args in [
+        vec!["run", "wf.yaml", "--input", "\"a\\u0000b\""],
+        vec!["status", "nope"],
+        vec!["resume", "x\u{1b}]0;t\u{7}"],
+        vec!["memory", "put", "s", "k", "\"\\u0000\""],
+        vec!["session", "create", "s", "--description", "x\u{1b}]0;t\u{7}"],
+    ] {
+        let out = env.ltmc(&args).output()?;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(controls(&out.stderr).is_empty(), "{args:?}");
+    }
+    let tables: i64 = admin()
+        .await?
+        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_schema = $1", &[&env.schema])
+        .await?
+        .get(0);
+    assert_eq!(tables, 0, "a refused argument opened (and migrated) the store");
+    teardown(env).await
+}
