@@ -628,7 +628,7 @@ async fn a_stopped_relay_loses_its_lease(store: Store, db: &str) -> anyhow::Resu
     a.child.kill().await?;
     b.child.kill().await?;
     let n = assert_stream_equals_log(&store, &opts).await?;
-    eprintln!("took over after {took_over:?} (TTL {TTL:?}); {n} events, each once");
+    eprintln!("took over after {took_over:?} (TTL {TTL:?}, stopped again {tries} times); {n} events, each once");
     cleanup(&opts).await;
     Ok(())
 }

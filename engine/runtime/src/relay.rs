@@ -402,15 +402,16 @@ async fn publish_event(
     let body =
         serde_json::to_vec(e).map_err(|err| Error::Nats(format!("cannot encode event {}: {err}", e.event_id)))?;
     let (id, total) = (e.event_id.to_string(), body.len());
-    // Sized with the longest sequence number, so the real header is never longer.
     let max = js.client().max_payload();
-    if from == 0 && parts::header_len(&headers(e, &id, u64::MAX, None)) + total <= max {
-        let msg = PublishMessage::build().payload(body.into()).headers(headers(e, &id, cursor.sequence, None));
+    let whole = headers(e, &id, cursor.sequence, None);
+    if from == 0 && parts::header_len(&whole) + total <= max {
+        let msg = PublishMessage::build().payload(body.into()).headers(whole);
         acks.push(js.send_publish(opts.subject(e), msg).await.map_err(nats)?);
         // Messages of one connection are stored in order, so each one's predecessor is known.
         cursor.sequence += 1;
         return Ok(());
     }
+    // Sized with the longest sequence number and offset, so no part's headers are longer.
     let widest = headers(e, &format!("{id}/{total}"), u64::MAX, Some(&format!("{total}/{total}")));
     let room = max.saturating_sub(parts::header_len(&widest));
     if room < parts::MIN_PART {
