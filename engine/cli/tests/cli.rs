@@ -2,69 +2,12 @@
 //! embedded store (`sqlite://.ltmc/ltmc.db`, relative to that directory) and no NATS.
 
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Sandbox {
-    dir: tempfile::TempDir,
-}
+mod support;
 
-impl Sandbox {
-    fn new() -> Sandbox {
-        Sandbox { dir: tempfile::tempdir().expect("temp dir") }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let p = self.path().join(name);
-        std::fs::write(&p, contents).expect("write file");
-        p
-    }
-
-    /// `ltmc ARGS` in the sandbox with every `LTMC_*` variable removed.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ltmc"));
-        c.args(args).current_dir(self.path());
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("LTMC_") {
-                c.env_remove(k);
-            }
-        }
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run ltmc")
-    }
-
-    fn store_exists(&self) -> bool {
-        self.path().join(".ltmc").exists()
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-#[track_caller]
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "exit status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", text(&out.stdout)))
-}
+use support::{Sandbox, assert_exit, json_of, text};
 
 const SEQUENTIAL: &str = "\
 name: hello

@@ -8,26 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn ltmc(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ltmc"));
-    c.args(args).current_dir(dir);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("LTMC_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
+mod support;
+
+use support::Sandbox;
 
 /// A workflow of one `sh -c SCRIPT` agent.
-fn workflow(dir: &Path, script: &str, timeout: u32) -> PathBuf {
+fn workflow(sb: &Sandbox, script: &str, timeout: u32) -> PathBuf {
     let quoted = serde_json::to_string(script).expect("json string");
     let text = format!(
         "name: contain\npattern: sequential\nagents:\n  agent: {{run: [sh, -c, {quoted}], timeout: {timeout}, retries: 0}}\n"
     );
-    let path = dir.join("workflow.yaml");
-    std::fs::write(&path, text).expect("write workflow");
-    path
+    sb.write("workflow.yaml", &text)
 }
 
 fn alive(pid: i32) -> bool {
@@ -76,12 +67,12 @@ const DAEMONS: &str = "setsid sh -c 'echo $$ >> pids; exec sleep 30' & \
 
 #[test]
 fn daemons_an_agent_starts_die_with_its_attempt() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let wf = workflow(dir.path(), DAEMONS, 20);
+    let sb = Sandbox::new();
+    let wf = workflow(&sb, DAEMONS, 20);
     let started = Instant::now();
-    let out = ltmc(dir.path(), &["run", wf.to_str().expect("utf-8 path"), "--json"]).output().expect("run ltmc");
+    let out = sb.cmd(&["run", wf.to_str().expect("utf-8 path"), "--json"]).output().expect("run ltmc");
     let took = started.elapsed();
-    let pids = wait_for_pids(&dir.path().join("pids"), 2);
+    let pids = wait_for_pids(&sb.path().join("pids"), 2);
     assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
     // Today's failure: the run waits for the daemons' 30 s because they hold its stdout.
     assert!(took < Duration::from_secs(10), "the run took {took:?}: something held the agent's stdout");
@@ -90,15 +81,15 @@ fn daemons_an_agent_starts_die_with_its_attempt() {
 
 #[test]
 fn a_timeout_holds_whatever_holds_the_pipe() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let sb = Sandbox::new();
     // The agent never answers; its daemon ignores SIGTERM and keeps stdout open.
     let script = "setsid sh -c 'trap \"\" TERM; echo $$ >> pids; while :; do sleep 1; done' & \
                   echo $$ >> pids; sleep 60";
-    let wf = workflow(dir.path(), script, 2);
+    let wf = workflow(&sb, script, 2);
     let started = Instant::now();
-    let out = ltmc(dir.path(), &["run", wf.to_str().expect("utf-8 path")]).output().expect("run ltmc");
+    let out = sb.cmd(&["run", wf.to_str().expect("utf-8 path")]).output().expect("run ltmc");
     let took = started.elapsed();
-    let pids = wait_for_pids(&dir.path().join("pids"), 2);
+    let pids = wait_for_pids(&sb.path().join("pids"), 2);
     assert_eq!(out.status.code(), Some(1), "the run should fail: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 2.0s"));
     // The timeout (2 s), the grace before SIGKILL (2 s), and slack for a loaded machine.
@@ -108,20 +99,21 @@ fn a_timeout_holds_whatever_holds_the_pipe() {
 
 #[test]
 fn an_agent_dies_with_the_engine_that_started_it() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let sb = Sandbox::new();
     // The agent and a daemon of its own; each would write a side effect after 3 s.
     let script = "setsid sh -c 'echo $$ >> pids; sleep 3; echo daemon >> effects' & \
                   echo $$ >> pids; sleep 3; echo agent >> effects; echo '{}'";
-    let wf = workflow(dir.path(), script, 60);
-    let mut engine = ltmc(dir.path(), &["run", wf.to_str().expect("utf-8 path")])
+    let wf = workflow(&sb, script, 60);
+    let mut engine = sb
+        .cmd(&["run", wf.to_str().expect("utf-8 path")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start ltmc");
-    let pids = wait_for_pids(&dir.path().join("pids"), 2);
+    let pids = wait_for_pids(&sb.path().join("pids"), 2);
     engine.kill().expect("kill -9 the engine");
     let _ = engine.wait();
     assert_all_gone(&pids, Duration::from_secs(1));
-    let effects = std::fs::read_to_string(dir.path().join("effects")).unwrap_or_default();
+    let effects = std::fs::read_to_string(sb.path().join("effects")).unwrap_or_default();
     assert!(effects.is_empty(), "agents wrote side effects after their engine died: {effects:?}");
 }

@@ -5,80 +5,12 @@
 
 use serde_json::{Value, json};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-struct Sandbox {
-    dir: tempfile::TempDir,
-}
+mod support;
 
-impl Sandbox {
-    fn new() -> Sandbox {
-        Sandbox { dir: tempfile::tempdir().expect("temp dir") }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let p = self.path().join(name);
-        std::fs::write(&p, contents).expect("write file");
-        p
-    }
-
-    /// `ltmc ARGS` in the sandbox with every `LTMC_*` variable removed.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ltmc"));
-        c.args(args).current_dir(self.path());
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("LTMC_") {
-                c.env_remove(k);
-            }
-        }
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run ltmc")
-    }
-
-    /// `ltmc ARGS`, killed if it has not exited within `limit` (the test then fails).
-    fn run_within(&self, args: &[&str], limit: Duration) -> (Output, Duration) {
-        let started = Instant::now();
-        let mut child = self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start ltmc");
-        while child.try_wait().expect("wait").is_none() {
-            if started.elapsed() > limit {
-                child.kill().ok();
-                child.wait().ok();
-                panic!("ltmc {} did not finish within {limit:?}", args.join(" "));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (child.wait_with_output().expect("output"), started.elapsed())
-    }
-
-    fn store_exists(&self) -> bool {
-        self.path().join(".ltmc").exists()
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-#[track_caller]
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "exit status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
+use support::{Sandbox, assert_exit, text};
 
 /// Bytes a terminal would act on: C0 controls other than line breaks and tabs, DEL, and the C1
 /// controls (U+0080-U+009F) in UTF-8.

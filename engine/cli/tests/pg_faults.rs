@@ -18,21 +18,10 @@ async fn admin() -> anyhow::Result<tokio_postgres::Client> {
 }
 
 /// Twelve steps of 150 ms: about two seconds of appends to interrupt.
-const WORKFLOW: &str = "pattern: sequential
-agents:
-  s1: {builtin: sleep, params: {ms: 150}}
-  s2: {builtin: sleep, params: {ms: 150}}
-  s3: {builtin: sleep, params: {ms: 150}}
-  s4: {builtin: sleep, params: {ms: 150}}
-  s5: {builtin: sleep, params: {ms: 150}}
-  s6: {builtin: sleep, params: {ms: 150}}
-  s7: {builtin: sleep, params: {ms: 150}}
-  s8: {builtin: sleep, params: {ms: 150}}
-  s9: {builtin: sleep, params: {ms: 150}}
-  s10: {builtin: sleep, params: {ms: 150}}
-  s11: {builtin: sleep, params: {ms: 150}}
-  s12: {builtin: sleep, params: {ms: 150}}
-";
+fn workflow() -> String {
+    let steps: String = (1..=12).map(|i| format!("  s{i}: {{builtin: sleep, params: {{ms: 150}}}}\n")).collect();
+    format!("pattern: sequential\nagents:\n{steps}")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_survives_its_connections_being_terminated() -> anyhow::Result<()> {
@@ -44,7 +33,7 @@ async fn a_run_survives_its_connections_being_terminated() -> anyhow::Result<()>
     // The application name marks this test's connections, so only they are terminated.
     let url = format!("{}&application_name={app}", ltmc_engine::store::postgres::url_with_schema(&pg_url(), &schema));
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("wf.yaml"), WORKFLOW)?;
+    std::fs::write(dir.path().join("wf.yaml"), workflow())?;
     let (cwd, db) = (dir.path().to_path_buf(), url.clone());
     let ltmc = move |args: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ltmc"));

@@ -316,7 +316,9 @@ impl Engine {
             }
             let mut aborting = false;
             loop {
-                let (next, events) = decide_all(&state, &commands, &mut in_flight)?;
+                // Kept only where a close can send the commands back (an event-driven run).
+                let again = state.is_event_driven().then(|| commands.clone());
+                let (next, events) = decide_all(&state, commands, &mut in_flight)?;
                 if events.is_empty() {
                     break;
                 }
@@ -325,7 +327,7 @@ impl Engine {
                     let pending = triggers::close(&self.store, run_id, next.triggers_seq).await?;
                     if !pending.is_empty() {
                         let taken = pending.into_iter().map(|(seq, t)| Due::Trigger(seq, t).into_command());
-                        commands = taken.chain(commands).collect();
+                        commands = taken.chain(again.unwrap_or_default()).collect();
                         continue;
                     }
                 }
@@ -368,23 +370,12 @@ impl Engine {
         first.first().map(|e| e.recorded_at).ok_or_else(|| Error::NotFound(run_id.to_owned()))
     }
 
-    /// Appends, retrying while the store is unavailable. The batch keeps its event ids, so a
-    /// retry after an append that did commit is recognised as a duplicate.
+    /// Appends, retrying while the store is unavailable (about 30 s, [`store::retry_unavailable`]).
+    /// The batch keeps its event ids, so a retry after an append that did commit is recognised
+    /// as a duplicate.
     async fn append_retrying(&self, stream: &str, expected: ExpectedVersion, batch: &[NewEvent]) -> Result<(), Error> {
-        let mut delay = Duration::from_millis(50);
-        let mut tries = 0;
-        loop {
-            match self.store.append(stream, expected, batch).await {
-                Ok(_) => return Ok(()),
-                Err(store::Error::Unavailable(e)) if tries < 20 => {
-                    tracing::warn!(error = %e, "store unavailable; retrying in {:?}", delay);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                    tries += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        store::retry_unavailable(20, || self.store.append(stream, expected, batch)).await?;
+        Ok(())
     }
 
     fn task(&self, state: &RunState, step: usize, attempt: u32) -> Task {
@@ -433,19 +424,19 @@ impl Due {
 /// A command refused (a late outcome after the run ended, a duplicate) records nothing.
 fn decide_all(
     state: &RunState,
-    commands: &[Command],
+    commands: Vec<Command>,
     in_flight: &mut HashSet<(usize, u32)>,
 ) -> Result<(RunState, Vec<RunEvent>), Error> {
     let mut next = state.clone();
     let mut events = Vec::new();
     for cmd in commands {
         // The agent (or the retry's timer) is done with this attempt.
-        if let Command::RecordOutcome { step, attempt, .. } | Command::Retry { step, attempt } = cmd
+        if let Command::RecordOutcome { step, attempt, .. } | Command::Retry { step, attempt } = &cmd
             && let Some((i, _)) = next.step(step)
         {
             in_flight.remove(&(i, *attempt));
         }
-        match run::decide(&next, cmd.clone()) {
+        match run::decide(&next, cmd) {
             Ok(evs) => {
                 for e in evs {
                     next = evolve(next, &e)?;

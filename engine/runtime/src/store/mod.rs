@@ -420,42 +420,53 @@ macro_rules! delegate {
     };
 }
 
-/// Tries a read again when the backend was unavailable: a connection terminated under it is
-/// replaced by a new one at once, so a few quick tries (about 1.5 s in all) ride it out, while a
-/// server that is down is still reported promptly.
-async fn read_retrying<T, F: Future<Output = Result<T>>>(mut read: impl FnMut() -> F) -> Result<T> {
+/// Tries `op` again while the backend is unavailable, up to `tries` more times, waiting 50 ms,
+/// then twice as long each time, at most 2 s. A connection terminated under the store is
+/// replaced at once, so reads take 5 tries (about 1.5 s in all: a server that is down is still
+/// reported promptly) and a run's appends 20 (about 30 s: appends retried with the same events
+/// are idempotent).
+pub(crate) async fn retry_unavailable<T, F: Future<Output = Result<T>>>(
+    tries: u32,
+    mut op: impl FnMut() -> F,
+) -> Result<T> {
     let mut delay = std::time::Duration::from_millis(50);
-    for _ in 0..5 {
-        match read().await {
+    for _ in 0..tries {
+        match op().await {
             Err(Error::Unavailable(e)) => {
-                tracing::debug!(error = %e, "read failed; retrying in {delay:?}");
+                tracing::warn!(error = %e, "the store is unavailable; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }
             other => return other,
         }
     }
-    read().await
+    op().await
 }
+
+/// Tries of a read (or of opening a store) while the backend is unavailable.
+pub(crate) const READ_TRIES: u32 = 5;
 
 impl EventStore for Store {
     async fn append(&self, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
         delegate!(self, s => s.append(stream, expected, events).await)
     }
     async fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> Result<Vec<RecordedEvent>> {
-        read_retrying(|| async { delegate!(self, s => s.read_stream(stream, after_version, limit).await) }).await
+        retry_unavailable(READ_TRIES, || async {
+            delegate!(self, s => s.read_stream(stream, after_version, limit).await)
+        })
+        .await
     }
     async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>> {
-        read_retrying(|| async { delegate!(self, s => s.read_all(after, limit).await) }).await
+        retry_unavailable(READ_TRIES, || async { delegate!(self, s => s.read_all(after, limit).await) }).await
     }
     async fn head_position(&self) -> Result<i64> {
-        read_retrying(|| async { delegate!(self, s => s.head_position().await) }).await
+        retry_unavailable(READ_TRIES, || async { delegate!(self, s => s.head_position().await) }).await
     }
     async fn list_streams(&self, category: &str, limit: usize) -> Result<Vec<StreamInfo>> {
-        read_retrying(|| async { delegate!(self, s => s.list_streams(category, limit).await) }).await
+        retry_unavailable(READ_TRIES, || async { delegate!(self, s => s.list_streams(category, limit).await) }).await
     }
     async fn checkpoint(&self, name: &str) -> Result<i64> {
-        read_retrying(|| async { delegate!(self, s => s.checkpoint(name).await) }).await
+        retry_unavailable(READ_TRIES, || async { delegate!(self, s => s.checkpoint(name).await) }).await
     }
     async fn wake(&self) -> Result<broadcast::Receiver<i64>> {
         delegate!(self, s => s.wake().await)

@@ -98,20 +98,7 @@ impl PgStore {
         let config = tokio_postgres::Config::from_str(url)
             .map_err(|e| Error::Invalid(format!("database URL is not a valid postgres URL: {e}")))?;
         // A connection terminated while opening is replaced: a few quick tries, as for reads.
-        let mut delay = std::time::Duration::from_millis(50);
-        for _ in 0..5 {
-            match migrate(&config).await {
-                Err(Error::Unavailable(e)) => {
-                    tracing::debug!(error = %e, "opening the store failed; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                other => {
-                    other?;
-                    break;
-                }
-            }
-        }
+        crate::store::retry_unavailable(crate::store::READ_TRIES, || migrate(&config)).await?;
         let pool = pool(&config, 16)?;
         let client = pool.get().await.map_err(pool_err)?;
         let schema: Option<String> = client.query_one("SELECT current_schema()", &[]).await.map_err(db_err)?.get(0);
