@@ -117,3 +117,14 @@ fn an_agent_dies_with_the_engine_that_started_it() {
     let effects = std::fs::read_to_string(sb.path().join("effects")).unwrap_or_default();
     assert!(effects.is_empty(), "agents wrote side effects after their engine died: {effects:?}");
 }
+
+#[test]
+fn a_program_that_cannot_start_is_reported_as_such_under_the_supervisor() {
+    let sb = Sandbox::new();
+    sb.write("w.yaml", "pattern: sequential\nagents:\n  x: {run: [no-such-program], retries: 0}\n");
+    let out = sb.cmd(&["run", "w.yaml"]).output().expect("run ltmc");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!("cannot start \"no-such-program\" in {}: No such file", sb.path().display());
+    assert!(stderr.contains(&want), "{stderr}");
+}

@@ -230,6 +230,14 @@ pub(super) async fn perform(
         }
     };
     if !status.success() {
+        let why = String::from_utf8_lossy(&stderr);
+        if let Some(e) = why.strip_prefix(super::supervisor::CANNOT_START)
+            && supervisor.is_some()
+            && status.code() == Some(super::supervisor::CANNOT_START_CODE)
+        {
+            let error = format!("cannot start {program:?} in {}: {}", cwd.display(), e.trim_end());
+            return Outcome::Failed { error, duration_ms: elapsed() };
+        }
         let how = match status.code() {
             Some(code) => format!("exited with status {code}"),
             None => "was killed by a signal".to_owned(),

@@ -17,7 +17,8 @@
 //!   did (same code, or the same signal).
 //!
 //! It is entered through the `ltmc` binary ([`ARG`] as the first argument), needs no async
-//! runtime, and polls stdin and its children every [`TICK`].
+//! runtime. It wakes as soon as stdin ends or the agent exits, and at least every [`TICK`] to
+//! reap orphans.
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -34,6 +35,10 @@ use std::time::{Duration, Instant};
 
 /// First argument of `ltmc` that runs the supervisor: `ltmc __supervise-agent -- PROGRAM ARGS…`.
 pub const ARG: &str = "__supervise-agent";
+/// What the supervisor prints, then the OS error, on stderr when the agent's program cannot be
+/// started, and its exit code then: the engine reports it as a start failure, as without it.
+pub(crate) const CANNOT_START: &str = "ltmc supervisor: cannot start the agent: ";
+pub(crate) const CANNOT_START_CODE: i32 = 127;
 /// How often the supervisor looks at its stdin and reaps its children.
 pub const TICK: Duration = Duration::from_millis(10);
 
@@ -76,8 +81,8 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
     let mut child = match Command::new(program).args(rest).stdin(Stdio::piped()).spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cannot start {program:?}: {e}");
-            return 127;
+            eprintln!("{CANNOT_START}{e}");
+            return CANNOT_START_CODE;
         }
     };
     let main_pid = Pid::from_raw(child.id() as i32);
