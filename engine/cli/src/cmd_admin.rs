@@ -1,12 +1,9 @@
 //! `ltmc migrate`, `ltmc relay`, `ltmc audit`.
 
 use anyhow::Context;
-use ltmc_core::hash::first_broken_link;
+use ltmc_engine::Store;
 use ltmc_engine::config::Config;
 use ltmc_engine::relay;
-use ltmc_engine::{EventStore, Store};
-use serde_json::json;
-use std::collections::BTreeMap;
 
 use crate::exit::{self, BadInput};
 
@@ -47,41 +44,22 @@ pub(crate) async fn relay() -> anyhow::Result<u8> {
 pub(crate) async fn audit(verify: bool, json: bool) -> anyhow::Result<u8> {
     let config = Config::from_env()?;
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
-    // Group the log by stream (events arrive in position order, so versions ascend).
-    let mut streams: BTreeMap<String, Vec<ltmc_core::RecordedEvent>> = BTreeMap::new();
-    let mut after = 0;
-    let mut total = 0usize;
-    loop {
-        let batch = store.read_all(after, 5000).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.global_position;
-        total += batch.len();
-        for e in batch {
-            streams.entry(e.stream_id.clone()).or_default().push(e);
-        }
-    }
-    let mut broken = Vec::new();
-    if verify {
-        for (stream, events) in &streams {
-            if let Some(version) = first_broken_link(events) {
-                broken.push(json!({ "stream": stream, "first_altered_version": version }));
-            }
-        }
-    }
+    let report = ltmc_engine::audit::audit(&store, verify).await?;
     if json {
-        println!("{}", json!({ "events": total, "streams": streams.len(), "verified": verify, "broken": broken }));
+        println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("{total} events in {} streams", streams.len());
-        if verify {
-            if broken.is_empty() {
-                println!("every hash chain verifies");
-            }
-            for b in &broken {
-                // A tampered row's stream id is not ours to print raw.
-                let stream = crate::term::line(b["stream"].as_str().unwrap_or(""));
-                println!("ALTERED: stream {stream} from version {}", b["first_altered_version"]);
-            }
+        println!("{} events in {} streams", report.events, report.streams);
+        if verify && report.ok {
+            println!("every stream verifies: its hash chain is unbroken and it reaches its head record");
+        }
+        for b in &report.broken {
+            // A tampered row's stream id is not ours to print raw.
+            let line = format!("DAMAGED: stream {}: {}", b.stream, b.damage.detail);
+            println!("{}", crate::term::line(&line));
+        }
+        if !report.ok && !verify {
+            println!("`ltmc audit --verify` checks every stream's hash chain and head record too");
         }
     }
-    Ok(if broken.is_empty() { exit::OK } else { exit::RUN_FAILED })
+    Ok(if report.ok { exit::OK } else { exit::RUN_FAILED })
 }

@@ -20,6 +20,17 @@ fn emit(line: &str) -> anyhow::Result<()> {
 }
 
 fn print(e: &RecordedEvent, json: bool) -> anyhow::Result<()> {
+    if let Some(reason) = e.unreadable_reason() {
+        // The rest of the log is still served; the stand-in says where the damage is.
+        eprintln!(
+            "{}",
+            term::line(&format!(
+                "warning: the event at position {} (stream {}, version {}) cannot be read: {reason}; `ltmc audit \
+                 --verify` lists every damaged stream",
+                e.global_position, e.stream_id, e.stream_version
+            ))
+        );
+    }
     if json {
         emit(&term::json(serde_json::to_string(e)?))?;
     } else {

@@ -73,6 +73,42 @@ pub struct RecordedEvent {
     pub hash: String,
 }
 
+/// The `event_type` of the stand-in a store returns for a stored row it cannot read back (its
+/// JSON is not JSON, its metadata not an object, ...). It cannot be the type of an appended
+/// event (those are letters and digits), so nothing mistakes it for one: projections ignore
+/// it, the relay does not publish it, `ltmc audit --verify` lists its stream as damaged, and
+/// reading its stream alone is refused with the stream named.
+pub const UNREADABLE: &str = "(unreadable)";
+
+impl RecordedEvent {
+    /// The stand-in for the unreadable row at `position`: its stream and version as far as
+    /// they could be read, `data` `{"reason": reason}`, no hash.
+    pub fn unreadable(position: i64, stream_id: String, stream_version: i64, reason: String) -> RecordedEvent {
+        RecordedEvent {
+            global_position: position,
+            stream_id,
+            stream_version,
+            event_id: Uuid::nil(),
+            event_type: UNREADABLE.to_owned(),
+            schema_version: 0,
+            data: serde_json::json!({ "reason": reason }),
+            metadata: Metadata::default(),
+            recorded_at: DateTime::UNIX_EPOCH,
+            hash: String::new(),
+        }
+    }
+
+    /// Whether this is the stand-in for an unreadable row ([`UNREADABLE`]).
+    pub fn is_unreadable(&self) -> bool {
+        self.event_type == UNREADABLE
+    }
+
+    /// Why the row is unreadable, for a stand-in.
+    pub fn unreadable_reason(&self) -> Option<&str> {
+        if self.is_unreadable() { self.data.get("reason").and_then(Value::as_str) } else { None }
+    }
+}
+
 /// Truncates a timestamp to the microsecond, the precision both stores keep, so that the hash
 /// computed before append equals the one recomputed from the stored row.
 pub fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {

@@ -16,6 +16,7 @@
 //! assert_eq!(plan.steps[1].needs, vec![0]);
 //! ```
 
+pub mod audit;
 pub mod event;
 pub mod hash;
 pub mod names;

@@ -180,7 +180,7 @@ impl Engine {
 
     /// Folds a run from the log.
     pub async fn load(&self, run_id: &str) -> Result<RunState, Error> {
-        let events = store::read_stream_all(&self.store, &run::stream_id(run_id)).await?;
+        let events = store::read_stream_verified(&self.store, &run::stream_id(run_id)).await?;
         if events.is_empty() {
             return Err(Error::NotFound(run_id.to_owned()));
         }

@@ -2,6 +2,7 @@
 //! relay, agents, and the run driver.
 
 pub mod agents;
+pub mod audit;
 pub mod config;
 pub mod driver;
 pub mod metrics;

@@ -355,7 +355,18 @@ async fn publish(
             // A relay that was stopped or hung past its lease's deadline finds out here, before
             // it publishes, that another relay took over.
             lease.check().await?;
-            publish_event(&js, opts, e, from, &mut cursor, &mut acks, lease).await?;
+            // A row the store cannot read has nothing true to publish; the feed goes on past it
+            // (`ltmc audit --verify` names its stream).
+            if let Some(reason) = e.unreadable_reason() {
+                tracing::error!(
+                    position = e.global_position,
+                    stream = %e.stream_id,
+                    %reason,
+                    "the event at this position cannot be read from the log; it is not published"
+                );
+            } else {
+                publish_event(&js, opts, e, from, &mut cursor, &mut acks, lease).await?;
+            }
             last = Some(e.global_position);
         }
         await_acks(acks, lease).await?;

@@ -15,6 +15,7 @@ pub use views_sql::CHECKPOINT as VIEWS_CHECKPOINT;
 pub use subscription::{POLL_INTERVAL, Subscription};
 
 use chrono::Utc;
+use ltmc_core::audit::Head;
 use ltmc_core::event::{MAX_EVENT_BYTES, to_micros};
 use ltmc_core::hash::{Link, chain};
 use ltmc_core::names;
@@ -121,13 +122,31 @@ pub enum Error {
     /// The database cannot be reached.
     #[error("the event store is unavailable: {0}")]
     Unavailable(String),
-    /// A stored row cannot be read back.
-    #[error("stored event at position {position} is unreadable: {reason}")]
+    /// A stored row of a stream read alone cannot be read back. (Readers of the whole log get
+    /// a stand-in instead, [`RecordedEvent::unreadable`], and go on.)
+    #[error(
+        "stream {stream} is damaged: its event at position {position} cannot be read ({reason}); \
+         `ltmc audit --verify` lists every damaged stream"
+    )]
     Corrupt {
+        /// The stream, as far as it could be read.
+        stream: String,
         /// Its position.
         position: i64,
         /// Why.
         reason: String,
+    },
+    /// A stream's events are not what was appended: altered, or some deleted (its head record
+    /// is ahead of them). Folding it would act on a history that did not happen.
+    #[error(
+        "stream {stream} is damaged: {detail}; `ltmc audit --verify` lists every damaged stream, and the log \
+         must be restored from a backup before this stream is used"
+    )]
+    Damaged {
+        /// The stream.
+        stream: String,
+        /// What is wrong ([`ltmc_core::audit::Damage`]).
+        detail: String,
     },
     /// Migrations could not be applied: an applied migration was edited (append-only, refused),
     /// or the database is newer than this binary.
@@ -165,6 +184,10 @@ pub trait EventStore: Send + Sync {
     fn head_position(&self) -> impl Future<Output = Result<i64>> + Send;
     /// Streams of a category (`run`), newest first.
     fn list_streams(&self, category: &str, limit: usize) -> impl Future<Output = Result<Vec<StreamInfo>>> + Send;
+    /// A stream's head record: the version and hash of its last event (`None` when it has none).
+    fn stream_head(&self, stream: &str) -> impl Future<Output = Result<Option<Head>>> + Send;
+    /// Every stream's head record, by stream id.
+    fn stream_heads(&self) -> impl Future<Output = Result<Vec<(String, Head)>>> + Send;
     /// A named consumer's checkpoint (0 when none).
     fn checkpoint(&self, name: &str) -> impl Future<Output = Result<i64>> + Send;
     /// Wakes when this process (SQLite) or any process (Postgres) appends; carries the position.
@@ -465,11 +488,43 @@ impl EventStore for Store {
     async fn list_streams(&self, category: &str, limit: usize) -> Result<Vec<StreamInfo>> {
         retry_unavailable(READ_TRIES, || async { delegate!(self, s => s.list_streams(category, limit).await) }).await
     }
+    async fn stream_head(&self, stream: &str) -> Result<Option<Head>> {
+        retry_unavailable(READ_TRIES, || async { delegate!(self, s => s.stream_head(stream).await) }).await
+    }
+    async fn stream_heads(&self) -> Result<Vec<(String, Head)>> {
+        retry_unavailable(READ_TRIES, || async { delegate!(self, s => s.stream_heads().await) }).await
+    }
     async fn checkpoint(&self, name: &str) -> Result<i64> {
         retry_unavailable(READ_TRIES, || async { delegate!(self, s => s.checkpoint(name).await) }).await
     }
     async fn wake(&self) -> Result<broadcast::Receiver<i64>> {
         delegate!(self, s => s.wake().await)
+    }
+}
+
+/// An event of a stream read alone: the stand-in for an unreadable row is refused, naming the
+/// stream.
+pub(crate) fn readable(e: Result<RecordedEvent>) -> Result<RecordedEvent> {
+    let e = e?;
+    match e.unreadable_reason() {
+        Some(reason) => {
+            Err(Error::Corrupt { stream: e.stream_id.clone(), position: e.global_position, reason: reason.to_owned() })
+        }
+        None => Ok(e),
+    }
+}
+
+/// Reads a whole stream and checks it ([`ltmc_core::audit::check_stream`]): versions 1..N
+/// without a gap, an unbroken hash chain, and nothing missing below its head record, which is
+/// read first (events appended meanwhile are past it, and chained). A stream that fails is
+/// refused with [`Error::Damaged`]: what a run or session is folded from must be what was
+/// appended, or a step recorded as finished could run again.
+pub async fn read_stream_verified<S: EventStore>(store: &S, stream: &str) -> Result<Vec<RecordedEvent>> {
+    let head = store.stream_head(stream).await?;
+    let events = read_stream_all(store, stream).await?;
+    match ltmc_core::audit::check_stream(&events, head.as_ref()) {
+        Some(damage) => Err(Error::Damaged { stream: stream.to_owned(), detail: damage.detail }),
+        None => Ok(events),
     }
 }
 

@@ -8,6 +8,7 @@ mod views;
 pub use lease::SqliteLease;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use ltmc_core::audit::Head;
 use ltmc_core::event::to_micros;
 use ltmc_core::{Metadata, NewEvent, RecordedEvent};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -236,31 +237,44 @@ impl SqliteStore {
     }
 }
 
+/// Reads an event row. A row whose content cannot be read (JSON that is not JSON, metadata
+/// that is not an object, a bad time or id) becomes the [`RecordedEvent::unreadable`] stand-in,
+/// so one damaged row does not stop a reader of the whole log.
 fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<std::result::Result<RecordedEvent, Error>> {
     let position: i64 = r.get(0)?;
-    let corrupt = |what: &str, e: String| Error::Corrupt { position, reason: format!("{what}: {e}") };
+    Ok(Ok(read_row(r, position).unwrap_or_else(|reason| {
+        // Stream and version as far as they can be read: text and integers of any storage class.
+        let stream = match r.get_ref(1) {
+            Ok(rusqlite::types::ValueRef::Text(t)) => String::from_utf8_lossy(t).into_owned(),
+            Ok(rusqlite::types::ValueRef::Integer(i)) => i.to_string(),
+            _ => String::new(),
+        };
+        let version = r.get::<_, i64>(2).unwrap_or_default();
+        RecordedEvent::unreadable(position, stream, version, reason)
+    })))
+}
+
+fn read_row(r: &rusqlite::Row<'_>, position: i64) -> std::result::Result<RecordedEvent, String> {
+    let corrupt = |what: &str, e: String| format!("{what}: {e}");
     // The columns only parsed are borrowed from SQLite's row, not copied into strings first.
     let text = |i: usize, what: &str| {
         r.get_ref(i).map_err(|e| corrupt(what, e.to_string()))?.as_str().map_err(|e| corrupt(what, e.to_string()))
     };
-    let parsed = (|| {
-        Ok(RecordedEvent {
-            global_position: position,
-            stream_id: r.get(1).map_err(|e| corrupt("stream_id", e.to_string()))?,
-            stream_version: r.get(2).map_err(|e| corrupt("stream_version", e.to_string()))?,
-            event_id: text(3, "event_id")?.parse().map_err(|e: uuid::Error| corrupt("event_id", e.to_string()))?,
-            event_type: r.get(4).map_err(|e| corrupt("event_type", e.to_string()))?,
-            schema_version: r.get(5).map_err(|e| corrupt("schema_version", e.to_string()))?,
-            data: serde_json::from_str(text(6, "data")?).map_err(|e| corrupt("data", e.to_string()))?,
-            metadata: serde_json::from_str::<Metadata>(text(7, "metadata")?)
-                .map_err(|e| corrupt("metadata", e.to_string()))?,
-            recorded_at: DateTime::parse_from_rfc3339(text(8, "recorded_at")?)
-                .map_err(|e| corrupt("recorded_at", e.to_string()))?
-                .with_timezone(&Utc),
-            hash: r.get(9).map_err(|e| corrupt("hash", e.to_string()))?,
-        })
-    })();
-    Ok(parsed)
+    Ok(RecordedEvent {
+        global_position: position,
+        stream_id: r.get(1).map_err(|e| corrupt("stream_id", e.to_string()))?,
+        stream_version: r.get(2).map_err(|e| corrupt("stream_version", e.to_string()))?,
+        event_id: text(3, "event_id")?.parse().map_err(|e: uuid::Error| corrupt("event_id", e.to_string()))?,
+        event_type: r.get(4).map_err(|e| corrupt("event_type", e.to_string()))?,
+        schema_version: r.get(5).map_err(|e| corrupt("schema_version", e.to_string()))?,
+        data: serde_json::from_str(text(6, "data")?).map_err(|e| corrupt("data", e.to_string()))?,
+        metadata: serde_json::from_str::<Metadata>(text(7, "metadata")?)
+            .map_err(|e| corrupt("metadata", e.to_string()))?,
+        recorded_at: DateTime::parse_from_rfc3339(text(8, "recorded_at")?)
+            .map_err(|e| corrupt("recorded_at", e.to_string()))?
+            .with_timezone(&Utc),
+        hash: r.get(9).map_err(|e| corrupt("hash", e.to_string()))?,
+    })
 }
 
 /// Sets checkpoint `name` (creating it) on `conn`, inside whatever transaction it is in.
@@ -323,9 +337,7 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 /// caller to roll back).
 fn append_in(tx: &Connection, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Appended> {
     let (current, prev): (i64, String) = tx
-        .prepare_cached(
-            "SELECT stream_version, hash FROM events WHERE stream_id = ?1 ORDER BY stream_version DESC LIMIT 1",
-        )
+        .prepare_cached("SELECT version, hash FROM stream_heads WHERE stream_id = ?1")
         .map_err(sql_err)?
         .query_row([stream], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
@@ -381,12 +393,16 @@ fn append_in(tx: &Connection, stream: &str, expected: ExpectedVersion, events: &
             }
         }
     }
-    Ok(Appended {
-        first_position: first,
-        last_position: last,
-        next_version: current + events.len() as i64,
-        duplicate: false,
-    })
+    // The head record moves in the same transaction (decision 0013).
+    let next = current + events.len() as i64;
+    tx.prepare_cached(
+        "INSERT INTO stream_heads (stream_id, version, hash) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, hash = excluded.hash",
+    )
+    .map_err(sql_err)?
+    .execute(params![stream, next, hashes[events.len() - 1]])
+    .map_err(sql_err)?;
+    Ok(Appended { first_position: first, last_position: last, next_version: next, duplicate: false })
 }
 
 /// Short work for the writer connection other than appends (a projector batch: a few ms).
@@ -425,6 +441,16 @@ fn write_log(tx: &Connection, log: &[RecordedEvent]) -> Result<()> {
                 e.event_id, e.global_position
             ))
         })?;
+    }
+    // The copied streams' head records move with them, as an append's do.
+    let mut head = tx
+        .prepare_cached(
+            "INSERT INTO stream_heads (stream_id, version, hash) VALUES (?1, ?2, ?3) ON CONFLICT (stream_id) \
+             DO UPDATE SET version = excluded.version, hash = excluded.hash WHERE stream_heads.version < excluded.version",
+        )
+        .map_err(sql_err)?;
+    for e in log {
+        head.execute(params![e.stream_id, e.stream_version, e.hash]).map_err(sql_err)?;
     }
     Ok(())
 }
@@ -599,7 +625,9 @@ impl EventStore for SqliteStore {
                     "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND stream_version > ?2 ORDER BY stream_version LIMIT ?3"
                 ))
                 .map_err(sql_err)?;
-            collect(stmt.query_map(params![stream, after_version, limit as i64], row_to_event).map_err(sql_err)?)
+            let events =
+                collect(stmt.query_map(params![stream, after_version, limit as i64], row_to_event).map_err(sql_err)?)?;
+            events.into_iter().map(|e| super::readable(Ok(e))).collect()
         })
         .await
     }
@@ -644,6 +672,29 @@ impl EventStore for SqliteStore {
                 out.push(StreamInfo { stream_id, version, created_at: parse(&created), updated_at: parse(&updated) });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn stream_head(&self, stream: &str) -> Result<Option<Head>> {
+        let stream = stream.to_owned();
+        self.with_reader(move |c| {
+            c.prepare_cached("SELECT version, hash FROM stream_heads WHERE stream_id = ?1")
+                .map_err(sql_err)?
+                .query_row([stream], |r| Ok(Head { version: r.get(0)?, hash: r.get(1)? }))
+                .optional()
+                .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn stream_heads(&self) -> Result<Vec<(String, Head)>> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare("SELECT stream_id, version, hash FROM stream_heads").map_err(sql_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, Head { version: r.get(1)?, hash: r.get(2)? })))
+                .map_err(sql_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_err)
         })
         .await
     }

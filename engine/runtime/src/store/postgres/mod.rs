@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use ltmc_core::audit::Head;
 use ltmc_core::event::to_micros;
 use ltmc_core::{Metadata, NewEvent, RecordedEvent};
 use serde_json::Value;
@@ -158,10 +159,7 @@ impl PgStore {
         let row = self
             .client()
             .await?
-            .query_opt(
-                "SELECT stream_version, hash FROM events WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1",
-                &[&stream],
-            )
+            .query_opt("SELECT version, hash FROM stream_heads WHERE stream_id = $1", &[&stream])
             .await
             .map_err(db_err)?;
         Ok(row.map_or((0, String::new()), |r| (r.get(0), r.get(1))))
@@ -182,7 +180,7 @@ impl PgStore {
                 let row = self
                     .client()
                     .await?
-                    .query_opt("SELECT hash FROM events WHERE stream_id = $1 AND stream_version = $2", &[&stream, &v])
+                    .query_opt("SELECT hash FROM stream_heads WHERE stream_id = $1 AND version = $2", &[&stream, &v])
                     .await
                     .map_err(db_err)?;
                 match row {
@@ -232,9 +230,20 @@ async fn find_duplicate(client: &tokio_postgres::Client, stream: &str, ids: &[Uu
     }))
 }
 
+/// Reads an event row. A row whose content cannot be read (metadata that is not an object, a
+/// time out of range) becomes the [`RecordedEvent::unreadable`] stand-in, so one damaged row
+/// does not stop a reader of the whole log; only a row without a position is an error.
 pub(crate) fn row_to_event(r: &Row) -> Result<RecordedEvent> {
     let position: i64 = r.try_get(0).map_err(|e| Error::Backend(format!("reading an event's position: {e}")))?;
-    let corrupt = |what: &str, e: String| Error::Corrupt { position, reason: format!("{what}: {e}") };
+    Ok(read_row(r, position).unwrap_or_else(|reason| {
+        let stream = r.try_get::<_, String>(1).unwrap_or_default();
+        let version = r.try_get::<_, i64>(2).unwrap_or_default();
+        RecordedEvent::unreadable(position, stream, version, reason)
+    }))
+}
+
+fn read_row(r: &Row, position: i64) -> std::result::Result<RecordedEvent, String> {
+    let corrupt = |what: &str, e: String| format!("{what}: {e}");
     let json = |i: usize, what: &str| r.try_get::<_, JsonText>(i).map_err(|e| corrupt(what, e.to_string()));
     Ok(RecordedEvent {
         global_position: position,
@@ -347,7 +356,7 @@ impl EventStore for PgStore {
             .await
             .map_err(db_err)?;
         let rows = client.query(&stmt, &[&stream, &after_version, &(limit as i64)]).await.map_err(db_err)?;
-        rows.iter().map(row_to_event).collect()
+        rows.iter().map(row_to_event).map(super::readable).collect()
     }
 
     async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>> {
@@ -383,6 +392,21 @@ impl EventStore for PgStore {
             .iter()
             .map(|r| StreamInfo { stream_id: r.get(0), version: r.get(1), created_at: r.get(2), updated_at: r.get(3) })
             .collect())
+    }
+
+    async fn stream_head(&self, stream: &str) -> Result<Option<Head>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT version, hash FROM stream_heads WHERE stream_id = $1", &[&stream])
+            .await
+            .map_err(db_err)?;
+        Ok(row.map(|r| Head { version: r.get(0), hash: r.get(1) }))
+    }
+
+    async fn stream_heads(&self) -> Result<Vec<(String, Head)>> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT stream_id, version, hash FROM stream_heads", &[]).await.map_err(db_err)?;
+        Ok(rows.iter().map(|r| (r.get(0), Head { version: r.get(1), hash: r.get(2) })).collect())
     }
 
     async fn checkpoint(&self, name: &str) -> Result<i64> {

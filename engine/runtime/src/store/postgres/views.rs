@@ -285,7 +285,11 @@ impl PgStore {
     /// transaction: readers see the old rows until it commits, then the new ones. Returns the
     /// checkpoint.
     pub async fn rebuild_views(&self, tables: &[&'static str], until: Option<i64>, held_rows: usize) -> Result<i64> {
-        let reader = self.client().await?;
+        // The reader is a connection of its own, not a pooled one: a pooled connection may
+        // still be working through requests of a caller that was cancelled (an aborted
+        // catch-up's pipeline, waiting for the checkpoint row), and the rebuild, holding that
+        // row, would wait behind them for ever.
+        let reader = self.connect().await?;
         let mut client = self.connect().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         let types = self.view_types(&tx).await?;
@@ -305,7 +309,8 @@ impl PgStore {
     /// Builds the views as of `until` into a new schema `into` (tables and a checkpoint of its
     /// own), leaving the live views alone: time travel for inspection with `psql`.
     pub async fn snapshot_views(&self, tables: &[&'static str], until: i64, into: &str, ddl: &str) -> Result<i64> {
-        let reader = self.client().await?;
+        // A connection of its own, as for a rebuild.
+        let reader = self.connect().await?;
         let exists = reader
             .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&into])
             .await
@@ -355,10 +360,17 @@ impl PgStore {
 }
 
 /// Events of another database's log, at their own positions ([`PgStore::apply_views_with_log`]).
-const COPY_LOG: &str = "INSERT INTO events (global_position, stream_id, stream_version, event_id, event_type, \
-                        schema_version, data, metadata, recorded_at, hash) OVERRIDING SYSTEM VALUE \
+/// The copied streams' head records move with them, as an append's do.
+const COPY_LOG: &str = "WITH ins AS (INSERT INTO events (global_position, stream_id, stream_version, event_id, \
+                        event_type, schema_version, data, metadata, recorded_at, hash) OVERRIDING SYSTEM VALUE \
                         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], \
-                        $6::integer[], $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::text[])";
+                        $6::integer[], $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::text[]) \
+                        RETURNING stream_id, stream_version, hash) \
+                        INSERT INTO stream_heads (stream_id, version, hash) \
+                        SELECT DISTINCT ON (stream_id) stream_id, stream_version, hash FROM ins \
+                        ORDER BY stream_id, stream_version DESC \
+                        ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, hash = excluded.hash \
+                        WHERE stream_heads.version < excluded.version";
 
 /// Writes `log` with [`COPY_LOG`].
 async fn write_log(c: &tokio_postgres::Client, copy_log: &Statement, log: &[ltmc_core::RecordedEvent]) -> Result<()> {
