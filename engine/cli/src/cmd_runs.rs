@@ -3,7 +3,7 @@
 use anyhow::Context;
 use ltmc_core::run::{RunState, RunStatus, StepStatus};
 use ltmc_engine::config::Config;
-use ltmc_engine::{Engine, EventStore, Store};
+use ltmc_engine::{Engine, EventStore, Store, driver, store};
 use serde_json::{Value, json};
 
 use crate::{args, exit, term};
@@ -68,7 +68,24 @@ pub(crate) async fn list(limit: usize, json: bool) -> anyhow::Result<u8> {
     let mut rows = Vec::new();
     for s in &streams {
         let run_id = s.stream_id.trim_start_matches("run-");
-        let state = engine.load(run_id).await?;
+        let state = match engine.load(run_id).await {
+            Ok(state) => state,
+            // A damaged run is named and the others are still listed.
+            Err(e) if !matches!(e, driver::Error::Store(store::Error::Unavailable(_))) => {
+                eprintln!("{}", term::line(&format!("warning: run {run_id} cannot be shown: {e}")));
+                rows.push(json!({
+                    "run_id": run_id,
+                    "workflow": null,
+                    "status": "damaged",
+                    "steps_completed": null,
+                    "steps": null,
+                    "started_at": s.created_at,
+                    "updated_at": s.updated_at,
+                }));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let done = state.steps.iter().filter(|st| st.status == StepStatus::Completed).count();
         rows.push(json!({
             "run_id": run_id,
@@ -90,7 +107,7 @@ pub(crate) async fn list(limit: usize, json: bool) -> anyhow::Result<u8> {
                 r["run_id"].as_str().unwrap_or(""),
                 r["workflow"].as_str().unwrap_or(""),
                 r["status"].as_str().unwrap_or(""),
-                format!("{}/{}", r["steps_completed"], r["steps"]),
+                if r["steps"].is_null() { "-".to_owned() } else { format!("{}/{}", r["steps_completed"], r["steps"]) },
                 r["started_at"].as_str().unwrap_or(""),
             );
             println!("{}", term::line(&row));

@@ -249,7 +249,11 @@ impl PgStore {
         let set = client.prepare_cached(SET_CHECKPOINT).await.map_err(db_err)?;
         let copy_log = if log.is_empty() { None } else { Some(client.prepare_cached(COPY_LOG).await.map_err(db_err)?) };
         let c: &tokio_postgres::Client = &client;
-        let applied = futures::future::try_join5(
+        // Joined, not try-joined: every part's answer is waited for, so the checkpoint's own
+        // answer decides, whatever order the parts' futures see their answers in (a write
+        // refused because the moved checkpoint aborted the transaction is no error of its own),
+        // and the COMMIT has ended the transaction before the connection goes back to the pool.
+        let (begin, expected, written, set, committed) = futures::future::join5(
             async { c.batch_execute(BEGIN_ASYNC_COMMIT).await.map_err(db_err) },
             async { c.query_one(&expect, &[&CHECKPOINT, &from]).await.map_err(db_err) },
             // Joined, not awaited one after the other: the log's insert and the writes must all
@@ -267,16 +271,19 @@ impl PgStore {
             async { c.batch_execute("COMMIT").await.map_err(db_err) },
         )
         .await;
-        match applied {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                // Ends the transaction whatever was sent of it (a warning if COMMIT ended it);
-                // if that fails too, the connection is broken and the first error says why.
-                let _ = c.batch_execute("ROLLBACK").await;
-                match e {
-                    Error::Backend(m) if m.contains(MOVED) => Ok(false),
-                    e => Err(e),
-                }
+        if committed.is_err() {
+            // If that fails too, the connection is broken and the first error says why.
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+        match expected {
+            Err(Error::Backend(m)) if m.contains(MOVED) => Ok(false),
+            expected => {
+                begin?;
+                expected?;
+                written?;
+                set?;
+                committed?;
+                Ok(true)
             }
         }
     }
