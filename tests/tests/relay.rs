@@ -646,3 +646,36 @@ async fn a_stopped_relay_loses_its_lease_postgres() -> anyhow::Result<()> {
     a_stopped_relay_loses_its_lease(schema.store().await?, &schema.url).await?;
     schema.drop().await
 }
+
+/// A row the log cannot read back does not stop the feed: the relay publishes every other
+/// event, in order, and goes on to the head (issue 16, defect 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_row_does_not_stop_the_feed() -> anyhow::Result<()> {
+    let (store, dir) = sqlite_store().await?;
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    for _ in 0..3 {
+        engine.run(sequential(), None, PathBuf::from("."), None).await?;
+    }
+    let damaged = 5;
+    rusqlite::Connection::open(dir.path().join("ltmc.db"))?
+        .execute("UPDATE events SET data = '{not json' WHERE global_position = ?1", [damaged])?;
+    let opts = relay_options(&nats_url());
+    let relay = relay::spawn(store.clone(), opts.clone());
+    let head = store.head_position().await?;
+    assert!(eventually(Duration::from_secs(20), || async { relay.published() >= head }).await, "the relay stopped");
+    let js = relay::jetstream(&opts.nats_url).await?;
+    let mut stream = js.get_stream(&opts.stream_name).await?;
+    let readable: Vec<RecordedEvent> = all_events(&store).await?.into_iter().filter(|e| !e.is_unreadable()).collect();
+    assert_eq!(readable.len() as i64, head - 1);
+    assert_eq!(stream.info().await?.state.messages as usize, readable.len(), "every other event is published");
+    for (i, e) in readable.iter().enumerate() {
+        let msg = stream.get_raw_message(i as u64 + 1).await?;
+        assert_eq!(
+            msg.headers.get("Ltmc-Position").map(|v| v.as_str().to_owned()),
+            Some(e.global_position.to_string())
+        );
+    }
+    relay.stop();
+    cleanup(&opts).await;
+    Ok(())
+}

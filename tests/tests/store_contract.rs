@@ -135,6 +135,28 @@ async fn migrations_are_idempotent_and_refuse_edits() -> anyhow::Result<()> {
     schema.drop().await
 }
 
+/// A schema already current is opened without the migration lock: 50 `ltmc run` at once used
+/// to queue on it one by one to find nothing to do.
+#[tokio::test]
+async fn opening_a_current_schema_takes_no_lock() -> anyhow::Result<()> {
+    let schema = PgSchema::new().await?;
+    let _first = schema.store().await?;
+    let holder = schema.client().await?;
+    holder.batch_execute("SELECT pg_advisory_lock(hashtext('ltmc.migrate.' || current_schema()))").await?;
+    let opened = tokio::time::timeout(std::time::Duration::from_secs(10), schema.store()).await;
+    assert!(opened.is_ok_and(|s| s.is_ok()), "opening a current schema waited for the migration lock");
+    // A schema that is not current (a migration's record removed) still waits for it.
+    holder
+        .batch_execute(
+            "DELETE FROM refinery_schema_history WHERE version = (SELECT max(version) FROM refinery_schema_history)",
+        )
+        .await?;
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(500), schema.store()).await;
+    assert!(waiting.is_err(), "a schema to migrate is migrated under the lock");
+    drop(holder);
+    schema.drop().await
+}
+
 #[tokio::test]
 async fn unreachable_postgres_is_unavailable() {
     let err = Store::open("postgres://nobody@127.0.0.1:1/none").await.err().expect("must fail");

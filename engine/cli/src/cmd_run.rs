@@ -241,7 +241,7 @@ pub(crate) async fn engine(store: &Store, config: &Config, workflow: &Workflow) 
 /// Prints the result, waits briefly for the relay to publish the run, brings the SQL views up to
 /// date, and picks the exit code.
 async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunState, json: bool) -> anyhow::Result<u8> {
-    sync(store, relay).await?;
+    sync(store, relay, None).await?;
     if json {
         println!("{}", term::json(serde_json::to_string_pretty(&summary(&state))?));
     } else if let Some(output) = &state.output {
@@ -254,21 +254,26 @@ async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunStat
     Ok(if state.status == RunStatus::Completed { exit::OK } else { exit::RUN_FAILED })
 }
 
-/// Brings the SQL views up to date and, with a relay, waits briefly for it to publish what this
-/// command appended.
-pub(crate) async fn sync(store: &Store, relay: Option<relay::RelayHandle>) -> anyhow::Result<()> {
-    if let Err(e) = ltmc_engine::projector::catch_up(store).await {
+/// Brings the SQL views up to `through` (the log's head now, when `None`: everything this
+/// command appended, memory writes included) and, with a relay, waits briefly for it to publish
+/// that far. Not further: events other processes append meanwhile are theirs to wait for (with
+/// 50 `ltmc run` at once, each one's catch-up chased the others' appends).
+pub(crate) async fn sync(store: &Store, relay: Option<relay::RelayHandle>, through: Option<i64>) -> anyhow::Result<()> {
+    let through = match through {
+        Some(p) => p,
+        None => store.head_position().await?,
+    };
+    if let Err(e) = ltmc_engine::projector::catch_up_to(store, through).await {
         let e = term::line(&e.to_string()).into_owned();
         eprintln!("warning: the SQL views were not updated ({e}); `ltmc projections follow` catches up");
     }
     if let Some(relay) = relay {
         // Give the relay (ours, or another process holding the lease) a moment to publish the
         // run, but never hang on NATS: stop waiting once it makes no progress for 2 s.
-        let head = store.head_position().await?;
         let (mut seen, mut progressed_at) = (-1, Instant::now());
         loop {
             let published = relay.published().max(store.checkpoint("relay").await?);
-            if published >= head {
+            if published >= through {
                 break;
             }
             if published > seen {

@@ -34,7 +34,7 @@ impl Ctx {
         // A refusal wrote nothing: there is nothing to project or relay.
         let state = self.sessions.execute(name, command, actor).await?;
         let relay = self.config.relay_options().map(|o| relay::spawn(self.store.clone(), o));
-        crate::cmd_run::sync(&self.store, relay).await?;
+        crate::cmd_run::sync(&self.store, relay, None).await?;
         Ok(state)
     }
 

@@ -19,8 +19,18 @@ pub const BATCH: usize = 500;
 
 /// Applies every event up to the log's head; returns the checkpoint.
 pub async fn catch_up(store: &Store) -> Result<i64, store::Error> {
+    catch_up_to(store, i64::MAX).await
+}
+
+/// Applies events until the views include position `through` (or the log's head, if it is
+/// lower); returns the checkpoint. What a command that appended waits for: its own events, not
+/// those other processes appended since, which their own commands or a projector apply.
+pub async fn catch_up_to(store: &Store, through: i64) -> Result<i64, store::Error> {
     loop {
         let from = store.views_checkpoint().await?;
+        if from >= through {
+            return Ok(from);
+        }
         let events = store.read_all(from, BATCH).await?;
         let Some(last) = events.last() else { return Ok(from) };
         let to = last.global_position;

@@ -25,6 +25,13 @@ pub(super) async fn migrate(config: &tokio_postgres::Config) -> Result<usize> {
                 .into(),
         ));
     }
+    // A current schema needs no lock: every process opening the store (each `ltmc run`) used
+    // to queue on it, one at a time, to find nothing to do.
+    if is_current(&client).await {
+        drop(client);
+        let _ = task.await;
+        return Ok(0);
+    }
     // One migrator at a time per schema; the others wait, then find nothing to do.
     client
         .batch_execute("SELECT pg_advisory_lock(hashtext('ltmc.migrate.' || current_schema()))")
@@ -40,6 +47,31 @@ pub(super) async fn migrate(config: &tokio_postgres::Config) -> Result<usize> {
         true => Error::Unavailable(format!("the connection was lost while migrating: {e}")),
         false => Error::Migration(e.to_string()),
     })
+}
+
+/// Whether the schema holds exactly the embedded migrations, each with its checksum: then there
+/// is nothing to apply and nothing to refuse. Anything else (no history table yet, a migration
+/// missing, edited or newer than this binary, a failed read) goes to refinery, under the lock,
+/// which applies or refuses as before.
+async fn is_current(client: &tokio_postgres::Client) -> bool {
+    let Ok(rows) = client.query("SELECT version::bigint, checksum FROM refinery_schema_history", &[]).await else {
+        return false;
+    };
+    let Ok(mut applied) = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<Vec<(i64, String)>, tokio_postgres::Error>>()
+    else {
+        return false;
+    };
+    let mut embedded: Vec<(i64, String)> = embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| (i64::from(m.version()), m.checksum().to_string()))
+        .collect();
+    applied.sort_unstable();
+    embedded.sort_unstable();
+    applied == embedded
 }
 
 /// Applies pending migrations to the database at `url`; returns how many were applied.
