@@ -46,19 +46,19 @@ pub(crate) async fn audit(verify: bool, json: bool) -> anyhow::Result<u8> {
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
     let report = ltmc_engine::audit::audit(&store, verify).await?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("{} events in {} streams", report.events, report.streams);
+        outln!("{} events in {} streams", report.events, report.streams);
         if verify && report.ok {
-            println!("every stream verifies: its hash chain is unbroken and it reaches its head record");
+            outln!("every stream verifies: its hash chain is unbroken and it reaches its head record");
         }
         for b in &report.broken {
             // A tampered row's stream id is not ours to print raw.
             let line = format!("DAMAGED: stream {}: {}", b.stream, b.damage.detail);
-            println!("{}", crate::term::line(&line));
+            outln!("{}", crate::term::line(&line));
         }
         if !report.ok && !verify {
-            println!("`ltmc audit --verify` checks every stream's hash chain and head record too");
+            outln!("`ltmc audit --verify` checks every stream's hash chain and head record too");
         }
     }
     Ok(if report.ok { exit::OK } else { exit::RUN_FAILED })

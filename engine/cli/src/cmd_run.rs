@@ -243,12 +243,12 @@ pub(crate) async fn engine(store: &Store, config: &Config, workflow: &Workflow) 
 async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunState, json: bool) -> anyhow::Result<u8> {
     sync(store, relay, None).await?;
     if json {
-        println!("{}", term::json(serde_json::to_string_pretty(&summary(&state))?));
+        outln!("{}", term::json(serde_json::to_string_pretty(&summary(&state))?));
     } else if let Some(output) = &state.output {
         match output {
             // Agents' output: printed as text for people (`--json` gives it exactly).
-            serde_json::Value::String(s) => println!("{}", term::block(s)),
-            other => println!("{}", term::json(serde_json::to_string_pretty(other)?)),
+            serde_json::Value::String(s) => outln!("{}", term::block(s)),
+            other => outln!("{}", term::json(serde_json::to_string_pretty(other)?)),
         }
     }
     Ok(if state.status == RunStatus::Completed { exit::OK } else { exit::RUN_FAILED })

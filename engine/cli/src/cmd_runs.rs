@@ -98,9 +98,9 @@ pub(crate) async fn list(limit: usize, json: bool) -> anyhow::Result<u8> {
         }));
     }
     if json {
-        println!("{}", term::json(serde_json::to_string_pretty(&rows)?));
+        outln!("{}", term::json(serde_json::to_string_pretty(&rows)?));
     } else {
-        println!("{:<38} {:<24} {:<10} {:>9} STARTED", "RUN", "WORKFLOW", "STATUS", "STEPS");
+        outln!("{:<38} {:<24} {:<10} {:>9} STARTED", "RUN", "WORKFLOW", "STATUS", "STEPS");
         for r in &rows {
             let row = format!(
                 "{:<38} {:<24} {:<10} {:>9} {}",
@@ -110,7 +110,7 @@ pub(crate) async fn list(limit: usize, json: bool) -> anyhow::Result<u8> {
                 if r["steps"].is_null() { "-".to_owned() } else { format!("{}/{}", r["steps_completed"], r["steps"]) },
                 r["started_at"].as_str().unwrap_or(""),
             );
-            println!("{}", term::line(&row));
+            outln!("{}", term::line(&row));
         }
     }
     Ok(exit::OK)
@@ -122,7 +122,7 @@ pub(crate) async fn status(run_id: &str, json: bool) -> anyhow::Result<u8> {
     let state = engine.load(&run_id).await?;
     let s = summary(&state);
     if json {
-        println!("{}", term::json(serde_json::to_string_pretty(&s)?));
+        outln!("{}", term::json(serde_json::to_string_pretty(&s)?));
         return Ok(exit::OK);
     }
     // Failures quote agents' stderr and facts come from agents: every line is escaped.
@@ -157,7 +157,7 @@ pub(crate) async fn status(run_id: &str, json: bool) -> anyhow::Result<u8> {
         ));
     }
     for l in &lines {
-        println!("{}", term::line(l));
+        outln!("{}", term::line(l));
     }
     Ok(exit::OK)
 }

@@ -114,7 +114,7 @@ fn session_json(s: &SessionState) -> Value {
 
 fn print_session(s: &SessionState, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", term::json(serde_json::to_string_pretty(&session_json(s))?));
+        outln!("{}", term::json(serde_json::to_string_pretty(&session_json(s))?));
         return Ok(());
     }
     // Roles, descriptions and writers were checked when written, but the rows are not ours.
@@ -131,7 +131,7 @@ fn print_session(s: &SessionState, json: bool) -> anyhow::Result<()> {
         lines.push(format!("memory   {key} v{} by {} at position {}", e.version, e.writer, e.position));
     }
     for l in &lines {
-        println!("{}", term::line(l));
+        outln!("{}", term::line(l));
     }
     Ok(())
 }
@@ -152,9 +152,9 @@ async fn list(ctx: &Ctx, limit: usize, json: bool) -> anyhow::Result<u8> {
         }));
     }
     if json {
-        println!("{}", term::json(serde_json::to_string_pretty(&rows)?));
+        outln!("{}", term::json(serde_json::to_string_pretty(&rows)?));
     } else {
-        println!("{:<24} {:<8} {:>6} {:>6}  UPDATED", "SESSION", "STATUS", "AGENTS", "KEYS");
+        outln!("{:<24} {:<8} {:>6} {:>6}  UPDATED", "SESSION", "STATUS", "AGENTS", "KEYS");
         for r in &rows {
             let row = format!(
                 "{:<24} {:<8} {:>6} {:>6}  {}",
@@ -164,7 +164,7 @@ async fn list(ctx: &Ctx, limit: usize, json: bool) -> anyhow::Result<u8> {
                 r["keys"].to_string(),
                 r["updated_at"].as_str().unwrap_or("")
             );
-            println!("{}", term::line(&row));
+            outln!("{}", term::line(&row));
         }
     }
     Ok(exit::OK)
@@ -240,9 +240,9 @@ pub(crate) async fn memory(action: MemoryAction, json: bool) -> anyhow::Result<u
             let value = entry.value.clone().unwrap_or(Value::Null);
             if json {
                 let out = json!({"key": key, "value": value, "version": entry.version, "writer": entry.writer, "position": entry.position});
-                println!("{}", term::json(serde_json::to_string_pretty(&out)?));
+                outln!("{}", term::json(serde_json::to_string_pretty(&out)?));
             } else {
-                println!("{}", term::json(serde_json::to_string_pretty(&value)?));
+                outln!("{}", term::json(serde_json::to_string_pretty(&value)?));
             }
             Ok(exit::OK)
         }
@@ -254,9 +254,9 @@ pub(crate) async fn memory(action: MemoryAction, json: bool) -> anyhow::Result<u
                 .filter_map(|(k, e)| e.value.as_ref().map(|v| json!({"key": k, "version": e.version, "writer": e.writer, "position": e.position, "value": v})))
                 .collect();
             if json {
-                println!("{}", term::json(serde_json::to_string_pretty(&rows)?));
+                outln!("{}", term::json(serde_json::to_string_pretty(&rows)?));
             } else {
-                println!("{:<32} {:>7} {:<16} VALUE", "KEY", "VERSION", "WRITER");
+                outln!("{:<32} {:>7} {:<16} VALUE", "KEY", "VERSION", "WRITER");
                 for r in &rows {
                     let row = format!(
                         "{:<32} {:>7} {:<16} {}",
@@ -265,7 +265,7 @@ pub(crate) async fn memory(action: MemoryAction, json: bool) -> anyhow::Result<u
                         r["writer"].as_str().unwrap_or(""),
                         shorten(&r["value"].to_string(), 60)
                     );
-                    println!("{}", term::line(&row));
+                    outln!("{}", term::line(&row));
                 }
             }
             Ok(exit::OK)
@@ -289,7 +289,7 @@ async fn write(
     let state = open().await?.execute(session, command, &writer).await?;
     let version = state.key_version(&key);
     if json {
-        println!(
+        outln!(
             "{}",
             json!({"session": session, "key": key, "version": version, "position": state.memory.get(&key).map(|e| e.position)})
         );
@@ -320,9 +320,9 @@ async fn history(ctx: &Ctx, session: &str, key: Option<&str>, json: bool) -> any
         }));
     }
     if json {
-        println!("{}", term::json(serde_json::to_string_pretty(&rows)?));
+        outln!("{}", term::json(serde_json::to_string_pretty(&rows)?));
     } else {
-        println!("{:>9} {:<27} {:<24} {:<6} {:>7} {:<16} VALUE", "POSITION", "AT", "KEY", "OP", "VERSION", "WRITER");
+        outln!("{:>9} {:<27} {:<24} {:<6} {:>7} {:<16} VALUE", "POSITION", "AT", "KEY", "OP", "VERSION", "WRITER");
         for r in &rows {
             let row = format!(
                 "{:>9} {:<27} {:<24} {:<6} {:>7} {:<16} {}",
@@ -338,7 +338,7 @@ async fn history(ctx: &Ctx, session: &str, key: Option<&str>, json: bool) -> any
                     shorten(&r["value"].to_string(), 60)
                 }
             );
-            println!("{}", term::line(&row));
+            outln!("{}", term::line(&row));
         }
     }
     Ok(exit::OK)

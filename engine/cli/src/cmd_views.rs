@@ -18,9 +18,9 @@ pub(crate) async fn status(json: bool) -> anyhow::Result<u8> {
     let s = projector::status(&store).await?;
     if json {
         let views: Vec<&str> = ltmc_projections::all().iter().map(|p| p.name()).collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"views": views, "status": s}))?);
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"views": views, "status": s}))?);
     } else {
-        println!("{:<12} {:>12} {:>12} {:>8}  HEALTH", "VIEW", "CHECKPOINT", "HEAD", "LAG");
+        outln!("{:<12} {:>12} {:>12} {:>8}  HEALTH", "VIEW", "CHECKPOINT", "HEAD", "LAG");
         let since = s
             .updated_at
             .map(|t| format!(" (checkpoint last moved {})", t.format("%Y-%m-%dT%H:%M:%SZ")))
@@ -31,7 +31,7 @@ pub(crate) async fn status(json: bool) -> anyhow::Result<u8> {
                 "catching_up" => "catching up".to_owned(),
                 _ => format!("STALLED{since}: no projector is applying events; `ltmc projections follow` catches up"),
             };
-            println!("{:<12} {:>12} {:>12} {:>8}  {health}", p.name(), s.checkpoint, s.head, s.lag);
+            outln!("{:<12} {:>12} {:>12} {:>8}  {health}", p.name(), s.checkpoint, s.head, s.lag);
         }
     }
     Ok(exit::OK)
@@ -98,9 +98,9 @@ pub(crate) async fn metrics(json: bool, prometheus: bool) -> anyhow::Result<u8> 
     projector::catch_up(&store).await?;
     let m = ltmc_engine::metrics::read(&store).await?;
     if prometheus {
-        print!("{}", ltmc_engine::metrics::prometheus(&m));
+        out!("{}", ltmc_engine::metrics::prometheus(&m));
     } else if json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        outln!("{}", serde_json::to_string_pretty(&m)?);
     } else {
         let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3} ms"));
         let rows: [(&str, String); 13] = [
@@ -119,7 +119,7 @@ pub(crate) async fn metrics(json: bool, prometheus: bool) -> anyhow::Result<u8> 
             ("consensus_disagreements", m.consensus_disagreements.to_string()),
         ];
         for (k, v) in rows {
-            println!("{k:<26} {v}");
+            outln!("{k:<26} {v}");
         }
     }
     Ok(exit::OK)

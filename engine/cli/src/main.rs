@@ -3,6 +3,17 @@
 //! Data goes to stdout (`--json` for machines), progress and logs to stderr. Exit codes:
 //! 0 ok, 1 the run failed, 2 bad input, 3 a backend (database, NATS) is unavailable.
 
+/// `println!` for data on stdout: a closed stdout ends the command quietly ([`term::out`]).
+macro_rules! outln {
+    () => { $crate::term::out(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::term::out(format_args!($($arg)*), true) };
+}
+
+/// `print!` for data on stdout, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::term::out(format_args!($($arg)*), false) };
+}
+
 mod args;
 mod bench;
 mod cmd_admin;

@@ -74,6 +74,23 @@ pub(crate) fn short(text: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}… ({count} characters)", line(&head)))
 }
 
+/// Writes to stdout; a closed stdout (`ltmc runs | head -1`, once `head` has exited) ends the
+/// command quietly with exit 0, as `cat` or `git log` do, instead of a panic. Called through
+/// `outln!` and `out!`. Whatever the command did is done by the time it prints.
+pub(crate) fn out(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| if newline { stdout.write_all(b"\n") } else { Ok(()) });
+    match written.and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

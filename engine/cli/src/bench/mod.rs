@@ -309,11 +309,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
             .iter()
             .map(|r| json!({"backend": r.backend, "workload": r.workload, "unit": r.unit, "ltmc": r.ltmc, "raw": r.raw, "ratio": r.ltmc / r.raw}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("{:<20} {:<36} {:>12} {:>12} {:>7}", "BACKEND", "WORKLOAD (median)", "LTMC", "RAW", "RATIO");
+        outln!("{:<20} {:<36} {:>12} {:>12} {:>7}", "BACKEND", "WORKLOAD (median)", "LTMC", "RAW", "RATIO");
         for r in &rows {
-            println!(
+            outln!(
                 "{:<20} {:<36} {:>9.3} {} {:>9.3} {} {:>6.2}x",
                 r.backend,
                 r.workload,

@@ -12,9 +12,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Statement;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Statement};
 use uuid::Uuid;
 
 use crate::store::Error;
@@ -83,10 +83,10 @@ pub(super) struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts the committer on its own task with its own connection (made on first use).
-    pub(super) fn start(config: tokio_postgres::Config) -> GroupCommitter {
+    /// Starts the committer on its own task; it takes a connection from `pool` for each group.
+    pub(super) fn start(pool: deadpool_postgres::Pool) -> GroupCommitter {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(config, rx));
+        tokio::spawn(run(pool, rx));
         GroupCommitter { tx }
     }
 
@@ -101,21 +101,17 @@ impl GroupCommitter {
 }
 
 struct Conn {
-    client: tokio_postgres::Client,
+    client: deadpool_postgres::Object,
     stmt: Statement,
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Result<Conn, Error> {
-    let (client, conn) = config.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let stmt = client.prepare(APPEND_SQL).await.map_err(super::db_err)?;
+async fn connect(pool: &deadpool_postgres::Pool) -> Result<Conn, Error> {
+    let client = pool.get().await.map_err(super::pool_err)?;
+    let stmt = client.prepare_cached(APPEND_SQL).await.map_err(super::db_err)?;
     Ok(Conn { client, stmt })
 }
 
-async fn run(config: tokio_postgres::Config, mut rx: mpsc::UnboundedReceiver<Request>) {
-    let mut conn: Option<Conn> = None;
+async fn run(pool: deadpool_postgres::Pool, mut rx: mpsc::UnboundedReceiver<Request>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -124,21 +120,22 @@ async fn run(config: tokio_postgres::Config, mut rx: mpsc::UnboundedReceiver<Req
                 Err(_) => break,
             }
         }
-        if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-            conn = match connect(&config).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    for r in group {
-                        let _ = r.reply.send(Err(Failure::Store(Error::Unavailable(e.to_string()))));
-                    }
-                    continue;
+        // A pooled connection per group, not one of its own for the process's life: a process
+        // that appends and reads in turn (one `ltmc run`) then opens one connection instead of
+        // two, and a new Postgres connection costs the server milliseconds of CPU (about 190
+        // a second on this machine's two cores: docs/benchmarks.md).
+        let c = match connect(&pool).await {
+            Ok(c) => c,
+            Err(e) => {
+                for r in group {
+                    let _ = r.reply.send(Err(Failure::Store(Error::Unavailable(e.to_string()))));
                 }
-            };
-        }
-        let Some(c) = conn.as_ref() else { continue };
-        if group.len() == 1 || !commit_group(c, &mut group).await {
+                continue;
+            }
+        };
+        if group.len() == 1 || !commit_group(&c, &mut group).await {
             for r in group {
-                let answer = alone(c, &r.call).await;
+                let answer = alone(&c, &r.call).await;
                 let _ = r.reply.send(answer);
             }
         }

@@ -17,17 +17,9 @@ pub(super) async fn migrate(config: &tokio_postgres::Config) -> Result<usize> {
     let task = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let schema: Option<String> = client.query_one("SELECT current_schema()", &[]).await.map_err(db_err)?.get(0);
-    if schema.is_none() {
-        return Err(Error::Invalid(
-            "the database URL's search_path names no existing schema; create it first (CREATE SCHEMA name) \
-             or drop the search_path option to use public"
-                .into(),
-        ));
-    }
     // A current schema needs no lock: every process opening the store (each `ltmc run`) used
     // to queue on it, one at a time, to find nothing to do.
-    if is_current(&client).await {
+    if check(&client).await?.1 {
         drop(client);
         let _ = task.await;
         return Ok(0);
@@ -47,6 +39,20 @@ pub(super) async fn migrate(config: &tokio_postgres::Config) -> Result<usize> {
         true => Error::Unavailable(format!("the connection was lost while migrating: {e}")),
         false => Error::Migration(e.to_string()),
     })
+}
+
+/// The schema the tables live in (the first of the `search_path`), and whether it is current
+/// ([`is_current`]). Refused when the `search_path` names no existing schema.
+pub(super) async fn check(client: &tokio_postgres::Client) -> Result<(String, bool)> {
+    let schema: Option<String> = client.query_one("SELECT current_schema()", &[]).await.map_err(db_err)?.get(0);
+    let Some(schema) = schema else {
+        return Err(Error::Invalid(
+            "the database URL's search_path names no existing schema; create it first (CREATE SCHEMA name) \
+             or drop the search_path option to use public"
+                .into(),
+        ));
+    };
+    Ok((schema, is_current(client).await))
 }
 
 /// Whether the schema holds exactly the embedded migrations, each with its checksum: then there

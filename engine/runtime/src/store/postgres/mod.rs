@@ -98,13 +98,19 @@ impl PgStore {
     pub async fn open(url: &str) -> Result<PgStore> {
         let config = tokio_postgres::Config::from_str(url)
             .map_err(|e| Error::Invalid(format!("database URL is not a valid postgres URL: {e}")))?;
-        // A connection terminated while opening is replaced: a few quick tries, as for reads.
-        crate::store::retry_unavailable(crate::store::READ_TRIES, || migrate(&config)).await?;
         let pool = pool(&config, 16)?;
-        let client = pool.get().await.map_err(pool_err)?;
-        let schema: Option<String> = client.query_one("SELECT current_schema()", &[]).await.map_err(db_err)?.get(0);
-        let schema = schema.ok_or_else(|| Error::Invalid("the search_path names no existing schema".into()))?;
-        drop(client);
+        // A connection terminated while opening is replaced: a few quick tries, as for reads.
+        // The schema is checked on the pool's first connection, which then serves the process's
+        // reads and appends: a current schema costs no connection of its own.
+        let schema = crate::store::retry_unavailable(crate::store::READ_TRIES, || async {
+            let client = pool.get().await.map_err(pool_err)?;
+            let (schema, current) = migrate::check(&client).await?;
+            if !current {
+                migrate(&config).await?;
+            }
+            Ok(schema)
+        })
+        .await?;
         Ok(PgStore::with(pool, config, schema))
     }
 
@@ -120,8 +126,8 @@ impl PgStore {
     fn with(pool: Pool, config: tokio_postgres::Config, schema: String) -> PgStore {
         PgStore {
             inner: Arc::new(Inner {
+                committer: GroupCommitter::start(pool.clone()),
                 pool,
-                committer: GroupCommitter::start(config.clone()),
                 config,
                 schema,
                 heads: HeadCache::default(),
