@@ -6,6 +6,7 @@
 //!   inserting as many rows as the run wrote, 500 rows per commit.
 //! - A1/A10/A100: one append of 1, 10 or 100 events vs one transaction inserting as many rows.
 //! - C100, W3 and K50 (worker steps over NATS): see `concurrency.rs`.
+//! - P500 (`--processes`): W3 as 500 `ltmc run` processes, see `processes.rs`.
 //!
 //! Every figure is the median of `--repeat` repetitions.
 
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use crate::exit::{self, BadInput};
 
 mod concurrency;
+mod processes;
 mod raw;
 mod views;
 
@@ -55,6 +57,13 @@ pub(crate) struct Args {
     /// Events in the log for the rebuild workload.
     #[arg(long, default_value_t = 1_000_000)]
     views_events: usize,
+    /// Only P500: 500 `ltmc run` processes of W3's workflow, 50 at once, beside as many
+    /// processes making its durable commits on a raw connection.
+    #[arg(long, conflicts_with = "views")]
+    processes: bool,
+    /// The raw side of P500, run by `--processes` in each child: commit to this database.
+    #[arg(long, hide = true)]
+    raw_child: Option<String>,
 }
 
 pub(super) struct Row {
@@ -276,11 +285,59 @@ async fn postgres(url: &str, relay: bool, how: &How<'_>, rows: &mut Vec<Row>) ->
     result
 }
 
+async fn processes_sqlite(repeat: usize) -> anyhow::Result<Row> {
+    let dir = tempfile::tempdir().context("creating a scratch directory")?;
+    let raw = dir.path().join("raw.db");
+    rusqlite::Connection::open(&raw)?.execute_batch(
+        "PRAGMA journal_mode = WAL; CREATE TABLE bench_raw (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);",
+    )?;
+    let database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let raw_url = raw.display().to_string();
+    let target = processes::Target { backend: "sqlite", database_url: &database_url, raw_url: &raw_url, nats: None };
+    processes::measure(&target, dir.path(), repeat).await
+}
+
+async fn processes_postgres(url: &str, nats: Option<&str>, repeat: usize) -> anyhow::Result<Row> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "DROP SCHEMA IF EXISTS ltmc_bench CASCADE; CREATE SCHEMA ltmc_bench; \
+             CREATE TABLE ltmc_bench.bench_raw (id bigserial PRIMARY KEY, payload jsonb NOT NULL);",
+        )
+        .await?;
+    let dir = tempfile::tempdir().context("creating a scratch directory")?;
+    let schema_url = url_with_schema(url, "ltmc_bench");
+    let js = match nats {
+        Some(n) => Some(async_nats_connect(n).await?),
+        None => None,
+    };
+    if let Some(js) = &js {
+        let _ = js.delete_stream("LTMC_BENCH").await;
+    }
+    let target = processes::Target {
+        backend: if nats.is_some() { "postgres+jetstream" } else { "postgres" },
+        database_url: &schema_url,
+        raw_url: &schema_url,
+        nats: nats.map(|n| (n, "LTMC_BENCH", "ltmc.bench")),
+    };
+    let result = processes::measure(&target, dir.path(), repeat).await;
+    if let Some(js) = &js {
+        let _ = js.delete_stream("LTMC_BENCH").await;
+    }
+    client.batch_execute("DROP SCHEMA IF EXISTS ltmc_bench CASCADE").await?;
+    result
+}
+
 async fn async_nats_connect(url: &str) -> anyhow::Result<ltmc_engine::relay::JetStream> {
     ltmc_engine::relay::jetstream(url).await.with_context(|| format!("connecting to NATS at {url}"))
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
+    if let Some(url) = &args.raw_child {
+        processes::raw_child(url).await?;
+        return Ok(exit::OK);
+    }
     if args.repeat == 0 || args.repeat > 1000 {
         return Err(BadInput("--repeat must be between 1 and 1000".into()).into());
     }
@@ -296,11 +353,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
     }
     let how = How { nats: &args.nats, views, repeat: args.repeat };
     let mut rows = Vec::new();
-    if do_sqlite {
+    if args.processes {
+        if do_sqlite {
+            eprintln!("measuring P500 on sqlite ({} repetitions)…", args.repeat);
+            rows.push(processes_sqlite(args.repeat).await?);
+        }
+        if do_pg {
+            eprintln!("measuring P500 on postgres ({} repetitions)…", args.repeat);
+            rows.push(
+                processes_postgres(&args.postgres, (!args.without_relay).then_some(&*args.nats), args.repeat).await?,
+            );
+        }
+    } else if do_sqlite {
         eprintln!("measuring sqlite ({} repetitions)…", args.repeat);
         sqlite(&how, &mut rows).await?;
     }
-    if do_pg {
+    if do_pg && !args.processes {
         eprintln!("measuring postgres + jetstream ({} repetitions)…", args.repeat);
         postgres(&args.postgres, !args.without_relay, &how, &mut rows).await?;
     }
