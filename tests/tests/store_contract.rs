@@ -157,6 +157,38 @@ async fn opening_a_current_schema_takes_no_lock() -> anyhow::Result<()> {
     schema.drop().await
 }
 
+/// The LISTEN connection comes back: once it is terminated, appends wake subscribers again
+/// (they used to be left polling every 250 ms for the rest of the process).
+#[tokio::test]
+async fn wake_ups_come_back_after_the_listener_is_terminated() -> anyhow::Result<()> {
+    let schema = PgSchema::new().await?;
+    let store = schema.store().await?;
+    let mut wake = store.wake().await?;
+    store.append(&format!("thing-{}", ltmc_tests::unique()), ExpectedVersion::NoStream, &[ev(0)]).await?;
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), wake.recv()).await;
+    assert!(first.is_ok_and(|r| r.is_ok()), "an append wakes a subscriber");
+    let listen = format!("LISTEN \"ltmc_events_{}\"", schema.name);
+    let admin = schema.client().await?;
+    let killed =
+        admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1", &[&listen]).await?;
+    assert_eq!(killed.len(), 1, "one listening connection");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        store.append(&format!("thing-{}", ltmc_tests::unique()), ExpectedVersion::NoStream, &[ev(1)]).await?;
+        if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_millis(200), wake.recv()).await {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no wake-up within 10 s of the listener's termination");
+    }
+    // And it listens again: a later append wakes it too.
+    while wake.try_recv().is_ok() {}
+    store.append(&format!("thing-{}", ltmc_tests::unique()), ExpectedVersion::NoStream, &[ev(2)]).await?;
+    let again = tokio::time::timeout(std::time::Duration::from_secs(5), wake.recv()).await;
+    assert!(again.is_ok_and(|r| r.is_ok()), "appends wake it after the reconnect");
+    drop(store);
+    schema.drop().await
+}
+
 #[tokio::test]
 async fn unreachable_postgres_is_unavailable() {
     let err = Store::open("postgres://nobody@127.0.0.1:1/none").await.err().expect("must fail");

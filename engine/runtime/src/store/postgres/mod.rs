@@ -49,8 +49,82 @@ struct Inner {
 }
 
 struct Listener {
-    _client: tokio_postgres::Client,
     tx: broadcast::Sender<i64>,
+    /// While it lives, the listening task keeps (or gets back) its connection; dropped with the
+    /// store, it ends the task and closes the connection.
+    _alive: tokio::sync::oneshot::Sender<()>,
+}
+
+type PgConnection = tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+
+/// A connection listening on `channel`.
+async fn listen(config: &tokio_postgres::Config, channel: &str) -> Result<(tokio_postgres::Client, PgConnection)> {
+    let (client, mut conn) = config.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+    // The LISTEN's answer arrives through the connection, which nobody polls yet: drive both.
+    let sql = format!("LISTEN \"{channel}\"");
+    {
+        let listening = client.batch_execute(&sql);
+        tokio::pin!(listening);
+        let polled = futures::future::poll_fn(|cx| {
+            while let std::task::Poll::Ready(Some(_)) = conn.poll_message(cx) {}
+            listening.as_mut().poll(cx)
+        });
+        polled.await.map_err(db_err)?;
+    }
+    Ok((client, conn))
+}
+
+/// Forwards notifications to `tx` as wake-ups. When the connection ends (terminated, a server
+/// restart), makes a new one, waiting 50 ms, then twice as long each time up to 2 s, and wakes
+/// every subscriber once it listens again: whatever was appended meanwhile is read then, not at
+/// their next poll. Ends when the store is dropped (`dropped` resolves).
+async fn keep_listening(
+    config: tokio_postgres::Config,
+    channel: String,
+    mut client: tokio_postgres::Client,
+    mut conn: PgConnection,
+    tx: broadcast::Sender<i64>,
+    mut dropped: tokio::sync::oneshot::Receiver<()>,
+) {
+    use futures::StreamExt;
+    loop {
+        {
+            let mut messages = futures::stream::poll_fn(|cx| conn.poll_message(cx));
+            loop {
+                tokio::select! {
+                    _ = &mut dropped => return,
+                    msg = messages.next() => match msg {
+                        // The payload is the last position; only the wake-up matters to
+                        // subscribers, who read from where they are.
+                        Some(Ok(AsyncMessage::Notification(n))) => {
+                            let _ = tx.send(n.payload().parse().unwrap_or(i64::MAX));
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    },
+                }
+            }
+        }
+        drop(client);
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            tokio::select! {
+                _ = &mut dropped => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match listen(&config, &channel).await {
+                Ok((c, cn)) => {
+                    (client, conn) = (c, cn);
+                    let _ = tx.send(i64::MAX);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the Postgres listener cannot reconnect; retrying in {delay:?}");
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        }
+    }
 }
 
 pub(crate) fn db_err(e: tokio_postgres::Error) -> Error {
@@ -427,22 +501,14 @@ impl EventStore for PgStore {
             .inner
             .listener
             .get_or_try_init(|| async {
-                let (client, mut conn) =
-                    self.inner.config.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
-                let (tx, _) = broadcast::channel(1024);
-                let sender = tx.clone();
-                tokio::spawn(async move {
-                    use futures::StreamExt;
-                    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-                    while let Some(Ok(msg)) = messages.next().await {
-                        if let AsyncMessage::Notification(n) = msg {
-                            let _ = sender.send(n.payload().parse().unwrap_or(0));
-                        }
-                    }
-                });
                 let channel = format!("ltmc_events_{}", self.inner.schema).replace('"', "\"\"");
-                client.batch_execute(&format!("LISTEN \"{channel}\"")).await.map_err(db_err)?;
-                Ok::<_, Error>(Listener { _client: client, tx })
+                // The first connection is made here, so a server that cannot be reached is the
+                // caller's error; later ones by the listening task, which outlives them.
+                let (client, conn) = listen(&self.inner.config, &channel).await?;
+                let (tx, _) = broadcast::channel(1024);
+                let (alive, dropped) = tokio::sync::oneshot::channel();
+                tokio::spawn(keep_listening(self.inner.config.clone(), channel, client, conn, tx.clone(), dropped));
+                Ok::<_, Error>(Listener { tx, _alive: alive })
             })
             .await?;
         Ok(listener.tx.subscribe())
