@@ -189,6 +189,60 @@ async fn wake_ups_come_back_after_the_listener_is_terminated() -> anyhow::Result
     schema.drop().await
 }
 
+/// `url` with its user replaced by `role`.
+fn as_role(url: &str, role: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{role}@{host}")
+}
+
+/// A server with no connection to spare (53300) is waited out when the store is opened, rather
+/// than failing the command: here the role's CONNECTION LIMIT is taken for 3 s.
+#[tokio::test]
+async fn opening_waits_for_a_connection_to_spare() -> anyhow::Result<()> {
+    let schema = PgSchema::new().await?;
+    let role = format!("ltmct_role_{}", ltmc_tests::unique());
+    let admin = schema.client().await?;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN CONNECTION LIMIT 2; GRANT ALL ON SCHEMA \"{}\" TO {role}",
+            schema.name
+        ))
+        .await?;
+    let url = store::postgres::url_with_schema(&as_role(&ltmc_tests::pg_url(), &role), &schema.name);
+    drop(Store::open(&url).await?); // migrated by the role, which then owns the tables
+    let gone = ltmc_tests::eventually(std::time::Duration::from_secs(10), || async {
+        let n: i64 = admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&role])
+            .await
+            .map_or(1, |r| r.get(0));
+        n == 0
+    })
+    .await;
+    assert!(gone, "the first store's connections closed");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        held.push(client);
+    }
+    let started = std::time::Instant::now();
+    let opening = tokio::spawn({
+        let url = url.clone();
+        async move { Store::open(&url).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    held.pop();
+    let opened = opening.await?;
+    assert!(opened.is_ok(), "opening waited for a connection: {:?}", opened.err());
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3));
+    drop(opened);
+    drop(held);
+    schema.drop().await?;
+    let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn unreachable_postgres_is_unavailable() {
     let err = Store::open("postgres://nobody@127.0.0.1:1/none").await.err().expect("must fail");

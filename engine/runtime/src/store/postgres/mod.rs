@@ -152,6 +152,13 @@ fn connection_lost(code: &tokio_postgres::error::SqlState) -> bool {
         || code.code().starts_with("08")
 }
 
+/// How long opening a store waits for a server with no connection to spare.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How [`db_err`] begins the message of SQLSTATE 53300 (too many clients, or too many
+/// connections for the role).
+const TOO_MANY_CONNECTIONS: &str = "53300:";
+
 /// A pool of at most `size` connections made with `config`.
 fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
     let manager =
@@ -176,15 +183,39 @@ impl PgStore {
         // A connection terminated while opening is replaced: a few quick tries, as for reads.
         // The schema is checked on the pool's first connection, which then serves the process's
         // reads and appends: a current schema costs no connection of its own.
-        let schema = crate::store::retry_unavailable(crate::store::READ_TRIES, || async {
-            let client = pool.get().await.map_err(pool_err)?;
-            let (schema, current) = migrate::check(&client).await?;
-            if !current {
-                migrate(&config).await?;
+        let open = || {
+            crate::store::retry_unavailable(crate::store::READ_TRIES, || async {
+                let client = pool.get().await.map_err(pool_err)?;
+                let (schema, current) = migrate::check(&client).await?;
+                if !current {
+                    migrate(&config).await?;
+                }
+                Ok(schema)
+            })
+        };
+        // A server with no connection to spare (53300: `max_connections`, or the role's
+        // `CONNECTION LIMIT`) is waited out for a while: many `ltmc` processes started at once
+        // then queue instead of failing. A server that is down is still reported promptly.
+        let started = std::time::Instant::now();
+        let mut delay = std::time::Duration::from_millis(200);
+        let schema = loop {
+            match open().await {
+                Err(Error::Unavailable(m)) if m.starts_with(TOO_MANY_CONNECTIONS) => {
+                    if started.elapsed() >= BUSY_WAIT {
+                        return Err(Error::Unavailable(format!(
+                            "Postgres has no connection to spare after {} s of trying ({m}); raise \
+                             max_connections (or the role's CONNECTION LIMIT), run fewer ltmc processes at once, or \
+                             put a pooler such as PgBouncer in front of Postgres",
+                            BUSY_WAIT.as_secs()
+                        )));
+                    }
+                    tracing::warn!(error = %m, "Postgres has no connection to spare; trying again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+                other => break other?,
             }
-            Ok(schema)
-        })
-        .await?;
+        };
         Ok(PgStore::with(pool, config, schema))
     }
 
