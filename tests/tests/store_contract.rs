@@ -247,6 +247,25 @@ async fn opening_waits_for_a_connection_to_spare() -> anyhow::Result<()> {
 async fn unreachable_postgres_is_unavailable() {
     let err = Store::open("postgres://nobody@127.0.0.1:1/none").await.err().expect("must fail");
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    // It says where, and why.
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1") && text.contains("database none") && text.contains("refused"), "{text}");
+}
+
+/// An unknown role or database is a store that cannot be opened, named.
+#[tokio::test]
+async fn an_unknown_role_or_database_is_named() {
+    let host = ltmc_tests::pg_url();
+    let host = host.split_once('@').map_or("127.0.0.1:5432/test", |(_, h)| h).split('/').next().unwrap_or("");
+    for (url, needle) in [
+        (format!("postgres://ltmct_nobody@{host}/test"), "role \"ltmct_nobody\" does not exist"),
+        (format!("postgres://postgres@{host}/ltmct_no_database"), "database \"ltmct_no_database\" does not exist"),
+    ] {
+        let err = Store::open(&url).await.err().expect("must fail");
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(needle) && text.contains(host), "{text}");
+    }
 }
 
 #[tokio::test]

@@ -129,7 +129,7 @@ async fn keep_listening(
 
 pub(crate) fn db_err(e: tokio_postgres::Error) -> Error {
     if e.is_closed() || e.as_db_error().is_none() && e.to_string().contains("connect") {
-        Error::Unavailable(e.to_string())
+        Error::Unavailable(with_causes(&e))
     } else {
         match e.as_db_error() {
             Some(db) if connection_lost(db.code()) => {
@@ -141,6 +141,38 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> Error {
     }
 }
 
+/// `e` and its causes: "error connecting to server: Connection refused (os error 111)", not
+/// just the first part.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Where `config` points, for messages: `Postgres at HOST:PORT, database D, user U`.
+fn target(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, p)| match h {
+            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{p}", path.display()),
+        })
+        .collect();
+    let hosts = if hosts.is_empty() { "localhost:5432".to_owned() } else { hosts.join(",") };
+    let user = config.get_user().unwrap_or("(the OS user)");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("Postgres at {hosts}, database {db}, user {user}")
+}
+
 /// Errors that say the connection or the server went away, not that the statement was wrong:
 /// a terminated backend (`pg_terminate_backend`, 57P01), a server shutting down or starting up
 /// (57P02, 57P03), a connection exception (class 08), too many clients (53300). Whatever was
@@ -150,6 +182,19 @@ fn connection_lost(code: &tokio_postgres::error::SqlState) -> bool {
     use tokio_postgres::error::SqlState as S;
     [S::ADMIN_SHUTDOWN, S::CRASH_SHUTDOWN, S::CANNOT_CONNECT_NOW, S::TOO_MANY_CONNECTIONS].contains(code)
         || code.code().starts_with("08")
+}
+
+/// An error opening the store, saying where: a server that cannot be reached, an unknown role
+/// (28xxx) or database (3D000) is a store that cannot be opened (exit 3), and names the host,
+/// port, database and user it tried.
+fn opening_err(config: &tokio_postgres::Config, e: Error) -> Error {
+    match e {
+        Error::Unavailable(m) => Error::Unavailable(format!("{}: {m}", target(config))),
+        Error::Backend(m) if m.starts_with("28") || m.starts_with("3D000") => {
+            Error::Unavailable(format!("{}: {m}", target(config)))
+        }
+        other => other,
+    }
 }
 
 /// How long opening a store waits for a server with no connection to spare.
@@ -213,7 +258,8 @@ impl PgStore {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(std::time::Duration::from_secs(2));
                 }
-                other => break other?,
+                Err(e) => return Err(opening_err(&config, e)),
+                Ok(schema) => break schema,
             }
         };
         Ok(PgStore::with(pool, config, schema))
