@@ -43,7 +43,7 @@ pub(crate) async fn relay() -> anyhow::Result<u8> {
 
 pub(crate) async fn audit(verify: bool, json: bool) -> anyhow::Result<u8> {
     let config = Config::from_env()?;
-    let store = Store::open(&config.database_url).await.context("opening the event store")?;
+    let store = crate::open::for_reading(&config).await?;
     let report = ltmc_engine::audit::audit(&store, verify).await?;
     if json {
         outln!("{}", serde_json::to_string(&report)?);

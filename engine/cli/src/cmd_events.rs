@@ -1,10 +1,9 @@
 //! `ltmc events`.
 
-use anyhow::Context;
 use ltmc_core::RecordedEvent;
 use ltmc_core::names;
+use ltmc_engine::EventStore;
 use ltmc_engine::config::Config;
-use ltmc_engine::{EventStore, Store};
 
 use crate::exit::{self, BadInput};
 use crate::term;
@@ -61,7 +60,7 @@ pub(crate) async fn events(
         names::validate_stream_id(s).map_err(|e| BadInput(format!("--stream: {e}")))?;
     }
     let config = Config::from_env()?;
-    let store = Store::open(&config.database_url).await.context("opening the event store")?;
+    let store = crate::open::for_reading(&config).await?;
     if follow {
         let mut sub = store.subscribe(after);
         loop {

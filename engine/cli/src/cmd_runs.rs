@@ -1,9 +1,8 @@
 //! `ltmc runs` and `ltmc status`.
 
-use anyhow::Context;
 use ltmc_core::run::{RunState, RunStatus, StepStatus};
 use ltmc_engine::config::Config;
-use ltmc_engine::{Engine, EventStore, Store, driver, store};
+use ltmc_engine::{Engine, EventStore, driver, store};
 use serde_json::{Value, json};
 
 use crate::{args, exit, term};
@@ -58,7 +57,7 @@ fn step_status(s: StepStatus, run: RunStatus) -> &'static str {
 
 async fn open() -> anyhow::Result<Engine> {
     let config = Config::from_env()?;
-    let store = Store::open(&config.database_url).await.context("opening the event store")?;
+    let store = crate::open::for_reading(&config).await?;
     Ok(Engine::new(store, config.engine))
 }
 

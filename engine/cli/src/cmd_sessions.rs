@@ -22,9 +22,11 @@ struct Ctx {
     sessions: Sessions,
 }
 
-async fn open() -> anyhow::Result<Ctx> {
+/// The store; one that does not exist is created only for a verb `writing` (create, join, put…).
+async fn open(writing: bool) -> anyhow::Result<Ctx> {
     let config = Config::from_env()?;
-    let store = Store::open(&config.database_url).await.context("opening the event store")?;
+    let store =
+        if writing { crate::open::for_writing(&config).await? } else { crate::open::for_reading(&config).await? };
     Ok(Ctx { sessions: Sessions::new(store.clone()), store, config })
 }
 
@@ -67,10 +69,10 @@ fn session_name(name: &str) -> Result<(), BadInput> {
 
 pub(crate) async fn session(action: SessionAction, json: bool) -> anyhow::Result<u8> {
     let (name, command) = match action {
-        SessionAction::List { limit } => return list(&open().await?, limit, json).await,
+        SessionAction::List { limit } => return list(&open(false).await?, limit, json).await,
         SessionAction::Show { name } => {
             session_name(&name)?;
-            let state = open().await?.existing(&name, None).await?;
+            let state = open(false).await?.existing(&name, None).await?;
             print_session(&state, json)?;
             return Ok(exit::OK);
         }
@@ -81,7 +83,7 @@ pub(crate) async fn session(action: SessionAction, json: bool) -> anyhow::Result
         SessionAction::Close { name, reason } => (name, Command::Close { reason }),
     };
     ltmc_core::session::validate(&name, &command).map_err(|e| BadInput(e.to_string()))?;
-    let state = open().await?.execute(&name, command, CLI_ACTOR).await?;
+    let state = open(true).await?.execute(&name, command, CLI_ACTOR).await?;
     if json {
         print_session(&state, true)?;
     } else {
@@ -232,7 +234,7 @@ pub(crate) async fn memory(action: MemoryAction, json: bool) -> anyhow::Result<u
             write(&session, key, None, writer, if_version, json).await
         }
         MemoryAction::Get { session, key, at } => {
-            let state = open().await?.existing(&session, at).await?;
+            let state = open(false).await?.existing(&session, at).await?;
             let Some(entry) = state.memory.get(&key).filter(|e| e.value.is_some()) else {
                 let when = at.map(|p| format!(" at position {p}")).unwrap_or_default();
                 return Err(BadInput(format!("memory key {key} has no value in session {session}{when}")).into());
@@ -247,7 +249,7 @@ pub(crate) async fn memory(action: MemoryAction, json: bool) -> anyhow::Result<u
             Ok(exit::OK)
         }
         MemoryAction::List { session, at } => {
-            let state = open().await?.existing(&session, at).await?;
+            let state = open(false).await?.existing(&session, at).await?;
             let rows: Vec<Value> = state
                 .memory
                 .iter()
@@ -270,7 +272,7 @@ pub(crate) async fn memory(action: MemoryAction, json: bool) -> anyhow::Result<u
             }
             Ok(exit::OK)
         }
-        MemoryAction::History { session, key } => history(&open().await?, &session, key.as_deref(), json).await,
+        MemoryAction::History { session, key } => history(&open(false).await?, &session, key.as_deref(), json).await,
     }
 }
 
@@ -286,7 +288,7 @@ async fn write(
     let command =
         Command::Write { writer: writer.clone(), writes: vec![Write { key: key.clone(), value, if_version }] };
     ltmc_core::session::validate(session, &command).map_err(|e| BadInput(e.to_string()))?;
-    let state = open().await?.execute(session, command, &writer).await?;
+    let state = open(true).await?.execute(session, command, &writer).await?;
     let version = state.key_version(&key);
     if json {
         outln!(

@@ -1,20 +1,21 @@
 //! `ltmc projections status|rebuild|follow`: the SQL views (`runs`, `steps`, `handoffs`,
 //! sessions and memory) kept from the log. (`audit_log` is a view of the log itself.)
 
-use anyhow::Context;
 use ltmc_engine::config::Config;
 use ltmc_engine::{EventStore, Store, projector};
 
 use crate::exit::{self, BadInput};
 
-async fn open() -> anyhow::Result<Store> {
+/// The store; one that does not exist is created only for `writing` (`follow`, a reporting
+/// copy), not to show or rebuild views of nothing.
+async fn open(writing: bool) -> anyhow::Result<Store> {
     let config = Config::from_env()?;
-    Store::open(&config.database_url).await.context("opening the event store")
+    if writing { crate::open::for_writing(&config).await } else { crate::open::for_reading(&config).await }
 }
 
 /// Prints the views' checkpoint, the log's head and the lag.
 pub(crate) async fn status(json: bool) -> anyhow::Result<u8> {
-    let store = open().await?;
+    let store = open(false).await?;
     let s = projector::status(&store).await?;
     if json {
         let views: Vec<&str> = ltmc_projections::all().iter().map(|p| p.name()).collect();
@@ -50,7 +51,7 @@ pub(crate) async fn rebuild(until: Option<i64>, at: Option<&str>, into: Option<&
                 .map_err(|e| BadInput(format!("--at {t:?}: expected an RFC 3339 time like 2026-11-27T06:00:00Z: {e}")))
         })
         .transpose()?;
-    let store = open().await?;
+    let store = open(false).await?;
     let until = match (until, at) {
         (Some(_), Some(_)) => return Err(BadInput("give --until or --at, not both".into()).into()),
         (Some(u), None) => Some(u),
@@ -81,7 +82,7 @@ pub(crate) async fn rebuild(until: Option<i64>, at: Option<&str>, into: Option<&
 
 /// Keeps the views up to date until stopped.
 pub(crate) async fn follow() -> anyhow::Result<u8> {
-    let store = open().await?;
+    let store = open(true).await?;
     let handle = projector::spawn(store);
     eprintln!("keeping the views up to date; Ctrl-C stops");
     tokio::signal::ctrl_c().await.ok();
@@ -94,7 +95,7 @@ pub(crate) async fn metrics(json: bool, prometheus: bool) -> anyhow::Result<u8> 
     if json && prometheus {
         return Err(BadInput("give --json or --prometheus, not both".into()).into());
     }
-    let store = open().await?;
+    let store = open(false).await?;
     projector::catch_up(&store).await?;
     let m = ltmc_engine::metrics::read(&store).await?;
     if prometheus {
@@ -132,7 +133,7 @@ pub(crate) async fn project_from_nats() -> anyhow::Result<u8> {
     let Some(opts) = config.relay_options() else {
         return Err(BadInput("`ltmc project --from-nats` needs LTMC_NATS_URL".into()).into());
     };
-    let store = open().await?;
+    let store = open(true).await?;
     eprintln!("projecting stream {} from {} into the views; Ctrl-C stops", opts.stream_name, opts.nats_url);
     tokio::select! {
         done = projector::from_nats(&store, &opts, None) => { done?; }

@@ -24,6 +24,7 @@ mod cmd_sessions;
 mod cmd_views;
 mod cmd_worker;
 mod exit;
+mod open;
 mod term;
 
 use clap::{Parser, Subcommand};

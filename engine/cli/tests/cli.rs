@@ -510,3 +510,38 @@ fn sessions_and_shared_memory() {
         db.query_row("SELECT count(*) FROM session_agents WHERE active = 0", [], |r| r.get(0)).expect("agents");
     assert_eq!(agents, 1);
 }
+
+/// Verbs that only read never create a database: in a folder without one they say how to start
+/// one (exit 2) and leave no `.ltmc/` behind; a verb that writes creates it.
+#[test]
+fn reading_verbs_never_create_a_database() {
+    let sb = Sandbox::new();
+    let verbs: [&[&str]; 12] = [
+        &["runs"],
+        &["status", "01a21b03-5528-73de-af72-6c5db88fbd97"],
+        &["events"],
+        &["audit", "--verify"],
+        &["metrics"],
+        &["projections", "status"],
+        &["projections", "rebuild"],
+        &["session", "list"],
+        &["session", "show", "s1"],
+        &["memory", "get", "s1", "k"],
+        &["memory", "list", "s1"],
+        &["memory", "history", "s1"],
+    ];
+    for args in verbs {
+        let out = sb.run(args);
+        assert_exit(&out, 2);
+        assert!(
+            text(&out.stderr).contains("no LTMC database at .ltmc/ltmc.db"),
+            "ltmc {}: {}",
+            args.join(" "),
+            text(&out.stderr)
+        );
+        assert!(!sb.store_exists(), "ltmc {} created a database", args.join(" "));
+    }
+    assert_exit(&sb.run(&["session", "create", "s1"]), 0);
+    assert!(sb.store_exists());
+    assert_exit(&sb.run(&["runs"]), 0);
+}
