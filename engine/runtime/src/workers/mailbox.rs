@@ -19,12 +19,20 @@ type Key = (String, u32);
 /// Most reports one pull request of the mailbox asks for.
 const REPORTS_PER_PULL: usize = 256;
 
+/// Most results a mailbox keeps for attempts nobody waits for yet (results that came while the
+/// engine was down). A run has far fewer attempts; past it, a worker is sending results for
+/// attempts that do not exist, and they are dropped instead of growing the engine's memory.
+const MAX_EARLY_RESULTS: usize = 4096;
+
 #[derive(Default)]
 struct Inbox {
     /// Attempts waiting for reports.
     waiting: HashMap<Key, mpsc::UnboundedSender<ReportBody>>,
     /// Results that came before anyone waited (sent while the engine was down): the first wins.
+    /// At most [`MAX_EARLY_RESULTS`].
     results: HashMap<Key, ReportBody>,
+    /// Results dropped because `results` was full (warned about once).
+    dropped: u64,
 }
 
 /// Sends a run's worker tasks and routes its reports to the attempts waiting for them. Reading
@@ -225,7 +233,17 @@ fn route(inbox: &Mutex<Inbox>, key: Key, body: ReportBody) {
     if let Some(tx) = inbox.waiting.get(&key) {
         let _ = tx.send(body);
     } else if !matches!(body, ReportBody::Heartbeat { .. }) {
-        inbox.results.entry(key).or_insert(body);
+        if inbox.results.len() < MAX_EARLY_RESULTS || inbox.results.contains_key(&key) {
+            inbox.results.entry(key).or_insert(body);
+        } else {
+            if inbox.dropped == 0 {
+                tracing::warn!(
+                    "a worker sends results for more attempts than a run has ({MAX_EARLY_RESULTS} kept); \
+                     the rest are dropped"
+                );
+            }
+            inbox.dropped += 1;
+        }
     }
 }
 
@@ -286,5 +304,17 @@ mod tests {
         let bad = br#"{"run_id":"r","step":"s","attempt":1,"type":"finished"}"#;
         let (_, body) = parse_report("r", bad).expect("names an attempt");
         assert!(matches!(body, ReportBody::Failed { ref error, .. } if error.contains("malformed")));
+    }
+
+    #[test]
+    fn results_for_attempts_nobody_waits_for_are_bounded() {
+        let inbox = Mutex::new(Inbox::default());
+        let done = || ReportBody::Failed { error: "x".into(), duration_ms: 0 };
+        for i in 0..MAX_EARLY_RESULTS + 1000 {
+            route(&inbox, (format!("bogus-{i}"), 1), done());
+        }
+        let inbox = inbox.lock().expect("inbox");
+        assert_eq!(inbox.results.len(), MAX_EARLY_RESULTS);
+        assert_eq!(inbox.dropped, 1000);
     }
 }
