@@ -166,7 +166,7 @@ pub(crate) async fn run(
         .unwrap_or_else(|| PathBuf::from("."));
     let base_dir = base_dir.canonicalize().unwrap_or(base_dir);
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
-    let relay = config.relay_options().map(|o| relay::spawn(store.clone(), o));
+    let relay = config.relay_options().map(|o| relay::spawn(store.clone(), quiet(o)));
     let engine = engine(&store, &config, &workflow).await?;
     let progress = progress();
     let run_id = engine.start(workflow, input, Some(&base_dir), Some(&progress)).await?;
@@ -210,7 +210,7 @@ pub(crate) async fn resume(run_id: &str, dir: Option<PathBuf>, json: bool) -> an
     let config = Config::from_env()?;
     let run_id = &args::run_id(run_id)?;
     let store = Store::open(&config.database_url).await.context("opening the event store")?;
-    let relay = config.relay_options().map(|o| relay::spawn(store.clone(), o));
+    let relay = config.relay_options().map(|o| relay::spawn(store.clone(), quiet(o)));
     let pinned = Engine::new(store.clone(), config.engine.clone()).load(run_id).await?.workflow;
     let engine = match pinned {
         Some(workflow) => engine(&store, &config, &workflow).await?,
@@ -254,6 +254,11 @@ async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunStat
     Ok(if state.status == RunStatus::Completed { exit::OK } else { exit::RUN_FAILED })
 }
 
+/// A command's relay: it does not log its failures, the command reports them ([`sync`]).
+pub(crate) fn quiet(opts: relay::RelayOptions) -> relay::RelayOptions {
+    relay::RelayOptions { log_failures: false, ..opts }
+}
+
 /// Brings the SQL views up to `through` (the log's head now, when `None`: everything this
 /// command appended, memory writes included) and, with a relay, waits briefly for it to publish
 /// that far. Not further: events other processes append meanwhile are theirs to wait for (with
@@ -274,6 +279,12 @@ pub(crate) async fn sync(store: &Store, relay: Option<relay::RelayHandle>, throu
         loop {
             let published = relay.published().max(store.checkpoint("relay").await?);
             if published >= through {
+                break;
+            }
+            if relay.is_mismatched() {
+                // Waiting will not help: the stream is another database's.
+                let why = relay.last_error().map(|e| term::line(&e).into_owned()).unwrap_or_default();
+                eprintln!("warning: not published to NATS: {why}; the events are safe in the log");
                 break;
             }
             if published > seen {

@@ -297,3 +297,21 @@ async fn refused_arguments_do_not_touch_postgres() -> anyhow::Result<()> {
     assert_eq!(tables, 0, "a refused argument opened (and migrated) the store");
     teardown(env).await
 }
+
+/// A second database pointed at a stream another database fills: one message that says so and
+/// what to change, and no wait for a relay that cannot succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_another_database_is_named_once() -> anyhow::Result<()> {
+    let env = setup().await?;
+    assert!(env.ltmc(&["run", "wf.yaml"]).output()?.status.success());
+    // The same stream and subjects, another database: an embedded one in the same folder.
+    let mut other = env.ltmc(&["run", "wf.yaml"]);
+    other.env("LTMC_DATABASE_URL", "sqlite://other.db");
+    let out = other.output()?;
+    assert!(out.status.success(), "the run itself completes: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("does not match the log").count(), 1, "{stderr}");
+    assert!(stderr.contains("another database relays into it") && stderr.contains("LTMC_NATS_STREAM"), "{stderr}");
+    assert!(!stderr.contains("when NATS is reachable"), "NATS is reachable: {stderr}");
+    teardown(env).await
+}

@@ -66,6 +66,9 @@ pub struct RelayOptions {
     /// progress (stopped, hung) is replaced after at most this long. It renews every third of
     /// it.
     pub lease_ttl: Duration,
+    /// Log failures (once per outage). A command that reports the relay's failure itself
+    /// ([`RelayHandle::last_error`]) turns it off, so the user reads one message, not two.
+    pub log_failures: bool,
 }
 
 impl RelayOptions {
@@ -80,6 +83,7 @@ impl RelayOptions {
             coalesce: Duration::from_millis(5),
             duplicate_window: Duration::from_secs(120),
             lease_ttl: DEFAULT_LEASE_TTL,
+            log_failures: true,
         }
     }
 
@@ -125,6 +129,9 @@ pub struct RelayHandle {
     published: watch::Receiver<i64>,
     leader: watch::Receiver<bool>,
     last_error: Arc<Mutex<Option<String>>>,
+    /// The last failure was [`Error::Mismatch`]: retrying will not help until the stream or
+    /// the configuration changes.
+    mismatched: Arc<std::sync::atomic::AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -149,6 +156,12 @@ impl RelayHandle {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// Whether the relay is failing because the JetStream stream holds events that are not
+    /// this log's (another database relays into it): waiting will not get this log published.
+    pub fn is_mismatched(&self) -> bool {
+        self.mismatched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stops the relay.
     pub fn stop(self) {
         self.task.abort();
@@ -163,6 +176,8 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
     let holder = format!("pid {} relay {}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let last_error = Arc::new(Mutex::new(None));
     let error_slot = last_error.clone();
+    let mismatched = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mismatch_flag = mismatched.clone();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0u32;
@@ -170,7 +185,9 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
             match run_once(&store, &opts, &holder, &tx, &leader_tx).await {
                 Ok(()) => (backoff, failures) = (Duration::from_millis(100), 0),
                 Err(e @ Error::LeaseLost { .. }) => {
-                    tracing::warn!(error = %e, "relay lost its lease");
+                    if opts.log_failures {
+                        tracing::warn!(error = %e, "relay lost its lease");
+                    }
                     if let Ok(mut slot) = error_slot.lock() {
                         *slot = Some(e.to_string());
                     }
@@ -178,10 +195,13 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
                 Err(e) => {
                     // Say it once; a long outage is not a stream of warnings.
                     failures += 1;
+                    mismatch_flag.store(matches!(e, Error::Mismatch { .. }), std::sync::atomic::Ordering::Relaxed);
                     if let Ok(mut slot) = error_slot.lock() {
                         *slot = Some(e.to_string());
                     }
-                    if failures == 1 {
+                    if !opts.log_failures {
+                        tracing::debug!(error = %e, failures, "relay interrupted");
+                    } else if failures == 1 {
                         tracing::warn!(error = %e, "relay interrupted; retrying until it succeeds");
                     } else {
                         tracing::debug!(error = %e, failures, "relay still interrupted");
@@ -192,7 +212,7 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
             }
         }
     });
-    RelayHandle { published: rx, leader, last_error, task }
+    RelayHandle { published: rx, leader, last_error, mismatched, task }
 }
 
 /// Creates or updates the event stream.
