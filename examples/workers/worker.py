@@ -11,6 +11,10 @@ schemas/worker-report.json.
 
     LTMC_NATS_URL=nats://127.0.0.1:4222 python3 worker.py --agent reviewer
 
+Those are the names under the default prefix `ltmc`; a deployment with its own prefix
+(LTMC_NATS_PREFIX=staging, or --prefix) uses STAGING_TASKS, staging.tasks.<agent> and
+staging.results.<run>.
+
 The work here is a toy code review: it reads a diff from the task's input and votes.
 """
 
@@ -30,14 +34,15 @@ from nats.js.errors import NotFoundError
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A step is a name, or <agent>-<n> for an activation in an event-driven run.
 STEP = re.compile(r"[A-Za-z0-9_-]{1,128}")
+PREFIX = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 FIELDS = ("run_id", "workflow", "step", "agent", "attempt", "idempotency_key", "input", "context",
           "timeout_secs", "heartbeat_secs", "reply_subject")
 
 
-def decode(data, agent):
+def decode(data, agent, prefix="ltmc"):
     """The task in a message, or ValueError saying why it is not one the engine could have sent.
 
-    The reply subject must be ltmc.results.<run_id> with a run id that is a subject token: a
+    The reply subject must be <prefix>.results.<run_id> with a run id that is a subject token: a
     task naming any other subject is refused, so a forged task cannot make the worker publish
     where it likes (a JetStream API subject, another deployment's results)."""
     try:
@@ -60,8 +65,8 @@ def decode(data, agent):
         raise ValueError(f"the task is for another agent than {agent}")
     if task.get("idempotency_key") != f"{run}/{step}/{attempt}":
         raise ValueError("idempotency_key is not <run_id>/<step>/<attempt>")
-    if task.get("reply_subject") != f"ltmc.results.{run}":
-        raise ValueError("reply_subject is not ltmc.results.<run_id>")
+    if task.get("reply_subject") != f"{prefix}.results.{run}":
+        raise ValueError(f"reply_subject is not {prefix}.results.<run_id>")
     for field in ("timeout_secs", "heartbeat_secs"):
         if type(task[field]) not in (int, float) or not task[field] > 0:
             raise ValueError(f"{field} is not a positive number")
@@ -81,18 +86,19 @@ def review(task):
     }
 
 
-async def subscribe(js, agent):
-    """Binds to the agent's durable consumer, waiting for an engine to create LTMC_TASKS."""
+async def subscribe(js, agent, prefix):
+    """Binds to the agent's durable consumer, waiting for an engine to create <PREFIX>_TASKS."""
+    stream = f"{prefix.upper()}_TASKS"
     while True:
         try:
             return await js.pull_subscribe(
-                f"ltmc.tasks.{agent}",
+                f"{prefix}.tasks.{agent}",
                 durable=f"ltmc-worker-{agent}",
-                stream="LTMC_TASKS",
+                stream=stream,
                 config=ConsumerConfig(ack_wait=30),
             )
         except NotFoundError:
-            print("waiting for stream LTMC_TASKS (an LTMC engine creates it)", flush=True)
+            print(f"waiting for stream {stream} (an LTMC engine creates it)", flush=True)
             await asyncio.sleep(1)
 
 
@@ -105,10 +111,10 @@ async def heartbeats(nc, msg, subject, base, every):
         await asyncio.sleep(every)
 
 
-async def serve(url, agent, max_tasks):
+async def serve(url, agent, max_tasks, prefix):
     nc = await nats.connect(url)
     js = nc.jetstream()
-    sub = await subscribe(js, agent)
+    sub = await subscribe(js, agent, prefix)
     served = 0
     while max_tasks is None or served < max_tasks:
         try:
@@ -117,7 +123,7 @@ async def serve(url, agent, max_tasks):
             continue
         for msg in msgs:
             try:
-                task = decode(msg.data, agent)
+                task = decode(msg.data, agent, prefix)
             except ValueError as e:
                 # Nobody can be told, and left alone it would come back after every ack wait.
                 print(f"terminated a malformed task: {e}", flush=True)
@@ -150,8 +156,12 @@ def main():
     parser.add_argument("--agent", default="reviewer")
     parser.add_argument("--url", default=os.environ.get("LTMC_NATS_URL", "nats://127.0.0.1:4222"))
     parser.add_argument("--max-tasks", type=int, default=None, help="exit after this many tasks")
+    parser.add_argument("--prefix", default=os.environ.get("LTMC_NATS_PREFIX", "ltmc"),
+                        help="the deployment's NATS prefix (LTMC_NATS_PREFIX)")
     args = parser.parse_args()
-    asyncio.run(serve(args.url, args.agent, args.max_tasks))
+    if not PREFIX.fullmatch(args.prefix):
+        parser.error("--prefix: 1 to 32 lower-case letters, digits, '-' or '_', starting with a letter")
+    asyncio.run(serve(args.url, args.agent, args.max_tasks, args.prefix))
 
 
 if __name__ == "__main__":

@@ -408,3 +408,55 @@ async fn a_result_stored_after_a_nats_restart_reaches_the_run() -> anyhow::Resul
     assert_eq!(state.steps[1].attempts, 1, "the first attempt's result was read");
     Ok(())
 }
+
+/// Two deployments with their own NATS prefixes on one server: each one's engine and worker see
+/// only its own tasks and reports, though the agent has the same name in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_with_their_own_prefix_never_see_each_other() -> anyhow::Result<()> {
+    use ltmc_engine::workers::Names;
+    let id: String = ltmc_tests::unique().chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+    let agent = "reviewer";
+    let mut deployments = Vec::new();
+    for side in ["a", "b"] {
+        let names = Names::new(&format!("t{}-{side}", id.to_ascii_lowercase())).map_err(anyhow::Error::msg)?;
+        let (store, dir) = ltmc_tests::sqlite_store().await?;
+        let url = ltmc_tests::nats_url();
+        let workers = Workers::connect_with(&url, names.clone()).await?;
+        let engine = Engine::new(store, EngineOptions::default()).with_workers(workers);
+        // Each deployment's worker answers with its own side, as a fact.
+        let def = AgentDef {
+            builtin: Some(Builtin::Echo),
+            params: Some(json!({"facts": [format!("served_by_{side}")]})),
+            ..Default::default()
+        };
+        let mut opts = WorkerOptions::new(&url, agent, def);
+        opts.names = names.clone();
+        opts.max_tasks = Some(2);
+        deployments.push((side, names, engine, tokio::spawn(serve(opts)), dir));
+    }
+    for round in 0..2 {
+        let mut runs = Vec::new();
+        for (side, _, engine, _, _) in &deployments {
+            let (engine, side) = (engine.clone(), *side);
+            runs.push(tokio::spawn(async move {
+                (side, engine.run(workflow(agent, 20.0, 0), None, PathBuf::from("."), None).await)
+            }));
+        }
+        for run in runs {
+            let (side, state) = run.await?;
+            let state = state?;
+            assert_eq!(state.status, RunStatus::Completed, "round {round}, side {side}: {:?}", state.failure);
+            assert!(state.facts.contains(&format!("served_by_{side}")), "side {side} was served by its own worker");
+            let other = if side == "a" { "served_by_b" } else { "served_by_a" };
+            assert!(!state.facts.contains(other), "side {side} was served by the other deployment's worker");
+        }
+    }
+    let js = jetstream::new(async_nats::connect(ltmc_tests::nats_url()).await?);
+    for (_, names, _, worker, _) in deployments {
+        assert_eq!(worker.await??, 2, "each worker served exactly its own deployment's two tasks");
+        for stream in [names.tasks_stream(), names.results_stream()] {
+            let _ = js.delete_stream(&stream).await;
+        }
+    }
+    Ok(())
+}

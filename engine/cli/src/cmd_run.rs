@@ -221,14 +221,14 @@ pub(crate) async fn resume(run_id: &str, dir: Option<PathBuf>, json: bool) -> an
 }
 
 /// The engine for `workflow`, connected to NATS (with LTMC_NATS_URL) when it has worker agents,
-/// which need it, or is event-driven, which takes `ltmc.emit.<run>.<type>` requests if it can.
+/// which need it, or is event-driven, which takes `<prefix>.emit.<run>.<type>` requests if it can.
 pub(crate) async fn engine(store: &Store, config: &Config, workflow: &Workflow) -> anyhow::Result<Engine> {
     let engine = Engine::new(store.clone(), config.engine.clone());
     let workers = workflow.agents.values().any(|d| d.kind() == Ok(AgentKind::Worker));
     let Some(url) = config.nats_url.as_deref().filter(|_| workers || !workflow.triggers.is_empty()) else {
         return Ok(engine);
     };
-    match Workers::connect(url).await {
+    match Workers::connect_with(url, config.nats_names.clone()).await {
         Ok(w) => Ok(engine.with_workers(w)),
         Err(e) if workers => Err(anyhow::Error::new(e).context("connecting to NATS for the worker agents")),
         Err(e) => {

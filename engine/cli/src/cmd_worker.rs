@@ -49,7 +49,9 @@ pub(crate) async fn worker(args: Args) -> anyhow::Result<u8> {
     opts.ack_wait = ack_wait;
     opts.max_tasks = args.max_tasks;
     opts.base_dir = args.dir.unwrap_or_else(|| PathBuf::from("."));
-    eprintln!("serving agent {} from {url} (tasks on ltmc.tasks.{}); Ctrl-C stops", args.agent, args.agent);
+    opts.names = config.nats_names.clone();
+    let subject = opts.names.task_subject(&args.agent);
+    eprintln!("serving agent {} from {url} (tasks on {subject}); Ctrl-C stops", args.agent);
     tokio::select! {
         served = serve(opts) => {
             let n = served?;

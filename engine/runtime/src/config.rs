@@ -15,10 +15,15 @@ pub struct Config {
     pub database_url: String,
     /// `nats_url` / `LTMC_NATS_URL`: when set, committed events are relayed to JetStream.
     pub nats_url: Option<String>,
-    /// `nats_stream` / `LTMC_NATS_STREAM`: the JetStream stream (default `LTMC_EVENTS`).
+    /// `nats_prefix` / `LTMC_NATS_PREFIX` (default `ltmc`): the deployment's NATS names, every
+    /// stream and subject it uses (events, tasks, results, emit). Give each database its own.
+    pub nats_names: crate::workers::Names,
+    /// `nats_stream` / `LTMC_NATS_STREAM`: the JetStream stream of events (default: the
+    /// prefix's, `LTMC_EVENTS`).
     pub nats_stream: String,
-    /// `nats_subject_prefix` / `LTMC_NATS_SUBJECT_PREFIX` (default `ltmc.events`). One database
-    /// per stream: two logs relayed into one stream would interleave, and the relay refuses that.
+    /// `nats_subject_prefix` / `LTMC_NATS_SUBJECT_PREFIX` (default: the prefix's, `ltmc.events`).
+    /// One database per stream: two logs relayed into one stream would interleave, and the
+    /// relay refuses that.
     pub nats_subject_prefix: String,
     /// `relay_lease_ttl` / `LTMC_RELAY_LEASE_TTL` (seconds, default 15): how long a relay that
     /// stops making progress keeps the lease before another relay takes over.
@@ -57,9 +62,10 @@ pub enum Error {
 }
 
 /// Every setting: its key in `ltmc.toml` and its environment variable.
-const SETTINGS: [(&str, &str); 10] = [
+const SETTINGS: [(&str, &str); 11] = [
     ("database_url", "LTMC_DATABASE_URL"),
     ("nats_url", "LTMC_NATS_URL"),
+    ("nats_prefix", "LTMC_NATS_PREFIX"),
     ("nats_stream", "LTMC_NATS_STREAM"),
     ("nats_subject_prefix", "LTMC_NATS_SUBJECT_PREFIX"),
     ("relay_lease_ttl", "LTMC_RELAY_LEASE_TTL"),
@@ -206,22 +212,30 @@ impl Config {
         if let Some(n) = src.parse::<usize>("max_concurrent_agents", "a positive integer", |n| *n > 0)? {
             engine.max_concurrent_agents = n;
         }
+        let nats_names = src
+            .parse::<String>(
+                "nats_prefix",
+                "1 to 32 lower-case letters, digits, '-' or '_', starting with a letter",
+                |v| crate::workers::Names::new(v).is_ok(),
+            )?
+            .map_or_else(crate::workers::Names::default, |p| crate::workers::Names::new(&p).unwrap_or_default());
         let nats_stream = src
             .parse::<String>("nats_stream", "a stream name from [A-Za-z0-9_-]", |v| valid_stream_name(v))?
-            .unwrap_or_else(|| "LTMC_EVENTS".to_owned());
+            .unwrap_or_else(|| nats_names.events_stream());
         let nats_subject_prefix = src
             .parse::<String>(
                 "nats_subject_prefix",
                 "dot-separated tokens from [A-Za-z0-9_-], without wildcards",
                 |v| v.split('.').all(valid_stream_name),
             )?
-            .unwrap_or_else(|| "ltmc.events".to_owned());
+            .unwrap_or_else(|| nats_names.events_subjects());
         let relay_lease_ttl = src
             .parse::<f64>("relay_lease_ttl", "seconds from 1 to 3600", |s| s.is_finite() && (1.0..=3600.0).contains(s))?
             .map_or(crate::relay::DEFAULT_LEASE_TTL, Duration::from_secs_f64);
         Ok(Config {
             database_url: src.get("database_url").map_or_else(|| DEFAULT_DATABASE_URL.to_owned(), |(v, _)| v),
             nats_url: src.get("nats_url").map(|(v, _)| v),
+            nats_names,
             nats_stream,
             nats_subject_prefix,
             relay_lease_ttl,

@@ -239,7 +239,12 @@ impl Engine {
             let take = move |seq, t: triggers::TriggerEmitted| tx.send(Due::Trigger(seq, t)).is_ok();
             agents_running.spawn(triggers::follow(self.store.clone(), run_id.to_owned(), state.triggers_seq, take));
             if let Some(w) = &self.workers {
-                agents_running.spawn(triggers::serve_nats(w.client(), self.clone(), run_id.to_owned()));
+                agents_running.spawn(triggers::serve_nats(
+                    w.client(),
+                    w.names().clone(),
+                    self.clone(),
+                    run_id.to_owned(),
+                ));
             }
         }
         loop {

@@ -329,7 +329,7 @@ async fn publish(
                 stream: opts.stream_name.clone(),
                 reason: format!(
                     "its last message (position {}) is not this log's event at that position; another database \
-                     relays into it: give each database its own stream (LTMC_NATS_STREAM, LTMC_NATS_SUBJECT_PREFIX)",
+                     relays into it: give each database its own NATS prefix (LTMC_NATS_PREFIX) or stream (LTMC_NATS_STREAM and LTMC_NATS_SUBJECT_PREFIX)",
                     tail.position
                 ),
             });

@@ -42,9 +42,10 @@ pub fn stream_id(run_id: &str) -> String {
 }
 
 /// NATS subject on which a program can emit `trigger` into a run (request/reply: the reply
-/// says whether it was recorded).
+/// says whether it was recorded), under the default prefix
+/// ([`crate::workers::Names::emit_subject`]).
 pub fn emit_subject(run_id: &str, trigger: &str) -> String {
-    format!("ltmc.emit.{run_id}.{trigger}")
+    crate::workers::Names::default().emit_subject(run_id, trigger)
 }
 
 /// The data of a `TriggerEmitted` event.
@@ -210,11 +211,16 @@ pub struct EmitReply {
     pub error: Option<String>,
 }
 
-/// Serves `ltmc.emit.<run>.*` for one run until the subscription ends: each message's payload
+/// Serves `<prefix>.emit.<run>.*` for one run until the subscription ends: each message's payload
 /// (JSON, or empty for `null`) is emitted as the event named by the subject's last token, and the
 /// request is answered with an [`EmitReply`].
-pub(crate) async fn serve_nats(client: async_nats::Client, engine: crate::Engine, run_id: String) {
-    let mut sub = match client.subscribe(format!("ltmc.emit.{run_id}.*")).await {
+pub(crate) async fn serve_nats(
+    client: async_nats::Client,
+    names: crate::workers::Names,
+    engine: crate::Engine,
+    run_id: String,
+) {
+    let mut sub = match client.subscribe(names.emit_subject(&run_id, "*")).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(run = %run_id, error = %e, "cannot listen for NATS triggers");

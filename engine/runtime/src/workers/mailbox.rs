@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::read::Puller;
-use super::{Error, RESULTS_STREAM, nats, results_subject, task_subject};
+use super::{Error, Names, nats};
 
 type Key = (String, u32);
 
@@ -39,6 +39,7 @@ struct Inbox {
 /// stops when the mailbox is dropped.
 pub struct RunMailbox {
     js: jetstream::Context,
+    names: Names,
     run_id: String,
     inbox: Arc<Mutex<Inbox>>,
     caught_up: watch::Receiver<bool>,
@@ -52,13 +53,20 @@ impl Drop for RunMailbox {
 }
 
 impl RunMailbox {
-    pub(super) async fn open(js: jetstream::Context, run_id: &str) -> Result<RunMailbox, Error> {
-        js.get_stream(RESULTS_STREAM).await.map_err(nats)?;
+    pub(super) async fn open(js: jetstream::Context, names: Names, run_id: &str) -> Result<RunMailbox, Error> {
+        js.get_stream(names.results_stream()).await.map_err(nats)?;
         let (caught_tx, caught_up) = watch::channel(false);
         let inbox = Arc::new(Mutex::new(Inbox::default()));
-        let (routed, subject) = (inbox.clone(), results_subject(run_id));
-        let router = tokio::spawn(read_reports(js.clone(), subject, run_id.to_owned(), routed, caught_tx));
-        Ok(RunMailbox { js, run_id: run_id.to_owned(), inbox, caught_up, router })
+        let (routed, subject) = (inbox.clone(), names.results_subject(run_id));
+        let router = tokio::spawn(read_reports(
+            js.clone(),
+            names.results_stream(),
+            subject,
+            run_id.to_owned(),
+            routed,
+            caught_tx,
+        ));
+        Ok(RunMailbox { js, names, run_id: run_id.to_owned(), inbox, caught_up, router })
     }
 
     /// Sends one attempt to the agent's workers and waits for its result. The attempt fails when
@@ -117,18 +125,21 @@ impl RunMailbox {
             task: task.clone(),
             timeout_secs: secs,
             heartbeat_secs: (secs / 3.0).clamp(0.05, 10.0),
-            reply_subject: results_subject(&self.run_id),
+            reply_subject: self.names.results_subject(&self.run_id),
         };
         let payload = serde_json::to_vec(&wire).map_err(nats)?;
         let mut delay = Duration::from_millis(50);
         loop {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", task.idempotency_key.as_str());
-            let sent =
-                match self.js.publish_with_headers(task_subject(&task.agent), headers, payload.clone().into()).await {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(nats),
-                    Err(e) => Err(nats(e)),
-                };
+            let sent = match self
+                .js
+                .publish_with_headers(self.names.task_subject(&task.agent), headers, payload.clone().into())
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(nats),
+                Err(e) => Err(nats(e)),
+            };
             match sent {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() + delay >= deadline => return Err(e),
@@ -149,6 +160,7 @@ impl RunMailbox {
 /// sequence whenever a delivery is missing or the consumer is gone (a NATS restart).
 async fn read_reports(
     js: jetstream::Context,
+    stream: String,
     subject: String,
     run_id: String,
     inbox: Arc<Mutex<Inbox>>,
@@ -156,7 +168,7 @@ async fn read_reports(
 ) {
     let mut next = 1;
     loop {
-        let (mut reports, pending) = match reader(&js, &subject, next).await {
+        let (mut reports, pending) = match reader(&js, &stream, &subject, next).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, run = %run_id, "reading worker reports");
@@ -200,8 +212,8 @@ async fn read_reports(
 
 /// An ephemeral consumer of the run's reports from stream sequence `from`, and how many it
 /// has to deliver now. It needs no acknowledgements and goes away when no longer pulled.
-async fn reader(js: &jetstream::Context, subject: &str, from: u64) -> Result<(Puller, u64), Error> {
-    let stream = js.get_stream_no_info(RESULTS_STREAM).await.map_err(nats)?;
+async fn reader(js: &jetstream::Context, stream_name: &str, subject: &str, from: u64) -> Result<(Puller, u64), Error> {
+    let stream = js.get_stream_no_info(stream_name).await.map_err(nats)?;
     let consumer = stream
         .create_consumer(consumer::pull::Config {
             filter_subject: subject.to_owned(),
@@ -215,7 +227,7 @@ async fn reader(js: &jetstream::Context, subject: &str, from: u64) -> Result<(Pu
         .map_err(nats)?;
     let info = consumer.cached_info();
     let (name, pending) = (info.name.clone(), info.num_pending);
-    Ok((Puller::new(js, RESULTS_STREAM, &name, REPORTS_PER_PULL).await?, pending))
+    Ok((Puller::new(js, stream_name, &name, REPORTS_PER_PULL).await?, pending))
 }
 
 struct Unregister(Arc<Mutex<Inbox>>, Key);

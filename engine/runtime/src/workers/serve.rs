@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::read::Puller;
-use super::{Error, TASKS_STREAM, consumer_name, nats, results_subject, task_subject};
+use super::{Error, Names, consumer_name, nats};
 
 /// How a worker serves an agent.
 #[derive(Debug, Clone)]
@@ -43,6 +43,8 @@ pub struct WorkerOptions {
     /// Stop after this many tasks (for tests and batch jobs); `None` serves until stopped.
     /// Terminated malformed messages do not count.
     pub max_tasks: Option<u64>,
+    /// The deployment's NATS names (its prefix).
+    pub names: Names,
 }
 
 impl WorkerOptions {
@@ -56,6 +58,7 @@ impl WorkerOptions {
             concurrency: 1,
             ack_wait: Duration::from_secs(30),
             max_tasks: None,
+            names: Names::default(),
         }
     }
 }
@@ -69,14 +72,14 @@ pub async fn serve(opts: WorkerOptions) -> Result<u64, Error> {
         Err(why) => return Err(Error(format!("agent {} {why}", opts.agent))),
         Ok(_) => {}
     }
-    let js = super::connect(&opts.nats_url).await?;
-    let stream = js.get_stream(TASKS_STREAM).await.map_err(nats)?;
+    let js = super::connect(&opts.nats_url, &opts.names).await?;
+    let stream = js.get_stream(opts.names.tasks_stream()).await.map_err(nats)?;
     let _: consumer::PullConsumer = stream
         .get_or_create_consumer(
             &consumer_name(&opts.agent),
             consumer::pull::Config {
                 durable_name: Some(consumer_name(&opts.agent)),
-                filter_subject: task_subject(&opts.agent),
+                filter_subject: opts.names.task_subject(&opts.agent),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: opts.ack_wait,
                 ..Default::default()
@@ -84,7 +87,7 @@ pub async fn serve(opts: WorkerOptions) -> Result<u64, Error> {
         )
         .await
         .map_err(nats)?;
-    let mut tasks = Puller::new(&js, TASKS_STREAM, &consumer_name(&opts.agent), 1).await?;
+    let mut tasks = Puller::new(&js, &opts.names.tasks_stream(), &consumer_name(&opts.agent), 1).await?;
     let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let opts = Arc::new(opts);
     let mut done = 0u64;
@@ -104,7 +107,7 @@ pub async fn serve(opts: WorkerOptions) -> Result<u64, Error> {
                 continue;
             }
         };
-        let wire = match decode(&msg.payload, &opts.agent) {
+        let wire = match decode(&msg.payload, &opts.agent, &opts.names) {
             Ok(wire) => wire,
             Err(why) => {
                 terminate(&msg, &why).await;
@@ -131,8 +134,8 @@ const MAX_REASON_CHARS: usize = 300;
 /// The task in a message, if it is one the engine could have sent to this agent: a
 /// `WorkerTask` whose run id and step are subject tokens, whose agent is this one, and whose
 /// idempotency key and reply subject are the ones the engine derives from them. Reports then
-/// go only to `ltmc.results.<run id>`, whatever the message says.
-fn decode(payload: &[u8], agent: &str) -> Result<WorkerTask, String> {
+/// go only to `<prefix>.results.<run id>`, whatever the message says.
+fn decode(payload: &[u8], agent: &str, names: &Names) -> Result<WorkerTask, String> {
     if payload.is_empty() {
         return Err("the message is empty".into());
     }
@@ -152,11 +155,11 @@ fn decode(payload: &[u8], agent: &str) -> Result<WorkerTask, String> {
     if task.idempotency_key != key {
         return Err(format!("idempotency_key {:?} is not {key:?}", short(&task.idempotency_key)));
     }
-    if wire.reply_subject != results_subject(&task.run_id) {
+    if wire.reply_subject != names.results_subject(&task.run_id) {
         return Err(format!(
             "reply_subject {:?} is not {:?}",
             short(&wire.reply_subject),
-            results_subject(&task.run_id)
+            names.results_subject(&task.run_id)
         ));
     }
     Ok(wire)
@@ -191,7 +194,7 @@ async fn handle(
     wire: WorkerTask,
 ) -> Result<(), Error> {
     let task = wire.task;
-    let subject = results_subject(&task.run_id);
+    let subject = opts.names.results_subject(&task.run_id);
     let report =
         |body| WorkerReport { run_id: task.run_id.clone(), step: task.step.clone(), attempt: task.attempt, body };
     let worker = format!("{}:{}", hostname(), std::process::id());
