@@ -679,3 +679,76 @@ async fn an_unreadable_row_does_not_stop_the_feed() -> anyhow::Result<()> {
     cleanup(&opts).await;
     Ok(())
 }
+
+/// A private nats-server whose JetStream may store at most `max_file_store` bytes.
+fn start_nats_with_storage(
+    port: u16,
+    dir: &std::path::Path,
+    max_file_store: u64,
+) -> anyhow::Result<tokio::process::Child> {
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?}, max_file_store: {max_file_store} }}\n",
+            dir.join("js").display().to_string()
+        ),
+    )?;
+    Ok(tokio::process::Command::new(nats_server_binary())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Appends `n` events of about 2 KB each to streams of their own.
+async fn fill(store: &Store, n: usize) -> anyhow::Result<()> {
+    for i in 0..n {
+        let data = serde_json::json!({ "i": i, "pad": "x".repeat(2000) });
+        let event = new_event("Filled", 1, data, Default::default());
+        store.append(&format!("fill-{}", unique()), ExpectedVersion::NoStream, &[event]).await?;
+    }
+    Ok(())
+}
+
+/// JetStream out of storage is reported, not retried in silence: the relay says so, flags it,
+/// and goes on once the stream may keep less (issue 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_jetstream_is_reported_and_a_stream_limit_keeps_it_going() -> anyhow::Result<()> {
+    let (store, _dir) = sqlite_store().await?;
+    fill(&store, 200).await?; // about 400 KB of messages
+    let nats_dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let _nats = start_nats_with_storage(port, nats_dir.path(), 256 * 1024)?;
+    let url = format!("nats://127.0.0.1:{port}");
+    assert!(eventually(Duration::from_secs(10), || async { relay::jetstream(&url).await.is_ok() }).await);
+    let opts = RelayOptions { log_failures: false, ..relay_options(&url) };
+    let relay = relay::spawn(store.clone(), opts.clone());
+    assert!(
+        eventually(Duration::from_secs(20), || async { relay.is_out_of_storage() }).await,
+        "the relay says JetStream is full: {:?}",
+        relay.last_error()
+    );
+    let why = relay.last_error().unwrap_or_default();
+    assert!(why.contains("no storage left") && why.contains("max_file_store"), "{why}");
+    assert!(relay.published() < store.head_position().await?);
+    relay.stop();
+
+    // The stream may keep less than the server has: the oldest messages go, the feed goes on.
+    let opts = RelayOptions { max_bytes: Some(128 * 1024), ..opts };
+    let relay = relay::spawn(store.clone(), opts.clone());
+    let head = store.head_position().await?;
+    assert!(
+        eventually(Duration::from_secs(20), || async { relay.published() >= head }).await,
+        "the relay reached the head under the stream's limit: {:?}",
+        relay.last_error()
+    );
+    assert!(!relay.is_out_of_storage());
+    let info = relay::jetstream(&url).await?.get_stream(&opts.stream_name).await?.info().await?.clone();
+    assert!(info.state.bytes <= 128 * 1024, "the stream keeps at most its limit: {} bytes", info.state.bytes);
+    assert!(info.state.first_sequence > 1, "its oldest messages were dropped");
+    relay.stop();
+    Ok(())
+}

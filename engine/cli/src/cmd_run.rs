@@ -281,10 +281,11 @@ pub(crate) async fn sync(store: &Store, relay: Option<relay::RelayHandle>, throu
             if published >= through {
                 break;
             }
-            if relay.is_mismatched() {
-                // Waiting will not help: the stream is another database's.
+            if relay.is_mismatched() || relay.is_out_of_storage() {
+                // Waiting will not help: the stream is another database's, or JetStream is full.
                 let why = relay.last_error().map(|e| term::line(&e).into_owned()).unwrap_or_default();
-                eprintln!("warning: not published to NATS: {why}; the events are safe in the log");
+                let safe = if why.contains("safe in the log") { "" } else { "; the events are safe in the log" };
+                eprintln!("warning: not published to NATS: {why}{safe}");
                 break;
             }
             if published > seen {

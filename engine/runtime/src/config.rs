@@ -25,6 +25,12 @@ pub struct Config {
     /// One database per stream: two logs relayed into one stream would interleave, and the
     /// relay refuses that.
     pub nats_subject_prefix: String,
+    /// `nats_max_bytes` / `LTMC_NATS_MAX_BYTES`: the events stream keeps at most this many
+    /// bytes, dropping its oldest messages (default: no limit but the server's).
+    pub nats_max_bytes: Option<i64>,
+    /// `nats_max_age` / `LTMC_NATS_MAX_AGE` (seconds): the events stream drops older messages
+    /// (default: kept for ever).
+    pub nats_max_age: Option<Duration>,
     /// `relay_lease_ttl` / `LTMC_RELAY_LEASE_TTL` (seconds, default 15): how long a relay that
     /// stops making progress keeps the lease before another relay takes over.
     pub relay_lease_ttl: Duration,
@@ -62,12 +68,14 @@ pub enum Error {
 }
 
 /// Every setting: its key in `ltmc.toml` and its environment variable.
-const SETTINGS: [(&str, &str); 11] = [
+const SETTINGS: [(&str, &str); 13] = [
     ("database_url", "LTMC_DATABASE_URL"),
     ("nats_url", "LTMC_NATS_URL"),
     ("nats_prefix", "LTMC_NATS_PREFIX"),
     ("nats_stream", "LTMC_NATS_STREAM"),
     ("nats_subject_prefix", "LTMC_NATS_SUBJECT_PREFIX"),
+    ("nats_max_bytes", "LTMC_NATS_MAX_BYTES"),
+    ("nats_max_age", "LTMC_NATS_MAX_AGE"),
     ("relay_lease_ttl", "LTMC_RELAY_LEASE_TTL"),
     ("max_concurrent_agents", "LTMC_MAX_CONCURRENT_AGENTS"),
     ("default_timeout", "LTMC_DEFAULT_TIMEOUT"),
@@ -229,6 +237,13 @@ impl Config {
                 |v| v.split('.').all(valid_stream_name),
             )?
             .unwrap_or_else(|| nats_names.events_subjects());
+        let nats_max_bytes =
+            src.parse::<i64>("nats_max_bytes", "a number of bytes, at least 1048576", |b| *b >= 1024 * 1024)?;
+        let nats_max_age = src
+            .parse::<f64>("nats_max_age", "a positive number of seconds, at most 315360000 (ten years)", |s| {
+                s.is_finite() && *s >= 1.0 && *s <= 315_360_000.0
+            })?
+            .map(Duration::from_secs_f64);
         let relay_lease_ttl = src
             .parse::<f64>("relay_lease_ttl", "seconds from 1 to 3600", |s| s.is_finite() && (1.0..=3600.0).contains(s))?
             .map_or(crate::relay::DEFAULT_LEASE_TTL, Duration::from_secs_f64);
@@ -238,6 +253,8 @@ impl Config {
             nats_names,
             nats_stream,
             nats_subject_prefix,
+            nats_max_bytes,
+            nats_max_age,
             relay_lease_ttl,
             engine,
             file: src.file.map(|f| f.path),
@@ -250,6 +267,8 @@ impl Config {
             stream_name: self.nats_stream.clone(),
             subject_prefix: self.nats_subject_prefix.clone(),
             lease_ttl: self.relay_lease_ttl,
+            max_bytes: self.nats_max_bytes,
+            max_age: self.nats_max_age.unwrap_or(Duration::ZERO),
             ..crate::relay::RelayOptions::new(url)
         })
     }

@@ -69,6 +69,11 @@ pub struct RelayOptions {
     /// Log failures (once per outage). A command that reports the relay's failure itself
     /// ([`RelayHandle::last_error`]) turns it off, so the user reads one message, not two.
     pub log_failures: bool,
+    /// The stream keeps at most this many bytes, dropping its oldest messages (`nats_max_bytes`;
+    /// `None`: no limit but the server's).
+    pub max_bytes: Option<i64>,
+    /// The stream drops messages older than this (`nats_max_age`; zero: kept for ever).
+    pub max_age: Duration,
 }
 
 impl RelayOptions {
@@ -84,6 +89,8 @@ impl RelayOptions {
             duplicate_window: Duration::from_secs(120),
             lease_ttl: DEFAULT_LEASE_TTL,
             log_failures: true,
+            max_bytes: None,
+            max_age: Duration::ZERO,
         }
     }
 
@@ -110,6 +117,19 @@ pub enum Error {
         /// What differs.
         reason: String,
     },
+    /// JetStream has no storage left for the stream: the server's `max_file_store` (or its
+    /// disk) is full. Retrying succeeds only once there is room.
+    #[error(
+        "JetStream has no storage left for stream {stream} ({detail}); give the server more (max_file_store \
+         in its jetstream block, or disk) or let the stream keep less (nats_max_bytes, nats_max_age); the relay \
+         keeps trying, and the events are safe in the log"
+    )]
+    OutOfStorage {
+        /// Stream name.
+        stream: String,
+        /// What the server said.
+        detail: String,
+    },
     /// Another relay took the lease over (this one had stopped renewing it): stand down.
     #[error("another relay ({holder}) took the lease over from this one (epoch {epoch}); standing by")]
     LeaseLost {
@@ -124,14 +144,21 @@ fn nats<E: std::fmt::Display>(e: E) -> Error {
     Error::Nats(e.to_string())
 }
 
+/// [`RelayHandle`]'s `stuck`: the stream is another database's.
+const STUCK_MISMATCH: u8 = 1;
+/// [`RelayHandle`]'s `stuck`: JetStream has no storage left.
+const STUCK_NO_STORAGE: u8 = 2;
+
 /// A running relay.
 pub struct RelayHandle {
     published: watch::Receiver<i64>,
     leader: watch::Receiver<bool>,
     last_error: Arc<Mutex<Option<String>>>,
-    /// The last failure was [`Error::Mismatch`]: retrying will not help until the stream or
-    /// the configuration changes.
-    mismatched: Arc<std::sync::atomic::AtomicBool>,
+    /// What the last failure was, when waiting will not help: [`STUCK_MISMATCH`] (the stream is
+    /// another database's) or [`STUCK_NO_STORAGE`]; 0 otherwise.
+    stuck: Arc<std::sync::atomic::AtomicU8>,
+    /// What was published when `stuck` was set: once more is, the relay got going again.
+    stuck_since: Arc<std::sync::atomic::AtomicI64>,
     task: JoinHandle<()>,
 }
 
@@ -159,7 +186,18 @@ impl RelayHandle {
     /// Whether the relay is failing because the JetStream stream holds events that are not
     /// this log's (another database relays into it): waiting will not get this log published.
     pub fn is_mismatched(&self) -> bool {
-        self.mismatched.load(std::sync::atomic::Ordering::Relaxed)
+        self.stuck_on(STUCK_MISMATCH)
+    }
+
+    /// Whether the relay is failing because JetStream has no storage left ([`Error::OutOfStorage`]).
+    pub fn is_out_of_storage(&self) -> bool {
+        self.stuck_on(STUCK_NO_STORAGE)
+    }
+
+    /// The last failure was `why`, and nothing was published since.
+    fn stuck_on(&self, why: u8) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stuck.load(Relaxed) == why && *self.published.borrow() == self.stuck_since.load(Relaxed)
     }
 
     /// Stops the relay.
@@ -176,11 +214,15 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
     let holder = format!("pid {} relay {}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let last_error = Arc::new(Mutex::new(None));
     let error_slot = last_error.clone();
-    let mismatched = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mismatch_flag = mismatched.clone();
+    let stuck = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let stuck_flag = stuck.clone();
+    let stuck_since = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let stuck_at = stuck_since.clone();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0u32;
+        let mut logged = 0u8;
+        let mut last_published = -1;
         loop {
             match run_once(&store, &opts, &holder, &tx, &leader_tx).await {
                 Ok(()) => (backoff, failures) = (Duration::from_millis(100), 0),
@@ -193,18 +235,31 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
                     }
                 }
                 Err(e) => {
-                    // Say it once; a long outage is not a stream of warnings.
-                    failures += 1;
-                    mismatch_flag.store(matches!(e, Error::Mismatch { .. }), std::sync::atomic::Ordering::Relaxed);
+                    // Say it once; a long outage is not a stream of warnings. It is a new outage
+                    // when the relay published something since the last failure.
+                    let now = *tx.borrow();
+                    failures = if now != last_published { 1 } else { failures + 1 };
+                    last_published = now;
+                    let why = match e {
+                        Error::Mismatch { .. } => STUCK_MISMATCH,
+                        Error::OutOfStorage { .. } => STUCK_NO_STORAGE,
+                        _ => 0,
+                    };
+                    stuck_at.store(now, std::sync::atomic::Ordering::Relaxed);
+                    stuck_flag.store(why, std::sync::atomic::Ordering::Relaxed);
                     if let Ok(mut slot) = error_slot.lock() {
                         *slot = Some(e.to_string());
                     }
-                    if !opts.log_failures {
-                        tracing::debug!(error = %e, failures, "relay interrupted");
-                    } else if failures == 1 {
-                        tracing::warn!(error = %e, "relay interrupted; retrying until it succeeds");
-                    } else {
+                    // Once per outage, and again when its cause changes (NATS came back, and
+                    // then its storage filled up).
+                    let changed = failures == 1 || why != logged;
+                    logged = why;
+                    if !opts.log_failures || !changed {
                         tracing::debug!(error = %e, failures, "relay still interrupted");
+                    } else if why == STUCK_NO_STORAGE {
+                        tracing::error!(error = %e, "relay stopped: JetStream is out of storage");
+                    } else {
+                        tracing::warn!(error = %e, "relay interrupted; retrying until it succeeds");
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -212,7 +267,7 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
             }
         }
     });
-    RelayHandle { published: rx, leader, last_error, mismatched, task }
+    RelayHandle { published: rx, leader, last_error, stuck, stuck_since, task }
 }
 
 /// Creates or updates the event stream.
@@ -225,6 +280,8 @@ pub async fn ensure_stream(js: &jetstream::Context, opts: &RelayOptions) -> Resu
         deny_delete: true,
         deny_purge: true,
         allow_direct: true,
+        max_bytes: opts.max_bytes.unwrap_or(-1),
+        max_age: opts.max_age,
         ..Default::default()
     };
     js.create_or_update_stream(config).await.map_err(nats)?;
@@ -389,7 +446,7 @@ async fn publish(
             }
             last = Some(e.global_position);
         }
-        await_acks(acks, lease).await?;
+        await_acks(acks, lease, &opts.stream_name).await?;
         if let Some(last) = last {
             published.send_replace(last);
             unsaved = Some(last);
@@ -455,7 +512,7 @@ async fn publish_event(
     // Parts go out one at a time, each acknowledged before the next: a message refused because
     // another relay published first then stops this event here, and no later part of ours can
     // land after a different relay's split of the same event.
-    await_acks(std::mem::take(acks), lease).await?;
+    await_acks(std::mem::take(acks), lease, &opts.stream_name).await?;
     for range in parts::ranges(total, from, room) {
         lease.check().await?;
         let part = format!("{}/{total}", range.start);
@@ -463,14 +520,14 @@ async fn publish_event(
         let msg = PublishMessage::build().payload(body[range].to_vec().into()).headers(h);
         let ack = js.send_publish(opts.subject(e), msg).await.map_err(nats)?;
         cursor.sequence += 1;
-        await_acks(vec![ack], lease).await?;
+        await_acks(vec![ack], lease, &opts.stream_name).await?;
     }
     Ok(())
 }
 
 /// Awaits each acknowledgement; past the lease's deadline, the lease must be renewed to go on
 /// waiting (a relay whose NATS hangs does not keep the lease).
-async fn await_acks(acks: Vec<PublishAckFuture>, lease: &mut Lease) -> Result<(), Error> {
+async fn await_acks(acks: Vec<PublishAckFuture>, lease: &mut Lease, stream: &str) -> Result<(), Error> {
     for ack in acks {
         let mut ack = ack.into_future();
         let acked = loop {
@@ -487,10 +544,21 @@ async fn await_acks(acks: Vec<PublishAckFuture>, lease: &mut Lease) -> Result<()
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                 return Err(Error::Nats(format!("the stream's tail moved ({e}); resynchronising")));
             }
+            Err(e) if out_of_storage(&e) => {
+                return Err(Error::OutOfStorage { stream: stream.to_owned(), detail: e.to_string() });
+            }
             Err(e) => return Err(nats(e)),
         }
     }
     Ok(())
+}
+
+/// Whether JetStream refused a message for want of storage (error code 10023, "insufficient
+/// resources").
+fn out_of_storage(e: &async_nats::jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|j| j.error_code() == async_nats::jetstream::ErrorCode::INSUFFICIENT_RESOURCES)
 }
 
 /// A JetStream context.
