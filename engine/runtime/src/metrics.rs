@@ -79,11 +79,15 @@ pub async fn read(store: &Store) -> Result<Metrics, store::Error> {
     }
 }
 
-/// The metrics in Prometheus text exposition format.
+/// The metrics in Prometheus text exposition format. Every family has one type and one label
+/// set: current numbers are gauges (`ltmc_active_agents`, `ltmc_workflows{status}`), totals that
+/// only grow are counters (`…_total`), and times are gauges in seconds, one per statistic
+/// (`…_seconds_p50`, `…_p95`, `…_mean`), since they are read from the views, not observed here
+/// (a summary's `quantile` label belongs with its `_sum` and `_count`).
 pub fn prometheus(m: &Metrics) -> String {
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: &[(&str, Option<f64>)]| {
-        out.push_str(&format!("# HELP ltmc_{name} {help}\n# TYPE ltmc_{name} gauge\n"));
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, Option<f64>)]| {
+        out.push_str(&format!("# HELP ltmc_{name} {help}\n# TYPE ltmc_{name} {kind}\n"));
         for (labels, v) in samples {
             if let Some(v) = v {
                 out.push_str(&format!("ltmc_{name}{labels} {v}\n"));
@@ -91,9 +95,11 @@ pub fn prometheus(m: &Metrics) -> String {
         }
     };
     let n = |v: i64| Some(v as f64);
-    gauge("active_agents", "Agents with a step running now.", &[("", n(m.active_agents))]);
-    gauge(
+    let secs = |ms: Option<f64>| ms.map(|v| v / 1000.0);
+    family("active_agents", "gauge", "Agents with a step running now.", &[("", n(m.active_agents))]);
+    family(
         "workflows",
+        "gauge",
         "Runs by status.",
         &[
             ("{status=\"running\"}", n(m.running_workflows)),
@@ -101,27 +107,75 @@ pub fn prometheus(m: &Metrics) -> String {
             ("{status=\"failed\"}", n(m.failed_workflows)),
         ],
     );
-    gauge(
-        "coordination_time_ms",
-        "Engine time from a step being ready to its dispatch being recorded.",
-        &[
-            ("{quantile=\"0.5\"}", m.p50_coordination_ms),
-            ("{quantile=\"0.95\"}", m.p95_coordination_ms),
-            ("{stat=\"mean\"}", m.avg_coordination_time_ms),
-        ],
+    let coordination = "Engine time from a step being ready to its dispatch being recorded";
+    for (stat, what, v) in [
+        ("p50", "median", m.p50_coordination_ms),
+        ("p95", "95th percentile", m.p95_coordination_ms),
+        ("mean", "mean", m.avg_coordination_time_ms),
+    ] {
+        let name = format!("coordination_seconds_{stat}");
+        family(&name, "gauge", &format!("{coordination}, {what}."), &[("", secs(v))]);
+    }
+    for (stat, what, v) in [("p50", "median", m.p50_step_ms), ("p95", "95th percentile", m.p95_step_ms)] {
+        let name = format!("step_seconds_{stat}");
+        family(&name, "gauge", &format!("Agent time of a step, {what}."), &[("", secs(v))]);
+    }
+    family(
+        "handoff_latency_seconds_mean",
+        "gauge",
+        "Ready-to-dispatch time of accepted hand-overs, mean.",
+        &[("", secs(m.avg_handoff_latency_ms))],
     );
-    gauge(
-        "step_time_ms",
-        "Agent time of a step.",
-        &[("{quantile=\"0.5\"}", m.p50_step_ms), ("{quantile=\"0.95\"}", m.p95_step_ms)],
+    family("retries_total", "counter", "Retries across runs.", &[("", n(m.retries))]);
+    family("refused_handoffs_total", "counter", "Hand-overs refused.", &[("", n(m.refused_handoffs))]);
+    family(
+        "consensus_disagreements_total",
+        "counter",
+        "Parallel groups whose votes disagreed.",
+        &[("", n(m.consensus_disagreements))],
     );
-    gauge("retries", "Retries across runs.", &[("", n(m.retries))]);
-    gauge(
-        "handoff_latency_ms",
-        "Mean ready-to-dispatch time of accepted hand-overs.",
-        &[("", m.avg_handoff_latency_ms)],
-    );
-    gauge("refused_handoffs", "Hand-overs refused.", &[("", n(m.refused_handoffs))]);
-    gauge("consensus_disagreements", "Parallel groups whose votes disagreed.", &[("", n(m.consensus_disagreements))]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each family has one `# TYPE`, its samples carry its own name, no `quantile` label sits on
+    /// a gauge, counters end in `_total`, and times are in seconds.
+    #[test]
+    fn the_prometheus_text_is_well_typed() {
+        let m = Metrics {
+            completed_workflows: 3,
+            p50_coordination_ms: Some(2.0),
+            p95_coordination_ms: Some(9.0),
+            avg_coordination_time_ms: Some(4.0),
+            p50_step_ms: Some(1500.0),
+            retries: 2,
+            ..Metrics::default()
+        };
+        let text = prometheus(&m);
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap_or_default();
+                family = name.to_owned();
+                assert!(kind == "gauge" || kind == "counter", "{line}");
+                assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+            } else if !line.starts_with('#') {
+                assert!(
+                    line.starts_with(&format!("{family} ")) || line.starts_with(&format!("{family}{{")),
+                    "{line} outside {family}"
+                );
+                assert!(!line.contains("quantile"), "{line}");
+            }
+        }
+        assert!(text.contains("ltmc_coordination_seconds_p95 0.009\n"), "{text}");
+        assert!(text.contains("ltmc_step_seconds_p50 1.5\n"), "{text}");
+        assert!(text.contains("ltmc_retries_total 2\n"), "{text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("ltmc_step_seconds_p95")),
+            "a time with nothing to measure has no sample"
+        );
+    }
 }
