@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod audit;
+mod backoff;
 pub mod config;
 pub mod driver;
 pub mod metrics;

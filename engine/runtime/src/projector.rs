@@ -118,7 +118,7 @@ pub fn spawn(store: Store) -> ProjectorHandle {
     let errors = last_error.clone();
     let run = move |store: Store| async move {
         use futures::FutureExt;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = crate::backoff::Backoff::from(Duration::from_millis(50));
         loop {
             let following = async {
                 if with_appends {
@@ -133,14 +133,13 @@ pub fn spawn(store: Store) -> ProjectorHandle {
                 .await
                 .unwrap_or_else(|_| Err(store::Error::Backend("projecting the events panicked".into())));
             match followed {
-                Ok(()) => backoff = Duration::from_millis(50),
+                Ok(()) => backoff.reset(),
                 Err(e) => {
                     tracing::warn!(error = %e, "projector interrupted; retrying");
                     if let Ok(mut slot) = errors.lock() {
                         *slot = Some(e.to_string());
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                 }
             }
         }

@@ -219,13 +219,16 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
     let stuck_since = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let stuck_at = stuck_since.clone();
     let task = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::from(Duration::from_millis(100));
         let mut failures = 0u32;
         let mut logged = 0u8;
         let mut last_published = -1;
         loop {
             match run_once(&store, &opts, &holder, &tx, &leader_tx).await {
-                Ok(()) => (backoff, failures) = (Duration::from_millis(100), 0),
+                Ok(()) => {
+                    backoff.reset();
+                    failures = 0;
+                }
                 Err(e @ Error::LeaseLost { .. }) => {
                     if opts.log_failures {
                         tracing::warn!(error = %e, "relay lost its lease");
@@ -261,8 +264,7 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
                     } else {
                         tracing::warn!(error = %e, "relay interrupted; retrying until it succeeds");
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                 }
             }
         }

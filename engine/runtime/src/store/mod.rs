@@ -452,13 +452,12 @@ pub(crate) async fn retry_unavailable<T, F: Future<Output = Result<T>>>(
     tries: u32,
     mut op: impl FnMut() -> F,
 ) -> Result<T> {
-    let mut delay = std::time::Duration::from_millis(50);
+    let mut delay = crate::backoff::Backoff::from(std::time::Duration::from_millis(50));
     for _ in 0..tries {
         match op().await {
             Err(Error::Unavailable(e)) => {
-                tracing::warn!(error = %e, "the store is unavailable; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                tracing::warn!(error = %e, "the store is unavailable; retrying in {:?}", delay.peek());
+                delay.wait().await;
             }
             other => return other,
         }

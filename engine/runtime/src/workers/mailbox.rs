@@ -128,7 +128,7 @@ impl RunMailbox {
             reply_subject: self.names.results_subject(&self.run_id),
         };
         let payload = serde_json::to_vec(&wire).map_err(nats)?;
-        let mut delay = Duration::from_millis(50);
+        let mut delay = crate::backoff::Backoff::from(Duration::from_millis(50));
         loop {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", task.idempotency_key.as_str());
@@ -142,11 +142,10 @@ impl RunMailbox {
             };
             match sent {
                 Ok(()) => return Ok(()),
-                Err(e) if Instant::now() + delay >= deadline => return Err(e),
+                Err(e) if Instant::now() + delay.peek() >= deadline => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "queueing a worker task; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    delay.wait().await;
                 }
             }
         }

@@ -106,11 +106,11 @@ async fn keep_listening(
             }
         }
         drop(client);
-        let mut delay = std::time::Duration::from_millis(50);
+        let mut delay = crate::backoff::Backoff::from(std::time::Duration::from_millis(50));
         loop {
             tokio::select! {
                 _ = &mut dropped => return,
-                () = tokio::time::sleep(delay) => {}
+                () = delay.wait() => {}
             }
             match listen(&config, &channel).await {
                 Ok((c, cn)) => {
@@ -119,8 +119,7 @@ async fn keep_listening(
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "the Postgres listener cannot reconnect; retrying in {delay:?}");
-                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                    tracing::warn!(error = %e, "the Postgres listener cannot reconnect; retrying in {:?}", delay.peek());
                 }
             }
         }
@@ -242,7 +241,7 @@ impl PgStore {
         // `CONNECTION LIMIT`) is waited out for a while: many `ltmc` processes started at once
         // then queue instead of failing. A server that is down is still reported promptly.
         let started = std::time::Instant::now();
-        let mut delay = std::time::Duration::from_millis(200);
+        let mut delay = crate::backoff::Backoff::from(std::time::Duration::from_millis(200));
         let schema = loop {
             match open().await {
                 Err(Error::Unavailable(m)) if m.starts_with(TOO_MANY_CONNECTIONS) => {
@@ -254,9 +253,8 @@ impl PgStore {
                             BUSY_WAIT.as_secs()
                         )));
                     }
-                    tracing::warn!(error = %m, "Postgres has no connection to spare; trying again in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                    tracing::warn!(error = %m, "Postgres has no connection to spare; trying again in {:?}", delay.peek());
+                    delay.wait().await;
                 }
                 Err(e) => return Err(opening_err(&config, e)),
                 Ok(schema) => break schema,
