@@ -41,6 +41,7 @@ ltmc_tests::on_both_backends!(
     deleted_events_are_named_against_the_head_records,
     an_unreadable_row_is_named_and_the_rest_is_served,
     a_run_cut_short_is_refused_not_replayed,
+    a_session_cut_short_is_refused,
 );
 
 async fn deleted_events_are_named_against_the_head_records(store: Store, dir: &Path) -> anyhow::Result<()> {
@@ -172,5 +173,24 @@ async fn a_run_cut_short_is_refused_not_replayed(store: Store, dir: &Path) -> an
     assert_eq!(std::fs::read_to_string(&log)?, "first\nsecond\n", "no finished step ran again");
     let err = resumed.expect_err("refused").to_string();
     assert!(err.contains("missing") && err.contains(&stream_id(&state.run_id)), "{err}");
+    Ok(())
+}
+
+/// A session's stream is checked like a run's: with its last memory write deleted, reading the
+/// session is refused instead of showing the older value as current.
+async fn a_session_cut_short_is_refused(store: Store, _dir: &Path) -> anyhow::Result<()> {
+    use ltmc_core::session::{Command, Write};
+    let sessions = ltmc_engine::sessions::Sessions::new(store.clone());
+    let name = format!("s{}", ltmc_tests::unique());
+    sessions.create(&name, None, "test").await?;
+    for v in [1, 2] {
+        let writes = vec![Write { key: "k".into(), value: Some(serde_json::json!(v)), if_version: None }];
+        sessions.execute(&name, Command::Write { writer: "agent:a".into(), writes }, "test").await?;
+    }
+    let stream = ltmc_core::session::stream_id(&name);
+    let last = read_stream_all(&store, &stream).await?.last().map(|e| e.stream_version).unwrap_or_default();
+    execute(&store, &format!("DELETE FROM events WHERE stream_id = '{stream}' AND stream_version = {last}")).await?;
+    let err = sessions.load(&name).await.expect_err("refused").to_string();
+    assert!(err.contains(&stream) && err.contains("missing"), "{err}");
     Ok(())
 }

@@ -44,7 +44,9 @@ impl Sessions {
     /// Folds session `name` from the log, up to global position `until` (all when `None`).
     pub async fn load_until(&self, name: &str, until: Option<i64>) -> Result<SessionState, Error> {
         names::validate("session", name).map_err(Rejection::from)?;
-        let events = store::read_stream_all(&self.store, &session::stream_id(name)).await?;
+        // Checked like a run's: a session whose last writes were deleted would otherwise show
+        // older values as current, and a compare-and-set would pass against them.
+        let events = store::read_stream_verified(&self.store, &session::stream_id(name)).await?;
         let mut state = SessionState::named(name);
         for e in events.iter().take_while(|e| until.is_none_or(|u| e.global_position <= u)) {
             state = evolve(state, &SessionEvent::from_parts(&e.event_type, &e.data)?, e.global_position);
