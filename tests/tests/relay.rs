@@ -330,19 +330,19 @@ async fn nats_outage_never_fails_appends_and_the_relay_catches_up() -> anyhow::R
     Ok(())
 }
 
-/// A private nats-server whose messages may not exceed `max_payload` bytes.
-fn start_nats_with_max_payload(
+/// A private nats-server started from a configuration file: `listen` on `port`, JetStream in
+/// `dir`, then `server` lines and `jetstream` settings of the test's own.
+fn start_nats_configured(
     port: u16,
     dir: &std::path::Path,
-    max_payload: usize,
+    server: &str,
+    jetstream: &str,
 ) -> anyhow::Result<tokio::process::Child> {
     let conf = dir.join("nats.conf");
+    let store_dir = dir.join("js").display().to_string();
     std::fs::write(
         &conf,
-        format!(
-            "listen: \"127.0.0.1:{port}\"\nmax_payload: {max_payload}\njetstream {{ store_dir: {:?} }}\n",
-            dir.join("js").display().to_string()
-        ),
+        format!("listen: \"127.0.0.1:{port}\"\n{server}\njetstream {{ store_dir: {store_dir:?} {jetstream} }}\n"),
     )?;
     Ok(tokio::process::Command::new(nats_server_binary())
         .arg("-c")
@@ -351,6 +351,15 @@ fn start_nats_with_max_payload(
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()?)
+}
+
+/// A private nats-server whose messages may not exceed `max_payload` bytes.
+fn start_nats_with_max_payload(
+    port: u16,
+    dir: &std::path::Path,
+    max_payload: usize,
+) -> anyhow::Result<tokio::process::Child> {
+    start_nats_configured(port, dir, &format!("max_payload: {max_payload}"), "")
 }
 
 /// Reads the stream back as the documented wire format says (one message per event, or
@@ -686,21 +695,7 @@ fn start_nats_with_storage(
     dir: &std::path::Path,
     max_file_store: u64,
 ) -> anyhow::Result<tokio::process::Child> {
-    let conf = dir.join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?}, max_file_store: {max_file_store} }}\n",
-            dir.join("js").display().to_string()
-        ),
-    )?;
-    Ok(tokio::process::Command::new(nats_server_binary())
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
+    start_nats_configured(port, dir, "", &format!(", max_file_store: {max_file_store}"))
 }
 
 /// Appends `n` events of about 2 KB each to streams of their own.

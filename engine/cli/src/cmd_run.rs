@@ -241,7 +241,7 @@ pub(crate) async fn engine(store: &Store, config: &Config, workflow: &Workflow) 
 /// Prints the result, waits briefly for the relay to publish the run, brings the SQL views up to
 /// date, and picks the exit code.
 async fn finish(store: &Store, relay: Option<relay::RelayHandle>, state: RunState, json: bool) -> anyhow::Result<u8> {
-    sync(store, relay, None).await?;
+    sync(store, relay).await?;
     if json {
         outln!("{}", term::json(serde_json::to_string_pretty(&summary(&state))?));
     } else if let Some(output) = &state.output {
@@ -259,15 +259,12 @@ pub(crate) fn quiet(opts: relay::RelayOptions) -> relay::RelayOptions {
     relay::RelayOptions { log_failures: false, ..opts }
 }
 
-/// Brings the SQL views up to `through` (the log's head now, when `None`: everything this
-/// command appended, memory writes included) and, with a relay, waits briefly for it to publish
-/// that far. Not further: events other processes append meanwhile are theirs to wait for (with
-/// 50 `ltmc run` at once, each one's catch-up chased the others' appends).
-pub(crate) async fn sync(store: &Store, relay: Option<relay::RelayHandle>, through: Option<i64>) -> anyhow::Result<()> {
-    let through = match through {
-        Some(p) => p,
-        None => store.head_position().await?,
-    };
+/// Brings the SQL views up to the log's head as it is now (everything this command appended,
+/// memory writes included) and, with a relay, waits briefly for it to publish that far. Not
+/// further: events other processes append meanwhile are theirs to wait for (with 50 `ltmc run`
+/// at once, each one's catch-up chased the others' appends).
+pub(crate) async fn sync(store: &Store, relay: Option<relay::RelayHandle>) -> anyhow::Result<()> {
+    let through = store.head_position().await?;
     if let Err(e) = ltmc_engine::projector::catch_up_to(store, through).await {
         let e = term::line(&e.to_string()).into_owned();
         eprintln!("warning: the SQL views were not updated ({e}); `ltmc projections follow` catches up");

@@ -36,7 +36,7 @@ impl Ctx {
         // A refusal wrote nothing: there is nothing to project or relay.
         let state = self.sessions.execute(name, command, actor).await?;
         let relay = self.config.relay_options().map(|o| relay::spawn(self.store.clone(), crate::cmd_run::quiet(o)));
-        crate::cmd_run::sync(&self.store, relay, None).await?;
+        crate::cmd_run::sync(&self.store, relay).await?;
         Ok(state)
     }
 

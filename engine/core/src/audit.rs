@@ -83,15 +83,8 @@ impl StreamCheck {
     }
 
     fn check(&mut self, e: &RecordedEvent) -> Option<Damage> {
-        if let Some(reason) = e.unreadable_reason() {
-            return Some(Damage::new(
-                Kind::Unreadable,
-                e.stream_version,
-                format!(
-                    "the event at position {} (version {}) cannot be read: {reason}",
-                    e.global_position, e.stream_version
-                ),
-            ));
+        if let Some(damage) = unreadable(e) {
+            return Some(damage);
         }
         let expected = self.seen + 1;
         if e.stream_version > expected {
@@ -145,6 +138,16 @@ impl StreamCheck {
         }
         None
     }
+}
+
+/// The damage `e` is when it stands in for a row that cannot be read back.
+pub fn unreadable(e: &RecordedEvent) -> Option<Damage> {
+    let reason = e.unreadable_reason()?;
+    Some(Damage::new(
+        Kind::Unreadable,
+        e.stream_version,
+        format!("the event at position {} (version {}) cannot be read: {reason}", e.global_position, e.stream_version),
+    ))
 }
 
 /// [`StreamCheck`] of a whole stream.

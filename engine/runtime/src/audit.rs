@@ -46,9 +46,9 @@ pub struct Broken {
 pub async fn audit<S: EventStore>(store: &S, verify: bool) -> Result<Report> {
     let before: HashMap<String, Head> =
         if verify { store.stream_heads().await?.into_iter().collect() } else { HashMap::new() };
+    // With `verify`, a check per stream; without, each stream's first unreadable row, if any.
     let mut checks: BTreeMap<String, StreamCheck> = BTreeMap::new();
-    let mut unreadable: BTreeMap<String, Damage> = BTreeMap::new();
-    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut unreadable: BTreeMap<String, Option<Damage>> = BTreeMap::new();
     let (mut after, mut events) = (0, 0usize);
     loop {
         let batch = store.read_all(after, BATCH).await?;
@@ -57,39 +57,42 @@ pub async fn audit<S: EventStore>(store: &S, verify: bool) -> Result<Report> {
         events += batch.len();
         for e in &batch {
             if verify {
-                let check = checks
-                    .entry(e.stream_id.clone())
-                    .or_insert_with(|| StreamCheck::new(before.get(&e.stream_id).cloned()));
-                check.push(e);
-            } else if !seen.contains(&e.stream_id) {
-                seen.insert(e.stream_id.clone());
-            }
-            if !verify && e.is_unreadable() && !unreadable.contains_key(&e.stream_id) {
-                let mut check = StreamCheck::default();
-                check.push(e);
-                if let Some(d) = check.finish() {
-                    unreadable.insert(e.stream_id.clone(), d);
+                match checks.get_mut(&e.stream_id) {
+                    Some(check) => check.push(e),
+                    None => {
+                        let mut check = StreamCheck::new(before.get(&e.stream_id).cloned());
+                        check.push(e);
+                        checks.insert(e.stream_id.clone(), check);
+                    }
+                }
+            } else {
+                match unreadable.get_mut(&e.stream_id) {
+                    Some(first) => *first = first.take().or_else(|| ltmc_core::audit::unreadable(e)),
+                    None => {
+                        unreadable.insert(e.stream_id.clone(), ltmc_core::audit::unreadable(e));
+                    }
                 }
             }
         }
     }
-    let mut broken = Vec::new();
-    if verify {
-        let after_heads: HashMap<String, Head> = store.stream_heads().await?.into_iter().collect();
-        // Streams whose every event is gone have a head record and nothing else.
-        for (stream, head) in &before {
-            checks.entry(stream.clone()).or_insert_with(|| StreamCheck::new(Some(head.clone())));
-        }
-        for (stream, check) in checks.iter() {
-            let last = check.last_version();
-            let damage = check.clone().finish().or_else(|| check_recorded(last, after_heads.get(stream)));
-            if let Some(damage) = damage {
-                broken.push(Broken { stream: stream.clone(), damage });
-            }
-        }
-    } else {
-        broken = unreadable.into_iter().map(|(stream, damage)| Broken { stream, damage }).collect();
+    if !verify {
+        let streams = unreadable.len();
+        let broken: Vec<Broken> =
+            unreadable.into_iter().filter_map(|(stream, d)| d.map(|damage| Broken { stream, damage })).collect();
+        return Ok(Report { ok: broken.is_empty(), events, streams, verified: false, broken });
     }
-    let streams = if verify { checks.len() } else { seen.len() };
-    Ok(Report { ok: broken.is_empty(), events, streams, verified: verify, broken })
+    let after_heads: HashMap<String, Head> = store.stream_heads().await?.into_iter().collect();
+    // Streams whose every event is gone have a head record and nothing else.
+    for (stream, head) in &before {
+        checks.entry(stream.clone()).or_insert_with(|| StreamCheck::new(Some(head.clone())));
+    }
+    let streams = checks.len();
+    let mut broken = Vec::new();
+    for (stream, check) in checks {
+        let last = check.last_version();
+        if let Some(damage) = check.finish().or_else(|| check_recorded(last, after_heads.get(&stream))) {
+            broken.push(Broken { stream, damage });
+        }
+    }
+    Ok(Report { ok: broken.is_empty(), events, streams, verified: true, broken })
 }

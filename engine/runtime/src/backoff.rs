@@ -18,7 +18,7 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_secs(2);
 
 impl Backoff {
     /// Starting at `first`, capped at [`MAX_WAIT`].
-    pub(crate) fn from(first: Duration) -> Backoff {
+    pub(crate) fn starting_at(first: Duration) -> Backoff {
         Backoff { first, next: first, max: MAX_WAIT }
     }
 
@@ -51,7 +51,7 @@ mod tests {
 
     #[test]
     fn waits_double_up_to_the_cap_and_start_again_after_a_reset() {
-        let mut b = Backoff::from(Duration::from_millis(300));
+        let mut b = Backoff::starting_at(Duration::from_millis(300));
         let waits: Vec<u128> = (0..6).map(|_| b.next_wait().as_millis()).collect();
         assert_eq!(waits, [300, 600, 1200, 2000, 2000, 2000]);
         b.reset();

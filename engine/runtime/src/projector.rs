@@ -118,7 +118,7 @@ pub fn spawn(store: Store) -> ProjectorHandle {
     let errors = last_error.clone();
     let run = move |store: Store| async move {
         use futures::FutureExt;
-        let mut backoff = crate::backoff::Backoff::from(Duration::from_millis(50));
+        let mut backoff = crate::backoff::Backoff::starting_at(Duration::from_millis(50));
         loop {
             let following = async {
                 if with_appends {

@@ -144,21 +144,41 @@ fn nats<E: std::fmt::Display>(e: E) -> Error {
     Error::Nats(e.to_string())
 }
 
-/// [`RelayHandle`]'s `stuck`: the stream is another database's.
-const STUCK_MISMATCH: u8 = 1;
-/// [`RelayHandle`]'s `stuck`: JetStream has no storage left.
-const STUCK_NO_STORAGE: u8 = 2;
+/// Why a relay last failed, and where it stood then.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    cause: Cause,
+    /// What was published when it failed: once more is, the relay got going again.
+    published: i64,
+}
+
+/// The failures waiting will not mend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// The stream is another database's ([`Error::Mismatch`]).
+    Mismatch,
+    /// JetStream has no storage left ([`Error::OutOfStorage`]).
+    NoStorage,
+    /// Anything else: NATS away, the store away, the lease lost.
+    Other,
+}
+
+impl Cause {
+    fn of(e: &Error) -> Cause {
+        match e {
+            Error::Mismatch { .. } => Cause::Mismatch,
+            Error::OutOfStorage { .. } => Cause::NoStorage,
+            _ => Cause::Other,
+        }
+    }
+}
 
 /// A running relay.
 pub struct RelayHandle {
     published: watch::Receiver<i64>,
     leader: watch::Receiver<bool>,
-    last_error: Arc<Mutex<Option<String>>>,
-    /// What the last failure was, when waiting will not help: [`STUCK_MISMATCH`] (the stream is
-    /// another database's) or [`STUCK_NO_STORAGE`]; 0 otherwise.
-    stuck: Arc<std::sync::atomic::AtomicU8>,
-    /// What was published when `stuck` was set: once more is, the relay got going again.
-    stuck_since: Arc<std::sync::atomic::AtomicI64>,
+    failure: Arc<Mutex<Option<Failure>>>,
     task: JoinHandle<()>,
 }
 
@@ -180,24 +200,24 @@ impl RelayHandle {
 
     /// Why the relay is not publishing, if it is currently failing.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
+        self.failure.lock().ok().and_then(|f| f.as_ref().map(|f| f.message.clone()))
     }
 
     /// Whether the relay is failing because the JetStream stream holds events that are not
     /// this log's (another database relays into it): waiting will not get this log published.
     pub fn is_mismatched(&self) -> bool {
-        self.stuck_on(STUCK_MISMATCH)
+        self.stuck_on(Cause::Mismatch)
     }
 
     /// Whether the relay is failing because JetStream has no storage left ([`Error::OutOfStorage`]).
     pub fn is_out_of_storage(&self) -> bool {
-        self.stuck_on(STUCK_NO_STORAGE)
+        self.stuck_on(Cause::NoStorage)
     }
 
-    /// The last failure was `why`, and nothing was published since.
-    fn stuck_on(&self, why: u8) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.stuck.load(Relaxed) == why && *self.published.borrow() == self.stuck_since.load(Relaxed)
+    /// The last failure was for `cause`, and nothing was published since.
+    fn stuck_on(&self, cause: Cause) -> bool {
+        let published = *self.published.borrow();
+        self.failure.lock().is_ok_and(|f| f.as_ref().is_some_and(|f| f.cause == cause && f.published == published))
     }
 
     /// Stops the relay.
@@ -212,64 +232,47 @@ pub fn spawn(store: Store, opts: RelayOptions) -> RelayHandle {
     let (leader_tx, leader) = watch::channel(false);
     // Names this relay in the lease row, for operators: which process holds it.
     let holder = format!("pid {} relay {}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let last_error = Arc::new(Mutex::new(None));
-    let error_slot = last_error.clone();
-    let stuck = Arc::new(std::sync::atomic::AtomicU8::new(0));
-    let stuck_flag = stuck.clone();
-    let stuck_since = Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let stuck_at = stuck_since.clone();
+    let failure = Arc::new(Mutex::new(None::<Failure>));
+    let slot = failure.clone();
     let task = tokio::spawn(async move {
-        let mut backoff = crate::backoff::Backoff::from(Duration::from_millis(100));
-        let mut failures = 0u32;
-        let mut logged = 0u8;
-        let mut last_published = -1;
+        let mut backoff = crate::backoff::Backoff::starting_at(Duration::from_millis(100));
         loop {
-            match run_once(&store, &opts, &holder, &tx, &leader_tx).await {
+            let e = match run_once(&store, &opts, &holder, &tx, &leader_tx).await {
                 Ok(()) => {
                     backoff.reset();
-                    failures = 0;
+                    continue;
                 }
-                Err(e @ Error::LeaseLost { .. }) => {
-                    if opts.log_failures {
-                        tracing::warn!(error = %e, "relay lost its lease");
-                    }
-                    if let Ok(mut slot) = error_slot.lock() {
-                        *slot = Some(e.to_string());
-                    }
+                Err(e) => e,
+            };
+            let now = Failure { message: e.to_string(), cause: Cause::of(&e), published: *tx.borrow() };
+            // Said once per outage (an outage ends when something is published), and again when
+            // its cause changes (NATS came back, and then its storage filled up): a long outage
+            // is not a stream of warnings.
+            let new = match slot.lock() {
+                Ok(mut last) => {
+                    let new = last.as_ref().is_none_or(|l| l.published != now.published || l.cause != now.cause);
+                    *last = Some(now.clone());
+                    new
                 }
-                Err(e) => {
-                    // Say it once; a long outage is not a stream of warnings. It is a new outage
-                    // when the relay published something since the last failure.
-                    let now = *tx.borrow();
-                    failures = if now != last_published { 1 } else { failures + 1 };
-                    last_published = now;
-                    let why = match e {
-                        Error::Mismatch { .. } => STUCK_MISMATCH,
-                        Error::OutOfStorage { .. } => STUCK_NO_STORAGE,
-                        _ => 0,
-                    };
-                    stuck_at.store(now, std::sync::atomic::Ordering::Relaxed);
-                    stuck_flag.store(why, std::sync::atomic::Ordering::Relaxed);
-                    if let Ok(mut slot) = error_slot.lock() {
-                        *slot = Some(e.to_string());
-                    }
-                    // Once per outage, and again when its cause changes (NATS came back, and
-                    // then its storage filled up).
-                    let changed = failures == 1 || why != logged;
-                    logged = why;
-                    if !opts.log_failures || !changed {
-                        tracing::debug!(error = %e, failures, "relay still interrupted");
-                    } else if why == STUCK_NO_STORAGE {
-                        tracing::error!(error = %e, "relay stopped: JetStream is out of storage");
-                    } else {
-                        tracing::warn!(error = %e, "relay interrupted; retrying until it succeeds");
-                    }
-                    backoff.wait().await;
+                Err(_) => true,
+            };
+            if matches!(e, Error::LeaseLost { .. }) {
+                if opts.log_failures {
+                    tracing::warn!(error = %e, "relay lost its lease");
                 }
+                continue;
             }
+            if !opts.log_failures || !new {
+                tracing::debug!(error = %e, "relay still interrupted");
+            } else if now.cause == Cause::NoStorage {
+                tracing::error!(error = %e, "relay stopped: JetStream is out of storage");
+            } else {
+                tracing::warn!(error = %e, "relay interrupted; retrying until it succeeds");
+            }
+            backoff.wait().await;
         }
     });
-    RelayHandle { published: rx, leader, last_error, stuck, stuck_since, task }
+    RelayHandle { published: rx, leader, failure, task }
 }
 
 /// Creates or updates the event stream.

@@ -258,8 +258,9 @@ async fn sqlite(how: &How<'_>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     measure("sqlite", store, Raw::Sqlite(conn), None, how, rows).await
 }
 
-async fn postgres(url: &str, relay: bool, how: &How<'_>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let nats = how.nats;
+/// A connection to `url` with scratch schema `ltmc_bench` (re)created, holding the raw side's
+/// table; drop the schema with it when done.
+async fn scratch_schema(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
     tokio::spawn(conn);
     client
@@ -268,6 +269,12 @@ async fn postgres(url: &str, relay: bool, how: &How<'_>, rows: &mut Vec<Row>) ->
              CREATE TABLE ltmc_bench.bench_raw (id bigserial PRIMARY KEY, payload jsonb NOT NULL);",
         )
         .await?;
+    Ok(client)
+}
+
+async fn postgres(url: &str, relay: bool, how: &How<'_>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let nats = how.nats;
+    let client = scratch_schema(url).await?;
     let store = Store::open(&url_with_schema(url, "ltmc_bench")).await?;
     let (raw, rconn) = tokio_postgres::connect(&url_with_schema(url, "ltmc_bench"), tokio_postgres::NoTls).await?;
     tokio::spawn(rconn);
@@ -298,14 +305,7 @@ async fn processes_sqlite(repeat: usize) -> anyhow::Result<Row> {
 }
 
 async fn processes_postgres(url: &str, nats: Option<&str>, repeat: usize) -> anyhow::Result<Row> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
-    tokio::spawn(conn);
-    client
-        .batch_execute(
-            "DROP SCHEMA IF EXISTS ltmc_bench CASCADE; CREATE SCHEMA ltmc_bench; \
-             CREATE TABLE ltmc_bench.bench_raw (id bigserial PRIMARY KEY, payload jsonb NOT NULL);",
-        )
-        .await?;
+    let client = scratch_schema(url).await?;
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
     let schema_url = url_with_schema(url, "ltmc_bench");
     let js = match nats {

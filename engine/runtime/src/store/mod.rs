@@ -452,7 +452,7 @@ pub(crate) async fn retry_unavailable<T, F: Future<Output = Result<T>>>(
     tries: u32,
     mut op: impl FnMut() -> F,
 ) -> Result<T> {
-    let mut delay = crate::backoff::Backoff::from(std::time::Duration::from_millis(50));
+    let mut delay = crate::backoff::Backoff::starting_at(std::time::Duration::from_millis(50));
     for _ in 0..tries {
         match op().await {
             Err(Error::Unavailable(e)) => {

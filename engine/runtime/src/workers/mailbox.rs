@@ -128,7 +128,7 @@ impl RunMailbox {
             reply_subject: self.names.results_subject(&self.run_id),
         };
         let payload = serde_json::to_vec(&wire).map_err(nats)?;
-        let mut delay = crate::backoff::Backoff::from(Duration::from_millis(50));
+        let mut delay = crate::backoff::Backoff::starting_at(Duration::from_millis(50));
         loop {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", task.idempotency_key.as_str());

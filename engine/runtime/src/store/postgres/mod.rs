@@ -106,7 +106,7 @@ async fn keep_listening(
             }
         }
         drop(client);
-        let mut delay = crate::backoff::Backoff::from(std::time::Duration::from_millis(50));
+        let mut delay = crate::backoff::Backoff::starting_at(std::time::Duration::from_millis(50));
         loop {
             tokio::select! {
                 _ = &mut dropped => return,
@@ -241,7 +241,7 @@ impl PgStore {
         // `CONNECTION LIMIT`) is waited out for a while: many `ltmc` processes started at once
         // then queue instead of failing. A server that is down is still reported promptly.
         let started = std::time::Instant::now();
-        let mut delay = crate::backoff::Backoff::from(std::time::Duration::from_millis(200));
+        let mut delay = crate::backoff::Backoff::starting_at(std::time::Duration::from_millis(200));
         let schema = loop {
             match open().await {
                 Err(Error::Unavailable(m)) if m.starts_with(TOO_MANY_CONNECTIONS) => {
